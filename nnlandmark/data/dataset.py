@@ -1,0 +1,274 @@
+"""A landmark dataset on disk: discovery and validation.
+
+The layout is documented in ``docs/dataset_layout.md``. :func:`load_dataset`
+checks everything that can be checked before long work starts and raises one
+:class:`DatasetError` listing every problem, each line naming the file.
+It only reads: nothing is ever written into the dataset folder.
+
+Example
+-------
+>>> from nnlandmark.data.synthetic import make_synthetic_dataset  # doctest: +SKIP
+>>> ds = load_dataset(make_synthetic_dataset("/tmp/syn"))           # doctest: +SKIP
+>>> ds.spec.landmarks, len(ds.cases)                                 # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
+from nnlandmark.geometry import GeometryError, ImageGrid, world_to_index
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+LANDMARK_SUFFIXES = (".mrk.json", ".json", ".fcsv", ".csv")
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+class DatasetError(ValueError):
+    """Problems with a dataset; one line per problem, each naming its file."""
+
+    def __init__(self, problems):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def split_suffix(path: Path, suffixes) -> tuple[str, str] | None:
+    """(stem, suffix) for the first matching (multi-part) suffix, else None."""
+    name = path.name
+    for suffix in suffixes:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return None
+
+
+@dataclass
+class DatasetSpec:
+    """The contents of ``dataset.json``."""
+
+    name: str
+    landmarks: list
+    pairs: list = field(default_factory=list)
+    biometry: dict = field(default_factory=dict)
+    channels: list = field(default_factory=lambda: ["image"])
+
+    @classmethod
+    def from_file(cls, path: Path) -> "DatasetSpec":
+        path = Path(path)
+        if not path.is_file():
+            raise DatasetError(f"{path}: dataset.json not found")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: not valid JSON ({e})") from e
+        problems = []
+        names = raw.get("landmarks")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise DatasetError(f"{path}: 'landmarks' must be a non-empty list of landmark names")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"{path}: duplicate landmark names {dupes}")
+        pairs = [list(p) for p in raw.get("pairs", [])]
+        for pair in pairs:
+            if len(pair) != 2 or any(n not in names for n in pair):
+                problems.append(f"{path}: pair {pair} must name two landmarks from 'landmarks'")
+        biometry = dict(raw.get("biometry", {}))
+        for key, pair in biometry.items():
+            if len(pair) != 2 or any(n not in names for n in pair):
+                problems.append(f"{path}: biometry '{key}' must name two landmarks from 'landmarks'")
+        channels = raw.get("channels", ["image"])
+        if not isinstance(channels, list) or not channels:
+            problems.append(f"{path}: 'channels' must be a non-empty list")
+        if problems:
+            raise DatasetError(problems)
+        return cls(name=str(raw.get("name", path.parent.name)), landmarks=names, pairs=pairs,
+                   biometry=biometry, channels=channels)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "landmarks": self.landmarks, "pairs": self.pairs,
+                "biometry": self.biometry, "channels": self.channels}
+
+
+@dataclass
+class Case:
+    """One validated case: its image file(s) per channel, landmarks and grid."""
+
+    case_id: str
+    image_files: list
+    landmark_file: Path
+    landmarks: Landmarks
+    grid: ImageGrid
+
+
+@dataclass
+class LandmarkDataset:
+    root: Path
+    spec: DatasetSpec
+    cases: list
+
+    @property
+    def file_ending(self) -> str:
+        return split_suffix(self.cases[0].image_files[0], IMAGE_SUFFIXES)[1]
+
+
+def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
+    """Map case id -> image files ordered by channel; plus problems found."""
+    problems, by_case = [], {}
+    for path in sorted(images_dir.iterdir()):
+        split = split_suffix(path, IMAGE_SUFFIXES)
+        if split is None:
+            if not path.name.startswith("."):
+                problems.append(f"{path}: not a recognised image file ({', '.join(IMAGE_SUFFIXES)})")
+            continue
+        stem = split[0]
+        match = _CHANNEL_SUFFIX.match(stem)
+        if n_channels > 1 or match:
+            if not match:
+                problems.append(f"{path}: multi-channel datasets need names like <case>_0000{split[1]}")
+                continue
+            by_case.setdefault(match["case"], {})[int(match["channel"])] = path
+        else:
+            by_case.setdefault(stem, {})[0] = path
+    cases = {}
+    for case, channels in by_case.items():
+        if sorted(channels) != list(range(n_channels)):
+            problems.append(f"{images_dir / case}: expected channels 0000..{n_channels - 1:04d}, "
+                            f"found {[f'{c:04d}' for c in sorted(channels)]}")
+            continue
+        cases[case] = [channels[c] for c in range(n_channels)]
+    return cases, problems
+
+
+def discover_landmark_files(landmarks_dir: Path) -> tuple[dict, list]:
+    problems, files = [], {}
+    for path in sorted(landmarks_dir.iterdir()):
+        split = split_suffix(path, LANDMARK_SUFFIXES)
+        if split is None:
+            if not path.name.startswith("."):
+                problems.append(f"{path}: not a recognised landmark file ({', '.join(LANDMARK_SUFFIXES)})")
+            continue
+        if split[0] in files:
+            problems.append(f"{path}: a second landmark file for case '{split[0]}' ({files[split[0]].name})")
+            continue
+        files[split[0]] = path
+    return files, problems
+
+
+def read_image_grid(path: Path, read_pixels: bool) -> ImageGrid:
+    """The 3D grid of an image file; raises DatasetError naming the file.
+
+    With ``read_pixels`` the whole file is decoded, so truncated or corrupt
+    data are caught here and not hours later.
+    """
+    try:
+        if read_pixels:
+            image = sitk.ReadImage(str(path))
+            dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+            size, spacing = image.GetSize(), image.GetSpacing()
+            origin, direction = image.GetOrigin(), image.GetDirection()
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            dim, components = reader.GetDimension(), reader.GetNumberOfComponents()
+            size, spacing = reader.GetSize(), reader.GetSpacing()
+            origin, direction = reader.GetOrigin(), reader.GetDirection()
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+        raise DatasetError(f"{path}: cannot read image ({first})") from e
+    if dim == 4 and size[3] == 1:
+        raise DatasetError(f"{path}: 4D image with a single volume; save it as 3D")
+    if dim != 3:
+        raise DatasetError(f"{path}: expected a 3D image, got {dim}D (size {tuple(size)})")
+    if components != 1:
+        raise DatasetError(f"{path}: expected a scalar image, got {components} components per voxel; "
+                           "store channels as separate files <case>_0000, <case>_0001, ...")
+    if min(size) < 2:
+        raise DatasetError(f"{path}: image of size {tuple(size)} is not a 3D volume")
+    grid = ImageGrid(size=size, spacing=spacing, origin=origin, direction=np.array(direction).reshape(3, 3))
+    try:
+        grid.validate()
+    except GeometryError as e:
+        raise DatasetError(f"{path}: {e}") from e
+    return grid
+
+
+def check_case_landmarks(landmarks: Landmarks, spec: DatasetSpec, grid: ImageGrid, path: Path) -> list:
+    """Problems with one case's landmarks: name set and position inside the image."""
+    problems = []
+    expected, found = set(spec.landmarks), set(landmarks.names)
+    if expected != found:
+        missing, extra = sorted(expected - found), sorted(found - expected)
+        detail = "; ".join(s for s in (f"missing {missing}" if missing else "",
+                                       f"not in dataset.json {extra}" if extra else "") if s)
+        problems.append(f"{path}: landmark names differ from dataset.json ({detail})")
+    for name, point in landmarks.points.items():
+        index = world_to_index(point, grid)
+        if not grid.contains_index(index):
+            problems.append(f"{path}: landmark '{name}' at {np.round(point, 2).tolist()} mm (LPS) lies outside "
+                            f"its image (voxel {np.round(index, 1).tolist()}, size {list(grid.size)})")
+    return problems
+
+
+def load_dataset(root, read_pixels: bool = True, progress: bool = True) -> LandmarkDataset:
+    """Discover and validate a dataset folder; raise :class:`DatasetError` listing every problem.
+
+    Checks: dataset.json; an image for every landmark file and the reverse;
+    readable 3D scalar images with positive spacing and an orthonormal
+    direction; one geometry for all channels of a case; readable landmark
+    files with exactly the dataset's names, finite coordinates, inside the
+    image; one image file extension for the whole dataset.
+    """
+    from nnlandmark.data.formats import read_landmarks  # formats import this module's neighbours
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
+    spec = DatasetSpec.from_file(root / "dataset.json")
+    problems = []
+    for sub in ("images", "landmarks"):
+        if not (root / sub).is_dir():
+            problems.append(f"{root / sub}: folder not found (see docs/dataset_layout.md)")
+    if problems:
+        raise DatasetError(problems)
+    images, p1 = discover_images(root / "images", len(spec.channels))
+    landmark_files, p2 = discover_landmark_files(root / "landmarks")
+    problems += p1 + p2
+    for case in sorted(set(images) - set(landmark_files)):
+        problems.append(f"{images[case][0]}: image has no landmark file landmarks/{case}.<json|mrk.json|fcsv|csv>")
+    for case in sorted(set(landmark_files) - set(images)):
+        problems.append(f"{landmark_files[case]}: landmark file has no image images/{case}.<ext>")
+    endings = {split_suffix(f[0], IMAGE_SUFFIXES)[1] for f in images.values()}
+    if len(endings) > 1:
+        problems.append(f"{root / 'images'}: mixed image file types {sorted(endings)}; use one")
+    case_ids = sorted(set(images) & set(landmark_files))
+    if not case_ids and not problems:
+        problems.append(f"{root}: empty dataset (no image with a landmark file)")
+
+    cases = []
+    for case in tqdm(case_ids, desc="checking cases", disable=not progress, leave=False):
+        try:
+            grids = [read_image_grid(f, read_pixels) for f in images[case]]
+        except DatasetError as e:
+            problems += e.problems
+            continue
+        for f, g in zip(images[case][1:], grids[1:]):
+            if g.size != grids[0].size or not np.allclose(g.spacing, grids[0].spacing) or \
+                    not np.allclose(g.origin, grids[0].origin, atol=1e-3) or \
+                    not np.allclose(g.direction, grids[0].direction, atol=1e-5):
+                problems.append(f"{f}: geometry differs from channel 0 ({images[case][0].name})")
+        try:
+            landmarks = read_landmarks(landmark_files[case])
+        except LandmarkFileError as e:
+            problems.append(str(e))
+            continue
+        problems += check_case_landmarks(landmarks, spec, grids[0], landmark_files[case])
+        cases.append(Case(case, images[case], landmark_files[case], landmarks, grids[0]))
+    if problems:
+        raise DatasetError(problems)
+    return LandmarkDataset(root=root, spec=spec, cases=cases)

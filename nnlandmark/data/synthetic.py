@@ -1,0 +1,418 @@
+"""A deterministic synthetic "head" dataset for tests, the demo and CI.
+
+Each case is a 3D phantom built analytically in a *canonical* head frame
+(LPS millimetres, head centred on the origin, facing anterior = ``-y``):
+
+- an ellipsoidal scalp, a bright skull shell and a grey brain inside it,
+- two dark, ventricle-like ellipsoids near the centre,
+- two eyes: a dark fat-filled orbit around a bright sphere with a brighter lens
+  at its anterior pole (``left_eye`` is on the patient's left, ``+x``),
+- a soft-tissue nose bump at the front,
+- a small, very dense "ear" on each side, just outside the skull.
+
+Every case gets a random pose (rotation up to 15 degrees about each world axis,
+translation of a few millimetres, isotropic scale 0.9 to 1.1) and random
+intensities (tissue contrast jitter, gamma, smooth multiplicative bias field,
+Gaussian noise, global scale and offset).
+
+The image is rendered by mapping the world position of every voxel back into the
+canonical frame through the inverse pose, so the landmarks, obtained by mapping
+the canonical landmark points through the forward pose, are exact. Tissue
+boundaries get a linear partial-volume ramp one voxel wide.
+
+Landmarks (world LPS millimetres), in the order of :data:`LANDMARK_NAMES`:
+
+``nose_tip``
+    Most anterior point of the nose bump.
+``left_eye``, ``right_eye``
+    Centres of the eye spheres.
+``vertex``
+    Top of the skull vault, in the middle of the bone.
+``left_ear``, ``right_ear``
+    Centres of the dense ear spheres.
+
+Examples
+--------
+>>> image, points = make_synthetic_case(0)
+>>> image.GetSize()
+(48, 48, 48)
+>>> list(points) == list(LANDMARK_NAMES)
+True
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
+
+from nnlandmark.geometry import (
+    ImageGrid,
+    array_to_itk_index,
+    index_to_world,
+)
+
+__all__ = [
+    "LANDMARK_NAMES",
+    "PAIRS",
+    "BIOMETRY",
+    "CHANNELS",
+    "DATASET_NAME",
+    "make_synthetic_case",
+    "make_synthetic_dataset",
+]
+
+DATASET_NAME = "Synthetic"
+LANDMARK_NAMES = ("nose_tip", "left_eye", "right_eye", "vertex", "left_ear", "right_ear")
+PAIRS = (("left_eye", "right_eye"), ("left_ear", "right_ear"))
+BIOMETRY = {"interocular": ("left_eye", "right_eye"), "interaural": ("left_ear", "right_ear")}
+# "MR" so that nnU-Net applies z-score normalisation, which the random global
+# intensity scale and offset of every case require.
+CHANNELS = ("MR",)
+
+SUPPORTED_FILE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+# Canonical phantom, in units of the head size ``H`` (mm, chosen per grid by
+# :func:`_head_size`). LPS: +x patient left, +y posterior, +z superior.
+_SCALP = (0.80, 0.94, 0.87)
+_SKULL_OUTER = (0.76, 0.90, 0.83)
+_SKULL_INNER = (0.68, 0.82, 0.75)
+_VENTRICLE_CENTRE = (0.09, 0.02, 0.12)
+_VENTRICLE_AXES = (0.06, 0.28, 0.10)
+_EYE_CENTRE = (0.30, -0.64, -0.22)
+_EYE_RADIUS = 0.14
+_ORBIT_RADIUS = 0.19
+_LENS_OFFSET = (0.0, -0.11, 0.0)
+_LENS_AXES = (0.07, 0.025, 0.07)
+_NOSE_CENTRE = (0.0, -0.88, -0.38)
+_NOSE_AXES = (0.09, 0.14, 0.17)
+_EAR_CENTRE = (0.82, 0.04, -0.12)
+_EAR_RADIUS = 0.09
+
+# Radius (units of H) of a ball about the canonical origin holding the whole
+# phantom, nose included; it bounds every landmark too.
+_PHANTOM_RADIUS = 1.12
+
+# Base intensities before the random contrast jitter; background is 0.
+_TISSUE = {
+    "soft": 0.30,
+    "skull": 1.00,
+    "brain": 0.40,
+    "csf": 0.12,
+    "fat": 0.20,
+    "eye": 0.75,
+    "lens": 1.00,
+    "ear": 1.30,
+}
+
+_MAX_ROTATION_DEG = 15.0
+_SCALE_RANGE = (0.9, 1.1)
+_MAX_TRANSLATION_MM = 4.0
+_LANDMARK_MARGIN_VOXELS = 3.0
+
+
+def _canonical_landmarks(head: float) -> dict:
+    """Landmark points in the canonical frame, mm, for head size ``head``."""
+    eye = np.array(_EYE_CENTRE)
+    ear = np.array(_EAR_CENTRE)
+    mirror = np.array([-1.0, 1.0, 1.0])
+    nose_tip = np.array(_NOSE_CENTRE) - np.array([0.0, _NOSE_AXES[1], 0.0])
+    vertex = np.array([0.0, 0.0, 0.5 * (_SKULL_OUTER[2] + _SKULL_INNER[2])])
+    points = {
+        "nose_tip": nose_tip,
+        "left_eye": eye,
+        "right_eye": eye * mirror,
+        "vertex": vertex,
+        "left_ear": ear,
+        "right_ear": ear * mirror,
+    }
+    return {name: head * points[name] for name in LANDMARK_NAMES}
+
+
+def _ellipsoid_distance(q: np.ndarray, axes) -> np.ndarray:
+    """Approximate signed distance (mm) from offsets ``q`` (3, N) to an ellipsoid centred on 0.
+
+    Exact on the surface and for spheres; elsewhere a first-order estimate
+    (``k0 (k0 - 1) / k1``), good enough for a one-voxel partial-volume ramp.
+    """
+    axes = np.asarray(axes, dtype=float)[:, None]
+    k0 = np.sqrt(np.einsum("in,in->n", q / axes, q / axes))
+    k1 = np.sqrt(np.einsum("in,in->n", q / axes**2, q / axes**2))
+    # k1 vanishes only at the centre, where the distance is -min(axes) anyway
+    return np.where(k1 > 1e-12, k0 * (k0 - 1.0) / np.maximum(k1, 1e-12), -axes.min())
+
+
+def _render_phantom(p: np.ndarray, head: float, edge_mm: float, values: dict) -> np.ndarray:
+    """Noise-free intensity at canonical points ``p`` (3, N, mm).
+
+    Structures are painted in order, each over the previous ones, with a linear
+    ramp of width ``edge_mm`` across their boundary.
+    """
+    out = np.zeros(p.shape[1])
+
+    def paint(centre, axes, value):
+        centre = head * np.asarray(centre, dtype=float)[:, None]
+        axes = head * np.asarray(axes, dtype=float)
+        # only points in the bounding box of the ramp can change; most structures
+        # are small, so this skips most of the volume
+        reach = (axes + edge_mm)[:, None]
+        inside = np.flatnonzero(np.all(np.abs(p - centre) < reach, axis=0))
+        weight = np.clip(0.5 - _ellipsoid_distance(p[:, inside] - centre, axes) / edge_mm, 0.0, 1.0)
+        out[inside] += weight * (value - out[inside])
+
+    origin = (0.0, 0.0, 0.0)
+    paint(origin, _SCALP, values["soft"])
+    paint(_NOSE_CENTRE, _NOSE_AXES, values["soft"])
+    paint(origin, _SKULL_OUTER, values["skull"])
+    paint(origin, _SKULL_INNER, values["brain"])
+    eye = np.array(_EYE_CENTRE)
+    for side in (1.0, -1.0):
+        flip = np.array([side, 1.0, 1.0])
+        paint(np.array(_VENTRICLE_CENTRE) * flip, _VENTRICLE_AXES, values["csf"])
+        paint(eye * flip, (_ORBIT_RADIUS,) * 3, values["fat"])
+        paint(eye * flip, (_EYE_RADIUS,) * 3, values["eye"])
+        paint(eye * flip + np.array(_LENS_OFFSET), _LENS_AXES, values["lens"])
+        paint(np.array(_EAR_CENTRE) * flip, (_EAR_RADIUS,) * 3, values["ear"])
+    return out
+
+
+def _head_size(grid: ImageGrid) -> tuple[float, float]:
+    """Head size ``H`` (mm) and the largest translation per axis (mm) for ``grid``.
+
+    Chosen so that, for any pose drawn by :func:`_random_pose`, the whole phantom
+    (hence every landmark) lies at least ``_LANDMARK_MARGIN_VOXELS`` voxels inside
+    the image along every image axis: a point at distance ``r`` from the image
+    centre is at most ``r`` away from it along any axis, whatever the direction
+    matrix, and ``r <= sqrt(3) t_max + s_max H _PHANTOM_RADIUS``.
+    """
+    size = np.asarray(grid.size, dtype=float)
+    spacing = np.asarray(grid.spacing, dtype=float)
+    available = float(np.min((0.5 * (size - 1) - _LANDMARK_MARGIN_VOXELS) * spacing))
+    t_max = min(_MAX_TRANSLATION_MM, 0.1 * max(available, 0.0))
+    head = (available - np.sqrt(3.0) * t_max) / (_SCALE_RANGE[1] * _PHANTOM_RADIUS)
+    # the eyes (radius 0.14 H) must span a few voxels to be learnable at all
+    if head < 3.0 * spacing.max():
+        raise ValueError(
+            f"grid too small for the phantom: size {grid.size}, spacing {grid.spacing} "
+            f"leave a head size of {head:.1f} mm, below 3 voxels of {spacing.max()} mm")
+    return float(head), float(t_max)
+
+
+def _random_pose(rng: np.random.Generator, t_max: float):
+    """Rotation matrix, translation (mm) and isotropic scale of one case."""
+    angles = rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG, size=3)
+    rotation = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
+    translation = rng.uniform(-t_max, t_max, size=3)
+    scale = rng.uniform(*_SCALE_RANGE)
+    return rotation, translation, float(scale)
+
+
+def _random_grid(rng: np.random.Generator, shape, spacing, oblique: bool) -> ImageGrid:
+    """The image grid; identity direction and zero origin unless ``oblique``."""
+    if oblique:
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        angle = np.deg2rad(rng.uniform(15.0, 35.0))
+        direction = Rotation.from_rotvec(angle * axis).as_matrix()
+        origin = rng.uniform(-120.0, 120.0, size=3)
+    else:
+        direction = np.eye(3)
+        origin = np.zeros(3)
+    grid = ImageGrid(size=shape, spacing=spacing, origin=origin, direction=direction)
+    grid.validate()
+    return grid
+
+
+def _bias_field(rng: np.random.Generator, array_shape) -> np.ndarray:
+    """Smooth multiplicative field: exp of a random quadratic polynomial of the voxel position.
+
+    Tied to the image axes rather than the anatomy, as a coil sensitivity is.
+    """
+    u = np.meshgrid(*(np.linspace(-1.0, 1.0, n) for n in array_shape), indexing="ij")
+    terms = [u[0], u[1], u[2], u[0] * u[1], u[0] * u[2], u[1] * u[2], u[0] ** 2, u[1] ** 2, u[2] ** 2]
+    coefficients = rng.normal(0.0, 0.08, size=len(terms))
+    return np.exp(sum(c * t for c, t in zip(coefficients, terms)))
+
+
+def make_synthetic_case(seed: int, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0),
+                        oblique: bool = False) -> tuple[sitk.Image, dict]:
+    """Render one synthetic head image and its exact landmarks.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative seed of the case; the same seed (and arguments) gives
+        bit-identical output.
+    shape : tuple of 3 int, optional
+        Image size in ITK order (i, j, k), i.e. ``image.GetSize()``; the NumPy
+        array of the image has the reversed shape.
+    spacing : tuple of 3 float, optional
+        Voxel spacing in mm, ITK order; may be anisotropic.
+    oblique : bool, optional
+        If True, the image gets a random non-identity rotation as direction
+        matrix (15 to 35 degrees about a random axis) and a random non-zero
+        origin; otherwise the direction is the identity and the origin is 0.
+
+    Returns
+    -------
+    image : SimpleITK.Image
+        3D float32 image with the requested geometry.
+    landmarks : dict of str to ndarray
+        World LPS points (mm), shape (3,), keyed and ordered as
+        :data:`LANDMARK_NAMES`. Each lies at least 3 voxels inside the image
+        along every image axis.
+
+    Raises
+    ------
+    ValueError
+        If ``seed`` is negative, ``shape`` or ``spacing`` are not 3 positive
+        values, or the grid is too small to hold a resolvable phantom.
+
+    Notes
+    -----
+    The head size scales with the field of view (the smallest physical extent
+    of the grid), so all cases of one grid share the same anatomy up to pose
+    and the 0.9-1.1 scale.
+    """
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
+        raise ValueError(f"need 3 positive sizes and spacings, got shape {shape}, spacing {spacing}")
+
+    rng = np.random.default_rng(seed)
+    grid = _random_grid(rng, shape, spacing, oblique)
+    head, t_max = _head_size(grid)
+    rotation, translation, scale = _random_pose(rng, t_max)
+    centre = index_to_world((np.asarray(shape, dtype=float) - 1.0) / 2.0, grid)
+
+    # world = centre + translation + scale * rotation @ canonical
+    canonical = _canonical_landmarks(head)
+    landmarks = {name: centre + translation + scale * (rotation @ p) for name, p in canonical.items()}
+
+    array_shape = shape[::-1]
+    array_index = np.indices(array_shape, dtype=float).reshape(3, -1).T
+    world = index_to_world(array_to_itk_index(array_index), grid)
+    # inverse pose on row vectors: (w - c - t) @ R == R^T (w - c - t)
+    points = np.ascontiguousarray((((world - centre - translation) @ rotation) / scale).T)
+
+    values = {name: v * rng.uniform(0.9, 1.1) for name, v in _TISSUE.items()}
+    edge_mm = float(np.mean(spacing)) / scale
+    clean = _render_phantom(points, head, edge_mm, values).reshape(array_shape)
+
+    gamma = rng.uniform(0.7, 1.4)
+    bias = _bias_field(rng, array_shape)
+    noise_sigma = rng.uniform(0.01, 0.04)
+    intensity_scale = 1000.0 * np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    offset = rng.uniform(-200.0, 200.0)
+    noisy = np.clip(clean, 0.0, None) ** gamma * bias + rng.normal(0.0, noise_sigma, size=array_shape)
+    array = (noisy * intensity_scale + offset).astype(np.float32)
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(grid.spacing)
+    image.SetOrigin(grid.origin)
+    image.SetDirection(tuple(grid.direction.ravel()))
+    return image, landmarks
+
+
+def _case_seed(dataset_seed: int, index: int) -> int:
+    """Cantor pairing of (dataset seed, case index): distinct pairs give distinct case seeds."""
+    total = dataset_seed + index
+    return total * (total + 1) // 2 + index
+
+
+def _clear_previous_cases(out_dir: Path) -> None:
+    """Delete files a previous run of :func:`make_synthetic_dataset` may have left."""
+    for sub, pattern in (("images", "case_*"), ("landmarks", "case_*.json")):
+        folder = out_dir / sub
+        if folder.is_dir():
+            for path in folder.glob(pattern):
+                if path.is_file():
+                    path.unlink()
+
+
+def make_synthetic_dataset(out_dir, n_cases: int = 12, seed: int = 0, shape=(48, 48, 48),
+                           spacing=(2.0, 2.0, 2.0), oblique: bool = False,
+                           file_ending: str = ".nii.gz", overwrite: bool = False) -> Path:
+    """Write a synthetic dataset in the layout of ``docs/dataset_layout.md``.
+
+    Writes ``images/case_XXX<file_ending>`` (float32, one channel),
+    ``landmarks/case_XXX.json`` (our LPS landmark JSON) and ``dataset.json``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Dataset folder; created if missing.
+    n_cases : int, optional
+        Number of cases, named ``case_000``, ``case_001``, ...
+    seed : int, optional
+        Non-negative dataset seed. Case ``i`` uses a seed derived from
+        ``(seed, i)`` injectively, so datasets with different seeds share no case.
+    shape, spacing, oblique
+        Passed to :func:`make_synthetic_case`.
+    file_ending : str, optional
+        Image extension, one of ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``.
+    overwrite : bool, optional
+        Allow writing into an existing non-empty folder. The ``case_*`` files of
+        ``images/`` and ``landmarks/`` already there are deleted first, so the
+        folder holds exactly the new dataset; other files are left alone.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+
+    Raises
+    ------
+    FileExistsError
+        If ``out_dir`` exists and is not empty and ``overwrite`` is False, or is
+        a file.
+    ValueError
+        For a negative seed, ``n_cases < 1`` or an unsupported ``file_ending``.
+    """
+    out_dir = Path(out_dir)
+    seed = int(seed)
+    n_cases = int(n_cases)
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if n_cases < 1:
+        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
+    if file_ending not in SUPPORTED_FILE_ENDINGS:
+        raise ValueError(f"file_ending must be one of {SUPPORTED_FILE_ENDINGS}, got {file_ending!r}")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise FileExistsError(f"{out_dir} exists and is not a folder")
+        if any(out_dir.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace its cases")
+            _clear_previous_cases(out_dir)
+
+    images_dir = out_dir / "images"
+    landmarks_dir = out_dir / "landmarks"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    landmarks_dir.mkdir(parents=True, exist_ok=True)
+
+    for i in range(n_cases):
+        case = f"case_{i:03d}"
+        image, points = make_synthetic_case(_case_seed(seed, i), shape=shape, spacing=spacing,
+                                            oblique=oblique)
+        sitk.WriteImage(image, str(images_dir / f"{case}{file_ending}"))
+        record = {
+            "coordinate_system": "LPS",
+            "landmarks": {name: [float(v) for v in points[name]] for name in LANDMARK_NAMES},
+        }
+        (landmarks_dir / f"{case}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    dataset = {
+        "name": DATASET_NAME,
+        "landmarks": list(LANDMARK_NAMES),
+        "pairs": [list(pair) for pair in PAIRS],
+        "biometry": {name: list(pair) for name, pair in BIOMETRY.items()},
+        "channels": list(CHANNELS),
+    }
+    (out_dir / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    return out_dir

@@ -1,0 +1,201 @@
+"""Every conversion between voxel indices, the preprocessed grid and world space.
+
+One convention inside nnlandmark: **world coordinates are millimetres in ITK/LPS
+order (x, y, z)**. RAS only exists at file boundaries (3D Slicer), via
+:func:`ras_to_lps` / :func:`lps_to_ras`.
+
+Three index spaces appear in the pipeline:
+
+``itk index`` (i, j, k)
+    SimpleITK's continuous index, fastest axis first. ``world = origin +
+    direction @ (spacing * index)``.
+``array index`` (k, j, i)
+    The same voxel in a NumPy array from ``sitk.GetArrayFromImage`` (reversed axes).
+``preprocessed index``
+    A voxel of nnU-Net's preprocessed array: array axes transposed by the plans'
+    ``transpose_forward``, cropped to the non-zero bounding box, then resampled
+    to the target spacing with pixel-centre alignment (``align_corners=False``,
+    the convention of ``skimage.transform.resize`` and of nnU-Net's
+    ``map_coordinates`` path).
+
+Nothing else in the package may do these conversions by hand.
+
+Examples
+--------
+>>> import numpy as np
+>>> grid = ImageGrid(size=(10, 20, 30), spacing=(1.0, 2.0, 3.0),
+...                  origin=(5.0, 0.0, 0.0), direction=np.eye(3))
+>>> index_to_world([1, 1, 1], grid)
+array([6., 2., 3.])
+>>> world_to_index([6.0, 2.0, 3.0], grid)
+array([1., 1., 1.])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import numpy as np
+
+_LPS_RAS_FLIP = np.array([-1.0, -1.0, 1.0])
+
+
+def ras_to_lps(points) -> np.ndarray:
+    """Convert RAS points (..., 3) to LPS: negate x and y. Self-inverse."""
+    return np.asarray(points, dtype=float) * _LPS_RAS_FLIP
+
+
+def lps_to_ras(points) -> np.ndarray:
+    """Convert LPS points (..., 3) to RAS: negate x and y. Self-inverse."""
+    return np.asarray(points, dtype=float) * _LPS_RAS_FLIP
+
+
+class GeometryError(ValueError):
+    """An image grid that cannot map voxels to world space."""
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Where an image's voxels lie in world space (ITK/LPS order throughout).
+
+    ``size`` and ``spacing`` are in ITK axis order (i, j, k); ``direction`` is a
+    3x3 matrix whose columns are the world directions of the i, j, k axes.
+    """
+
+    size: tuple
+    spacing: tuple
+    origin: tuple
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        object.__setattr__(self, "origin", tuple(float(s) for s in self.origin))
+        object.__setattr__(self, "direction", np.asarray(self.direction, dtype=float).reshape(3, 3))
+
+    @classmethod
+    def from_image(cls, image) -> "ImageGrid":
+        """The grid of a 3D SimpleITK image."""
+        if image.GetDimension() != 3:
+            raise GeometryError(f"expected a 3D image, got {image.GetDimension()}D")
+        return cls(size=image.GetSize(), spacing=image.GetSpacing(), origin=image.GetOrigin(),
+                   direction=np.array(image.GetDirection()).reshape(3, 3))
+
+    def validate(self) -> None:
+        """Raise :class:`GeometryError` for non-positive spacing or a non-orthonormal direction."""
+        spacing = np.asarray(self.spacing)
+        if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+            raise GeometryError(f"spacing must be positive, got {tuple(spacing)}")
+        d = self.direction
+        if not np.all(np.isfinite(d)) or not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+            raise GeometryError(f"direction matrix is not orthonormal: {d.ravel().round(5).tolist()}")
+
+    def contains_index(self, index, margin: float = 0.5) -> bool:
+        """True when a continuous ITK index lies inside the image (voxel edges included)."""
+        index = np.asarray(index, dtype=float)
+        return bool(np.all(index >= -margin) and np.all(index <= np.asarray(self.size) - 1 + margin))
+
+
+def index_to_world(index, grid: ImageGrid) -> np.ndarray:
+    """Continuous ITK index (..., 3) -> world LPS mm (..., 3)."""
+    index = np.asarray(index, dtype=float)
+    scaled = index * np.asarray(grid.spacing)
+    return scaled @ grid.direction.T + np.asarray(grid.origin)
+
+
+def world_to_index(point, grid: ImageGrid) -> np.ndarray:
+    """World LPS mm (..., 3) -> continuous ITK index (..., 3)."""
+    point = np.asarray(point, dtype=float)
+    # direction is orthonormal (validated), so its inverse is its transpose
+    return ((point - np.asarray(grid.origin)) @ grid.direction) / np.asarray(grid.spacing)
+
+
+def itk_to_array_index(index) -> np.ndarray:
+    """ITK index (i, j, k) -> NumPy array index (k, j, i), both continuous."""
+    return np.asarray(index, dtype=float)[..., ::-1]
+
+
+def array_to_itk_index(index) -> np.ndarray:
+    """NumPy array index (k, j, i) -> ITK index (i, j, k)."""
+    return np.asarray(index, dtype=float)[..., ::-1]
+
+
+def nearest_voxel(index) -> np.ndarray:
+    """Round a continuous index to the nearest integer voxel."""
+    return np.floor(np.asarray(index, dtype=float) + 0.5).astype(int)
+
+
+@dataclass(frozen=True)
+class PreprocessedGrid:
+    """How nnU-Net turned an image array into its preprocessed array.
+
+    All fields are in *array* axis order after transposition, as nnU-Net stores
+    them in its case properties:
+
+    transpose_forward
+        Axis permutation applied to the (k, j, i) array first.
+    crop_start
+        First voxel of the crop, per transposed axis.
+    cropped_shape
+        Shape after cropping, before resampling.
+    preprocessed_shape
+        Shape of the preprocessed array (spatial axes only).
+    """
+
+    transpose_forward: tuple
+    crop_start: tuple
+    cropped_shape: tuple
+    preprocessed_shape: tuple
+
+    def __post_init__(self):
+        for name in ("transpose_forward", "crop_start", "cropped_shape", "preprocessed_shape"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Cropped voxels per preprocessed voxel, per transposed axis."""
+        return np.asarray(self.cropped_shape, float) / np.asarray(self.preprocessed_shape, float)
+
+
+def preprocessed_to_array_index(index, grid: PreprocessedGrid) -> np.ndarray:
+    """Preprocessed index (..., 3) -> continuous array index (k, j, i) of the original image."""
+    index = np.asarray(index, dtype=float)
+    cropped = (index + 0.5) * grid.scale - 0.5
+    transposed = cropped + np.asarray(grid.crop_start, float)
+    array_index = np.empty_like(transposed)
+    # transposed axis a came from original array axis transpose_forward[a]
+    array_index[..., list(grid.transpose_forward)] = transposed
+    return array_index
+
+
+def array_to_preprocessed_index(index, grid: PreprocessedGrid) -> np.ndarray:
+    """Continuous array index (k, j, i) of the original image -> preprocessed index."""
+    index = np.asarray(index, dtype=float)
+    transposed = index[..., list(grid.transpose_forward)]
+    cropped = transposed - np.asarray(grid.crop_start, float)
+    return (cropped + 0.5) / grid.scale - 0.5
+
+
+def preprocessed_to_world(index, pgrid: PreprocessedGrid, grid: ImageGrid) -> np.ndarray:
+    """Preprocessed index -> world LPS mm."""
+    return index_to_world(array_to_itk_index(preprocessed_to_array_index(index, pgrid)), grid)
+
+
+def world_to_preprocessed(point, pgrid: PreprocessedGrid, grid: ImageGrid) -> np.ndarray:
+    """World LPS mm -> preprocessed index."""
+    return array_to_preprocessed_index(itk_to_array_index(world_to_index(point, grid)), pgrid)
+
+
+def preprocessed_voxel_size_mm(pgrid: PreprocessedGrid, grid: ImageGrid) -> np.ndarray:
+    """Edge lengths (mm) of one preprocessed voxel, per transposed axis."""
+    array_spacing = np.asarray(grid.spacing)[::-1]
+    return array_spacing[list(pgrid.transpose_forward)] * pgrid.scale
+
+
+def swap_world_axis(points, axis: int, grid: ImageGrid) -> np.ndarray:
+    """Mirror world points about the centre of ``grid`` along its ITK axis ``axis``.
+
+    Used to check left/right test-time mirroring: a flip of array axis ``axis``
+    maps index ``i`` to ``size - 1 - i``.
+    """
+    index = world_to_index(points, grid)
+    index[..., axis] = grid.size[axis] - 1 - index[..., axis]
+    return index_to_world(index, grid)

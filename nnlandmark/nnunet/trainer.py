@@ -1,0 +1,214 @@
+"""The landmark trainer: a small subclass of nnU-Net's trainer.
+
+nnU-Net keeps what it does well: data loading, foreground oversampling,
+spatial and intensity augmentation, the planned network, SGD with poly decay,
+checkpoints. We change only what landmarks need:
+
+- the label map of 3x3x3 cubes is turned *after augmentation* into one target
+  heatmap per landmark, centred on the centroid of its (moved) cube;
+- one output channel per landmark, no deep supervision, the preset's loss;
+- landmarks that a case leaves unannotated are masked out of its loss;
+- no mirroring (left/right landmarks would swap);
+- validation reports the loss only; the best checkpoint is the one with the
+  lowest validation loss; the latest checkpoint is written atomically every
+  ``save_every`` epochs so a killed run resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from time import time
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from tqdm import tqdm
+
+from nnlandmark.nnunet.networks import build_network
+from nnlandmark.training.presets import TrainingSettings
+from nnlandmark.training.targets import points_from_label_patch
+
+
+class StepDecay:
+    """lr = initial * gamma ** (epoch // step); ``step(epoch)`` like nnU-Net's PolyLRScheduler."""
+
+    def __init__(self, optimizer, initial_lr: float, step_epochs: int, gamma: float = 0.5):
+        self.optimizer, self.initial_lr, self.step_epochs, self.gamma = optimizer, initial_lr, step_epochs, gamma
+
+    def step(self, epoch: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.initial_lr * self.gamma ** (epoch // self.step_epochs)
+
+
+class LandmarkTrainer(nnUNetTrainer):
+    """Call :meth:`configure` right after construction (nnU-Net's ``__init__``
+    records its own arguments by introspection, so ours cannot take more)."""
+
+    def configure(self, settings: TrainingSettings, landmark_names: list, model_dir: Path,
+                  unknown_landmarks: dict) -> None:
+        """Apply ``settings`` and write into ``model_dir/fold_N``.
+
+        ``unknown_landmarks`` maps case id -> names left unannotated in that case.
+        """
+        self.settings = settings
+        self.landmark_names = list(landmark_names)
+        self.num_epochs = settings.epochs
+        self.num_iterations_per_epoch = settings.iterations_per_epoch
+        self.num_val_iterations_per_epoch = settings.val_iterations
+        self.save_every = settings.save_every
+        self.initial_lr = settings.lr
+        self.enable_deep_supervision = False
+        self.loss_fn = settings.loss_function()
+        self._unknown = {case: [self.landmark_names.index(n) for n in names]
+                         for case, names in unknown_landmarks.items()}
+        self._relocate(Path(model_dir))
+
+    def _relocate(self, model_dir: Path) -> None:
+        # nnU-Net's __init__ already made <results>/<dataset>/<class>__<plans>__<config>/fold_N
+        # and started a log there; move both into our model folder and drop the empty default.
+        default_fold_folder = self.output_folder
+        self.output_folder_base = str(model_dir)
+        self.output_folder = str(model_dir / f"fold_{self.fold}")
+        os.makedirs(self.output_folder, exist_ok=True)
+        new_log = os.path.join(self.output_folder, os.path.basename(self.log_file))
+        if os.path.exists(self.log_file):
+            shutil.move(self.log_file, new_log)
+        self.log_file = new_log
+        self.logger.output_folder = self.output_folder
+        if os.path.abspath(default_fold_folder) != os.path.abspath(self.output_folder):
+            try:
+                os.removedirs(default_fold_folder)
+            except OSError:
+                pass  # not empty: something of the user's is there; leave it
+
+    # --- network and optimisation -------------------------------------------------
+    def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=False):
+        # nnU-Net passes its label count (landmarks + background); we want one channel per landmark
+        return build_network(self.settings.architecture, configuration_manager, num_input_channels,
+                             len(self.landmark_names))
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        decoder = getattr(self.network, "decoder", None)
+        if decoder is not None and hasattr(decoder, "deep_supervision"):
+            decoder.deep_supervision = enabled
+
+    def configure_optimizers(self):
+        if self.settings.optimizer == "adam":
+            optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+            return optimizer, StepDecay(optimizer, self.initial_lr, max(1, self.num_epochs // 4))
+        return super().configure_optimizers()
+
+    def _build_loss(self):
+        return self.loss_fn
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, None
+
+    # --- one step -----------------------------------------------------------------
+    def _targets(self, batch: dict):
+        seg = batch["target"]
+        seg = seg[0] if isinstance(seg, list) else seg
+        seg = seg.to(self.device, non_blocking=True)
+        points = points_from_label_patch(seg, len(self.landmark_names))
+        target = self.settings.make_targets(points, seg.shape[2:])
+        mask = torch.ones(points.shape[:2], dtype=torch.bool, device=self.device)
+        for b, key in enumerate(batch["keys"]):
+            mask[b, self._unknown.get(key, [])] = False
+        return target, mask
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target, mask = self._targets(batch)
+        autocast = torch.autocast(self.device.type) if self.device.type == "cuda" else dummy_context()
+        with autocast:
+            output = self.network(data)
+        return self.loss_fn(output.float(), target, channel_mask=mask)
+
+    def train_step(self, batch: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(batch)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def validation_step(self, batch: dict) -> dict:
+        return {"loss": self._loss(batch).detach().cpu().numpy()}
+
+    def on_validation_epoch_end(self, val_outputs):
+        self.logger.log("val_losses", float(np.mean([o["loss"] for o in val_outputs])), self.current_epoch)
+
+    # --- epochs, checkpoints, curves ---------------------------------------------
+    def on_epoch_end(self):
+        self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
+        train_loss = self.logger.get_value("train_losses", step=-1)
+        val_loss = self.logger.get_value("val_losses", step=-1)
+        seconds = self.logger.get_value("epoch_end_timestamps", step=-1) - \
+            self.logger.get_value("epoch_start_timestamps", step=-1)
+        self.print_to_log_file(f"train_loss {train_loss:.5f} val_loss {val_loss:.5f} epoch time {seconds:.1f} s",
+                               also_print_to_console=False)
+        # nnU-Net's checkpoint keeps one "best" number under the name _best_ema; for us it is the
+        # lowest validation loss so far
+        if self._best_ema is None or val_loss < self._best_ema:
+            self._best_ema = val_loss
+            self.print_to_log_file(f"new best validation loss {val_loss:.5f}", also_print_to_console=False)
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_best.pth"))
+        if (self.current_epoch + 1) % self.save_every == 0:
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        self._write_curves()
+        self.current_epoch += 1
+
+    def save_checkpoint(self, filename: str) -> None:
+        tmp = os.path.join(os.path.dirname(filename), f".tmp_{os.path.basename(filename)}")
+        super().save_checkpoint(tmp)
+        if os.path.exists(tmp):
+            os.replace(tmp, filename)
+
+    def on_train_end(self):
+        super().on_train_end()  # writes checkpoint_final.pth, then deletes checkpoint_latest.pth
+
+    def _write_curves(self) -> None:
+        log = self.logger.local_logger.my_fantastic_logging
+        curves = {"train_loss": list(log["train_losses"]), "val_loss": list(log["val_losses"]),
+                  "lr": list(log["lrs"])}
+        n = min(len(v) for v in curves.values())
+        curves = {k: [float(x) for x in v[:n]] for k, v in curves.items()}
+        Path(self.output_folder, "training_curves.json").write_text(json.dumps(curves))
+        try:
+            from nnlandmark.report.curves import plot_training_curves
+            plot_training_curves(curves, os.path.join(self.output_folder, "training_curves.png"))
+        except ImportError:
+            pass
+
+    def run_training(self, progress: bool = True):
+        self.on_train_start()
+        epochs = tqdm(range(self.current_epoch, self.num_epochs), desc=f"fold {self.fold} epochs",
+                      disable=not progress, initial=self.current_epoch, total=self.num_epochs)
+        for _ in epochs:
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            train_outputs = [self.train_step(next(self.dataloader_train))
+                             for _ in range(self.num_iterations_per_epoch)]
+            self.on_train_epoch_end(train_outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val_outputs = [self.validation_step(next(self.dataloader_val))
+                               for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(val_outputs)
+            self.on_epoch_end()
+            epochs.set_postfix(train=f"{self.logger.get_value('train_losses', -1):.4f}",
+                               val=f"{self.logger.get_value('val_losses', -1):.4f}")
+        self.on_train_end()

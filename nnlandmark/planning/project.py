@@ -1,0 +1,142 @@
+"""A project folder: one dataset, planned and preprocessed, plus its trained models.
+
+``prepare`` validates the dataset (nothing is written anywhere until it passes),
+exports it in nnU-Net's raw format, and runs nnU-Net's fingerprint, planner and
+preprocessor. All three steps skip work already done, so a rerun resumes.
+
+Layout::
+
+    PROJECT/
+      project.json            what was prepared, from where, with which planner
+      nnUNet_raw/DatasetNNN_<name>/          (or $nnUNet_raw when set)
+      nnUNet_preprocessed/DatasetNNN_<name>/ (or $nnUNet_preprocessed)
+      nnUNet_results/DatasetNNN_<name>/<model>/  model folders (or $nnUNet_results)
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nnlandmark.data.dataset import DatasetError, load_dataset
+from nnlandmark.nnunet import planning
+from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
+from nnlandmark.nnunet.raw import check_cube_collisions, write_raw_dataset
+
+PROJECT_FILE = "project.json"
+FIRST_DATASET_ID = 701  # clear of the ids nnU-Net's public datasets use
+
+
+@dataclass
+class Project:
+    root: Path
+    dataset_dir: str
+    dataset_id: int
+    dataset_name: str
+    landmarks: list
+    pairs: list = field(default_factory=list)
+    biometry: dict = field(default_factory=dict)
+    channels: list = field(default_factory=lambda: ["image"])
+    planner: str = "default"
+
+    @property
+    def folders(self) -> NnunetFolders:
+        return NnunetFolders.for_project(self.root)
+
+    @property
+    def plans_identifier(self) -> str:
+        return planning.plans_identifier(self.planner)
+
+    @property
+    def plans_file(self) -> Path:
+        return self.folders.preprocessed / self.dataset_name / f"{self.plans_identifier}.json"
+
+    def plans(self) -> dict:
+        return json.loads(self.plans_file.read_text())
+
+    def raw_dir(self) -> Path:
+        return self.folders.raw / self.dataset_name
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["root"] = None
+        tmp = self.root / f".tmp_{PROJECT_FILE}"
+        tmp.write_text(json.dumps({k: v for k, v in data.items() if k != "root"}, indent=2))
+        tmp.replace(self.root / PROJECT_FILE)
+
+    @classmethod
+    def load(cls, root) -> "Project":
+        root = Path(root)
+        path = root / PROJECT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{root}: not an nnlandmark project (no {PROJECT_FILE}; run 'nnlandmark prepare')")
+        return cls(root=root.resolve(), **json.loads(path.read_text()))
+
+
+def _sanitise(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "", name) or "Landmarks"
+
+
+def _free_dataset_id(folders: NnunetFolders) -> int:
+    used = set()
+    for base in (folders.raw, folders.preprocessed, folders.results):
+        if base.is_dir():
+            used |= {int(m[1]) for p in base.iterdir() if (m := re.match(r"Dataset(\d+)_", p.name))}
+    candidate = FIRST_DATASET_ID
+    while candidate in used:
+        candidate += 1
+    return candidate
+
+
+def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: int = 2,
+            progress: bool = True) -> Project:
+    """Validate, export, fingerprint, plan and preprocess a landmark dataset.
+
+    Parameters
+    ----------
+    dataset_dir : path
+        A dataset in the layout of ``docs/dataset_layout.md``. Only read.
+    project_dir : path
+        Where everything is written. A rerun on the same project resumes.
+    planner : {'default', 'resenc-m', 'resenc-l'}
+        nnU-Net's default planner or its residual-encoder M/L presets.
+    num_processes : int
+        Worker processes for fingerprinting and preprocessing.
+
+    Raises
+    ------
+    DatasetError
+        Listing every problem with the dataset, before anything is written.
+    """
+    if planner not in planning.PLANNERS:
+        raise ValueError(f"unknown planner '{planner}', choose from {sorted(planning.PLANNERS)}")
+    dataset_dir, project_dir = Path(dataset_dir).resolve(), Path(project_dir).resolve()
+    if project_dir == dataset_dir or dataset_dir in project_dir.parents:
+        raise DatasetError(f"{project_dir}: the project folder must not be inside the dataset folder")
+    dataset = load_dataset(dataset_dir, read_pixels=True, progress=progress)
+    check_cube_collisions(dataset)
+
+    if (project_dir / PROJECT_FILE).exists():
+        project = Project.load(project_dir)
+        if Path(project.dataset_dir) != dataset_dir:
+            raise DatasetError(f"{project_dir}: project was prepared from {project.dataset_dir}, not {dataset_dir}")
+        project.planner = planner
+    else:
+        project_dir.mkdir(parents=True, exist_ok=True)
+        folders = NnunetFolders.for_project(project_dir)
+        dataset_id = _free_dataset_id(folders)
+        project = Project(root=project_dir, dataset_dir=str(dataset_dir), dataset_id=dataset_id,
+                          dataset_name=f"Dataset{dataset_id:03d}_{_sanitise(dataset.spec.name)}",
+                          landmarks=dataset.spec.landmarks, pairs=dataset.spec.pairs,
+                          biometry=dataset.spec.biometry, channels=dataset.spec.channels, planner=planner)
+    project.save()
+
+    folders = project.folders
+    write_raw_dataset(dataset, project.raw_dir(), progress=progress)
+    with nnunet_environment(folders):
+        planning.extract_fingerprint(project.dataset_name, num_processes)
+        if not project.plans_file.exists():
+            planning.plan(project.dataset_name, planner)
+        planning.preprocess(folders, project.dataset_name, project.plans(), num_processes, progress)
+    return project

@@ -1,0 +1,192 @@
+"""Visual QC: orthogonal slices through each landmark with reference and prediction.
+
+The image is first reoriented (``sitk.DICOMOrient(image, "LPS")``: axis
+permutations and flips only, no resampling) so that ITK axes i, j, k run towards
+patient Left, Posterior and Superior. Points are then mapped with
+:func:`nnlandmark.geometry.world_to_index` on the reoriented grid, and the three
+views are shown in radiological convention:
+
+========  ==================  ======================  ========================
+view      slice               horizontal axis          vertical axis
+========  ==================  ======================  ========================
+axial     k (constant z)      i: patient right on the  j: anterior at the top
+                              left of the screen
+coronal   j (constant y)      i: right on the left     k: superior at the top
+sagittal  i (constant x)      j: anterior on the left  k: superior at the top
+========  ==================  ======================  ========================
+
+Pixels are drawn with their physical aspect ratio (from the spacing). For an
+oblique image the display axes are the nearest anatomical axes, while the points
+are still placed exactly (continuous index on the reoriented grid).
+
+Examples
+--------
+>>> import numpy as np, SimpleITK as sitk, tempfile, pathlib
+>>> from nnlandmark.data.landmarks import Landmarks
+>>> image = sitk.GetImageFromArray(np.random.rand(20, 30, 40).astype(np.float32))
+>>> pred = Landmarks(points={"a": np.array([10.0, 12.0, 8.0])})
+>>> ref = Landmarks(points={"a": np.array([11.0, 12.0, 8.0])})
+>>> out = pathlib.Path(tempfile.mkdtemp()) / "a.png"
+>>> plot_landmark_slices(image, pred, ref, out).stat().st_size > 0
+True
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnlandmark.data.landmarks import Landmarks
+from nnlandmark.geometry import ImageGrid, nearest_voxel, world_to_index
+from nnlandmark.report.plots import new_figure, save_figure
+
+REFERENCE_STYLE = dict(marker="o", markersize=11, markerfacecolor="none", markeredgecolor="lime",
+                       markeredgewidth=1.8, linestyle="none")
+PREDICTION_STYLE = dict(marker="x", markersize=10, color="red", markeredgewidth=2.0, linestyle="none")
+
+# view name -> (ITK axis held constant, horizontal ITK axis, vertical ITK axis,
+#               imshow origin, (left, right, top, bottom) anatomical labels)
+_VIEWS = (
+    ("axial", 2, 0, 1, "upper", ("R", "L", "A", "P")),
+    ("coronal", 1, 0, 2, "lower", ("R", "L", "S", "I")),
+    ("sagittal", 0, 1, 2, "lower", ("A", "P", "S", "I")),
+)
+
+
+def load_display_image(image) -> sitk.Image:
+    """A scalar 3D image reoriented to LPS-aligned axes (see the module notes).
+
+    Parameters
+    ----------
+    image : path-like or SimpleITK.Image
+        A 3D image; of a vector image the first component is shown.
+    """
+    if not isinstance(image, sitk.Image):
+        image = sitk.ReadImage(str(image))
+    if image.GetDimension() != 3:
+        raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        image = sitk.VectorIndexSelectionCast(image, 0)
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def _slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The 2D slice of a (k, j, i) array at ITK ``axis`` = ``index``, as (vertical, horizontal)."""
+    if axis == 2:
+        return array[index, :, :]  # (j, i)
+    if axis == 1:
+        return array[:, index, :]  # (k, i)
+    return array[:, :, index]      # (k, j)
+
+
+def _describe(name: str, predicted: Landmarks, reference: Landmarks | None) -> str:
+    pred, ref = predicted.point(name), None if reference is None else reference.point(name)
+    if pred is not None and ref is not None:
+        return f"{name}: error {float(np.linalg.norm(np.asarray(pred) - np.asarray(ref))):.2f} mm"
+    parts = [f"prediction {predicted.status(name)}" if pred is None else ""]
+    if reference is None:
+        parts.append("no reference")
+    elif ref is None:
+        parts.append(f"reference {reference.status(name)}")
+    return f"{name}: " + ", ".join(p for p in parts if p)
+
+
+def plot_landmark_slices(image, predicted: Landmarks, reference: Landmarks | None, out_png,
+                         names=None, half_width_mm: float | None = None, dpi: int = 100) -> Path:
+    """Axial, coronal and sagittal slices through each landmark, one row per landmark.
+
+    The slices pass through the nearest voxel of the reference point (of the
+    prediction when there is no reference point). The reference is a green circle,
+    the prediction a red cross, both projected onto each slice plane; the row title
+    gives the name and the radial error in mm (or why there is none).
+
+    Parameters
+    ----------
+    image : path-like or SimpleITK.Image
+        The case's 3D image.
+    predicted : Landmarks
+        Predicted points (LPS mm).
+    reference : Landmarks or None
+        Reference points (LPS mm), if any.
+    out_png : path-like
+        Output PNG.
+    names : sequence of str, optional
+        Landmarks to show, in this order. Default: the reference names, then
+        predicted names not in the reference.
+    half_width_mm : float, optional
+        Zoom each view to +-``half_width_mm`` around the slice centre; default
+        whole slices.
+    dpi : int
+        Resolution of the PNG (each panel is 3.2 x 3.2 inches).
+
+    Returns
+    -------
+    Path of the PNG.
+    """
+    display = load_display_image(image)
+    grid = ImageGrid.from_image(display)
+    array = sitk.GetArrayFromImage(display).astype(np.float32)
+    finite = array[np.isfinite(array)]
+    # robust window: a few hot voxels must not wash out the anatomy
+    vmin, vmax = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    if vmax <= vmin:
+        vmax = vmin + 1.0
+    spacing = np.asarray(grid.spacing)
+    size = np.asarray(grid.size)
+
+    if names is None:
+        names = list(reference.names) if reference is not None else []
+        names += [n for n in predicted.names if n not in names]
+    names = list(names)
+    if not names:
+        raise ValueError("no landmarks to plot")
+
+    fig = new_figure(3 * 3.2, 3.2 * len(names) + 0.5)
+    axes = fig.subplots(len(names), 3, squeeze=False)
+    for row, name in enumerate(names):
+        pred = predicted.point(name)
+        ref = None if reference is None else reference.point(name)
+        centre = ref if ref is not None else pred
+        axes[row, 0].set_title(_describe(name, predicted, reference), loc="left", fontsize=10,
+                               fontweight="bold")
+        if centre is None:
+            for ax in axes[row]:
+                ax.set_axis_off()
+            axes[row, 1].text(0.5, 0.5, "no point to show", ha="center", va="center",
+                              transform=axes[row, 1].transAxes)
+            continue
+        centre_index = world_to_index(centre, grid)
+        voxel = np.clip(nearest_voxel(centre_index), 0, size - 1)
+        outside = not grid.contains_index(centre_index)
+        points = [(world_to_index(p, grid), style) for p, style in
+                  ((ref, REFERENCE_STYLE), (pred, PREDICTION_STYLE)) if p is not None]
+        for ax, (view, fixed, h, v, origin, (left, right, top, bottom)) in zip(axes[row], _VIEWS):
+            ax.set_facecolor("#1c2a3a")  # beyond the image edge when zoomed or clipped
+            ax.imshow(_slice(array, fixed, int(voxel[fixed])), cmap="gray", vmin=vmin, vmax=vmax,
+                      origin=origin, aspect=spacing[v] / spacing[h], interpolation="nearest")
+            for index, style in points:
+                ax.plot(index[h], index[v], **style)
+            if half_width_mm is not None:
+                ch, cv = centre_index[h], centre_index[v]
+                rh, rv = half_width_mm / spacing[h], half_width_mm / spacing[v]
+                ax.set_xlim(ch - rh, ch + rh)
+                # keep the origin's orientation: 'upper' means y grows downwards
+                ax.set_ylim((cv + rv, cv - rv) if origin == "upper" else (cv - rv, cv + rv))
+            else:
+                # points outside the image must not stretch the axes
+                ax.set_xlim(-0.5, size[h] - 0.5)
+                ax.set_ylim((size[v] - 0.5, -0.5) if origin == "upper" else (-0.5, size[v] - 0.5))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            label = f"{view} {'ijk'[fixed]}={int(voxel[fixed])}" + (" (outside image)" if outside else "")
+            ax.set_xlabel(label, fontsize=8)
+            for text, x, y, ha, va in ((left, 0.02, 0.5, "left", "center"),
+                                       (right, 0.98, 0.5, "right", "center"),
+                                       (top, 0.5, 0.98, "center", "top"),
+                                       (bottom, 0.5, 0.02, "center", "bottom")):
+                ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, color="yellow", fontsize=8)
+    handles = [axes[0, 0].plot([], [], **REFERENCE_STYLE)[0], axes[0, 0].plot([], [], **PREDICTION_STYLE)[0]]
+    fig.legend(handles, ["reference", "prediction"], loc="upper right", ncol=2, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3.2 * len(names) + 0.5)))
+    return save_figure(fig, out_png, dpi=dpi)

@@ -1,0 +1,155 @@
+"""Heatmap regression losses with per-sample landmark masking.
+
+Both losses take raw network outputs (``logits``) and targets in ``[0, 1]`` of
+the same shape ``(B, L, *spatial)``. A ``channel_mask`` of shape ``(B, L)``
+marks which landmarks are annotated for each sample; unknown ones
+(``False``) contribute nothing, neither to the value nor to the gradient.
+Each kept ``(sample, channel)`` pair weighs the same in the final mean.
+
+Examples
+--------
+>>> import torch
+>>> logits = torch.zeros(1, 2, 4)
+>>> target = torch.zeros(1, 2, 4)
+>>> round(float(topk_bce_with_logits(logits, target, fraction=0.25)), 4)  # log(2)
+0.6931
+>>> float(mse_on_sigmoid(logits, target))  # sigmoid(0) = 0.5
+0.25
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["topk_bce_with_logits", "mse_on_sigmoid"]
+
+
+def _check_shapes(logits: torch.Tensor, target: torch.Tensor, channel_mask: torch.Tensor | None) -> None:
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+    if logits.ndim < 3:
+        raise ValueError(f"expected (B, L, *spatial), got shape {tuple(logits.shape)}")
+    if channel_mask is not None and tuple(channel_mask.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"channel_mask must be (B, L) = {tuple(logits.shape[:2])}, got {tuple(channel_mask.shape)}")
+
+
+def _select_channels(logits: torch.Tensor, target: torch.Tensor, channel_mask: torch.Tensor | None):
+    """Flatten to ``(K, N)`` rows of kept ``(sample, channel)`` pairs.
+
+    Selecting before computing the per-voxel loss skips all work on unknown
+    landmarks.
+    """
+    n_voxels = math.prod(logits.shape[2:])
+    logits = logits.reshape(-1, n_voxels)
+    target = target.reshape(-1, n_voxels)
+    if channel_mask is not None:
+        keep = channel_mask.reshape(-1).to(device=logits.device, dtype=torch.bool)
+        logits, target = logits[keep], target[keep]
+    return logits, target
+
+
+def _zero_loss(logits: torch.Tensor) -> torch.Tensor:
+    # A zero that is still part of the graph, so ``backward()`` works (and gives
+    # zero gradients) when a batch has no annotated landmark at all. Summing an
+    # empty slice, unlike ``logits.sum() * 0``, stays 0 if logits hold inf/NaN.
+    return logits.reshape(-1)[:0].float().sum()
+
+
+def topk_bce_with_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    fraction: float = 0.2,
+    channel_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of the hardest ``fraction`` of per-voxel BCE losses, per channel.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, L, *spatial)`` raw outputs (before the sigmoid).
+    target : torch.Tensor
+        Same shape, values in ``[0, 1]`` (soft heatmap targets are fine).
+    fraction : float
+        Share of voxels kept per ``(sample, channel)``, in ``(0, 1]``.
+    channel_mask : torch.Tensor, optional
+        ``(B, L)`` bool; ``False`` excludes that landmark of that sample.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar float32. Computed as follows: the per-voxel loss is
+        ``binary_cross_entropy_with_logits(logits, target)``. For every kept
+        ``(sample, channel)`` pair with ``N`` voxels, the
+        ``k = max(1, ceil(fraction * N))`` largest per-voxel losses are averaged
+        (ties at the k-th value are broken arbitrarily, which does not change
+        the value). The result is the plain mean of these per-pair averages.
+        When the mask keeps no pair, a zero connected to ``logits``' graph.
+
+    Notes
+    -----
+    ``fraction * N`` is rounded to 9 decimals before the ceiling so that float
+    noise (``0.2 * 15 = 3.0000000000000004``) does not add a voxel.
+    The loss is computed in float32 even for half-precision logits.
+
+    Examples
+    --------
+    >>> logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0, 10.0]]])
+    >>> target = torch.tensor([[[0.0, 0.0, 0.0, 0.0, 0.0]]])
+    >>> round(float(topk_bce_with_logits(logits, target, fraction=0.2)), 4)  # k = 1
+    10.0
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    _check_shapes(logits, target, channel_mask)
+    rows_logits, rows_target = _select_channels(logits, target, channel_mask)
+    if rows_logits.shape[0] == 0:
+        return _zero_loss(logits)
+    n_voxels = rows_logits.shape[1]
+    k = max(1, math.ceil(round(fraction * n_voxels, 9)))
+    per_voxel = F.binary_cross_entropy_with_logits(
+        rows_logits.float(), rows_target.float(), reduction="none"
+    )
+    if k < n_voxels:
+        per_voxel = per_voxel.topk(k, dim=1, sorted=False).values
+    return per_voxel.mean(dim=1).mean()
+
+
+def mse_on_sigmoid(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    channel_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared error between ``sigmoid(logits)`` and ``target`` (the "v1" preset).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, L, *spatial)`` raw outputs.
+    target : torch.Tensor
+        Same shape, values in ``[0, 1]``.
+    channel_mask : torch.Tensor, optional
+        ``(B, L)`` bool; ``False`` excludes that landmark of that sample.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar float32: the mean over all voxels of the kept ``(sample,
+        channel)`` pairs (equal to the mean of per-pair means, since every pair
+        has the same number of voxels). When the mask keeps no pair, a zero
+        connected to ``logits``' graph.
+
+    Examples
+    --------
+    >>> logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    >>> target = torch.tensor([[[1.0, 1.0], [0.5, 0.5]]])
+    >>> float(mse_on_sigmoid(logits, target, channel_mask=torch.tensor([[False, True]])))
+    0.0
+    """
+    _check_shapes(logits, target, channel_mask)
+    rows_logits, rows_target = _select_channels(logits, target, channel_mask)
+    if rows_logits.shape[0] == 0:
+        return _zero_loss(logits)
+    return F.mse_loss(torch.sigmoid(rows_logits.float()), rows_target.float())

@@ -1,0 +1,221 @@
+"""Training targets: landmark points from label patches, and heatmaps from points.
+
+During training, landmarks travel through nnU-Net's augmentation as a label map
+(landmark ``l`` is label ``l + 1``, drawn as a small cube). After augmentation,
+:func:`points_from_label_patch` turns each label back into a sub-voxel point,
+and :func:`cone_heatmaps` / :func:`gaussian_heatmaps` render the regression
+targets for the network.
+
+All tensors are channel-first; spatial axes are plain array axes in whatever
+order the caller uses (nothing here reorders them). Points are continuous
+voxel indices along those axes; voxel ``i`` has its centre at index ``i``.
+Everything stays on the input's device and is vectorised over voxels.
+
+Examples
+--------
+>>> import torch
+>>> seg = torch.zeros(1, 1, 8, 8, 8, dtype=torch.int16)
+>>> seg[0, 0, 2:5, 3:6, 4:7] = 1
+>>> points_from_label_patch(seg, num_landmarks=2)
+tensor([[[3., 4., 5.],
+         [nan, nan, nan]]])
+>>> hm = cone_heatmaps(torch.tensor([[[3.0, 4.0, 5.0]]]), (8, 8, 8), radius=2.0)
+>>> float(hm[0, 0, 3, 4, 5]), float(hm[0, 0, 4, 4, 5]), float(hm[0, 0, 5, 4, 5])
+(1.0, 0.5, 0.0)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["points_from_label_patch", "cone_heatmaps", "gaussian_heatmaps"]
+
+
+def points_from_label_patch(seg: torch.Tensor, num_landmarks: int) -> torch.Tensor:
+    """Centroid of every landmark label in a batch of 3D label patches.
+
+    Parameters
+    ----------
+    seg : torch.Tensor
+        Label patches, shape ``(B, 1, X, Y, Z)`` or ``(B, X, Y, Z)``, integer or
+        floating dtype holding integer values. Landmark ``l`` (0-based) is
+        label ``l + 1``; 0 is background. Values outside ``1..num_landmarks``
+        (e.g. nnU-Net's ``-1`` border padding) are ignored.
+    num_landmarks : int
+        Number of landmarks ``L``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, L, 3)`` float32 on ``seg``'s device: the mean voxel index of each
+        label's voxels, along the patch's own array axes. A label without any
+        voxel in the patch gives a row of NaN.
+
+    Notes
+    -----
+    The centroid is that of the voxels *present in the patch*. A cube cut by
+    the patch border therefore yields the centroid of its remaining part,
+    which is pulled inside by up to one voxel (a 3-voxel cube centred on
+    index 0 keeps indices 0 and 1 along that axis: centroid 0.5). Rotation or
+    scaling by augmentation leaves the centroid of a resampled cube close to
+    the transformed centre.
+
+    Only labelled voxels are gathered (one ``nonzero`` over the patch plus
+    scatter-adds into ``B * L`` bins), so the cost does not grow with ``L``.
+    On CUDA, ``nonzero`` synchronises with the host once per call.
+
+    Examples
+    --------
+    >>> seg = torch.zeros(2, 6, 6, 6, dtype=torch.uint8)
+    >>> seg[1, 0:2, 2:5, 2:5] = 2          # a cube cut by the x = 0 border
+    >>> points_from_label_patch(seg, 2)[1]
+    tensor([[   nan,    nan,    nan],
+            [0.5000, 3.0000, 3.0000]])
+    """
+    if seg.ndim == 5:
+        if seg.shape[1] != 1:
+            raise ValueError(f"expected one label channel, got shape {tuple(seg.shape)}")
+        seg = seg[:, 0]
+    elif seg.ndim != 4:
+        raise ValueError(f"expected (B, 1, X, Y, Z) or (B, X, Y, Z), got shape {tuple(seg.shape)}")
+    num_landmarks = int(num_landmarks)
+    if num_landmarks < 1:
+        raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
+    batch = seg.shape[0]
+    device = seg.device
+
+    # Half-integer bounds accept float label maps (nnU-Net may hand them over as
+    # float) without a rounding pass over the whole patch.
+    mask = (seg > 0.5) & (seg < num_landmarks + 0.5)
+    where = torch.nonzero(mask)  # (M, 4): b, x, y, z
+    labels = seg[mask]
+    if labels.is_floating_point():
+        labels = labels.round()
+    labels = labels.long()
+    bins = where[:, 0] * num_landmarks + (labels - 1)
+
+    # float64 sums keep the centroid exact even for labels with millions of voxels.
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+    counts = torch.zeros(batch * num_landmarks, dtype=acc_dtype, device=device)
+    counts.index_add_(0, bins, torch.ones_like(bins, dtype=acc_dtype))
+    sums = torch.zeros(batch * num_landmarks, 3, dtype=acc_dtype, device=device)
+    sums.index_add_(0, bins, where[:, 1:].to(acc_dtype))
+
+    points = sums / counts.unsqueeze(1)
+    points = torch.where(counts.unsqueeze(1) > 0, points, torch.full_like(points, float("nan")))
+    return points.to(torch.float32).reshape(batch, num_landmarks, 3)
+
+
+def _squared_distances(points: torch.Tensor, spatial_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distance of every voxel to every point, plus the finite-point mask.
+
+    Built from one 1-D grid per axis and broadcasting, so the only full-size
+    allocation is the result itself, shape ``(B, L, *spatial_shape)``.
+    """
+    if points.ndim != 3:
+        raise ValueError(f"points must be (B, L, D), got shape {tuple(points.shape)}")
+    spatial_shape = tuple(int(s) for s in spatial_shape)
+    ndim = len(spatial_shape)
+    if points.shape[-1] != ndim:
+        raise ValueError(f"points have {points.shape[-1]} coordinates but spatial_shape has {ndim} axes")
+    dtype = points.dtype if points.is_floating_point() else torch.float32
+    # Targets are constants; detaching lets the callers work in place.
+    points = points.detach().to(dtype)
+    valid = torch.isfinite(points).all(dim=-1)  # (B, L)
+    # NaN points become 0 here and are zeroed by the caller; this keeps NaN out
+    # of intermediate arithmetic.
+    safe = torch.where(valid.unsqueeze(-1), points, torch.zeros_like(points))
+
+    d2 = None
+    for axis, size in enumerate(spatial_shape):
+        grid = torch.arange(size, dtype=dtype, device=points.device)
+        view = [1] * ndim
+        view[axis] = size
+        diff = grid.view(*view) - safe[..., axis].reshape(*safe.shape[:2], *([1] * ndim))
+        term = diff * diff
+        d2 = term if d2 is None else d2 + term
+    return d2, valid
+
+
+def cone_heatmaps(points: torch.Tensor, spatial_shape: Sequence[int], radius: float = 15.0) -> torch.Tensor:
+    """Linear cone heatmaps: ``max(0, 1 - d / radius)``.
+
+    Parameters
+    ----------
+    points : torch.Tensor
+        ``(B, L, D)`` continuous voxel indices (sub-voxel allowed); NaN marks a
+        landmark absent from the patch.
+    spatial_shape : sequence of int
+        The ``D`` spatial sizes of the output.
+    radius : float
+        Distance in voxels at which the cone reaches 0.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, L, *spatial_shape)`` on ``points``' device, dtype of ``points``
+        (float32 for integer points). 1 at the point itself, falling linearly
+        with the Euclidean distance ``d`` to 0 at ``d >= radius``. A point with
+        any NaN coordinate gives an all-zero channel.
+
+    Notes
+    -----
+    Points outside the patch are kept, not dropped: a landmark just beyond the
+    patch edge contributes the part of its cone that reaches inside, so the
+    network learns the slope towards it. Only a point farther than ``radius``
+    from every voxel yields an all-zero channel.
+
+    Examples
+    --------
+    >>> hm = cone_heatmaps(torch.tensor([[[0.0, 0.0]]]), (1, 4), radius=2.0)
+    >>> hm[0, 0]
+    tensor([[1.0000, 0.5000, 0.0000, 0.0000]])
+    >>> cone_heatmaps(torch.tensor([[[-1.0, 0.0]]]), (1, 4), radius=2.0)[0, 0]
+    tensor([[0.5000, 0.2929, 0.0000, 0.0000]])
+    """
+    radius = float(radius)
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    d2, valid = _squared_distances(points, spatial_shape)
+    out = d2.sqrt_().mul_(-1.0 / radius).add_(1.0).clamp_(min=0.0)
+    return _zero_invalid(out, valid)
+
+
+def gaussian_heatmaps(points: torch.Tensor, spatial_shape: Sequence[int], sigma: float = 4.0) -> torch.Tensor:
+    """Unnormalised Gaussian heatmaps: ``exp(-d^2 / (2 sigma^2))``, peak 1.
+
+    Parameters
+    ----------
+    points : torch.Tensor
+        ``(B, L, D)`` continuous voxel indices; NaN marks an absent landmark.
+    spatial_shape : sequence of int
+        The ``D`` spatial sizes of the output.
+    sigma : float
+        Standard deviation in voxels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, L, *spatial_shape)`` on ``points``' device, dtype of ``points``
+        (float32 for integer points). All-zero channel for a NaN point. As for
+        :func:`cone_heatmaps`, points outside the patch keep their tail inside.
+
+    Examples
+    --------
+    >>> hm = gaussian_heatmaps(torch.tensor([[[0.0]]]), (3,), sigma=1.0)
+    >>> hm
+    tensor([[[1.0000, 0.6065, 0.1353]]])
+    """
+    sigma = float(sigma)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    d2, valid = _squared_distances(points, spatial_shape)
+    out = d2.mul_(-0.5 / (sigma * sigma)).exp_()
+    return _zero_invalid(out, valid)
+
+
+def _zero_invalid(out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Zero the channels of NaN points in place (one broadcast multiply)."""
+    shape = (*valid.shape, *([1] * (out.ndim - 2)))
+    return out.mul_(valid.reshape(shape).to(out.dtype))

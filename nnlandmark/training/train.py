@@ -1,0 +1,94 @@
+"""Train one fold (or all five) of a prepared project."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from nnlandmark.nnunet.paths import nnunet_environment
+from nnlandmark.nnunet.planning import CONFIGURATION
+from nnlandmark.planning.project import Project
+from nnlandmark.training.presets import TrainingSettings
+
+MODEL_FILE = "nnlandmark.json"
+NUM_FOLDS = 5
+
+
+def model_dir_for(project: Project, settings: TrainingSettings) -> Path:
+    return project.folders.results / project.dataset_name / settings.model_name(project.plans_identifier,
+                                                                                 CONFIGURATION)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got '{device}'")
+    return torch.device(device)
+
+
+def write_model_description(project: Project, settings: TrainingSettings, model_dir: Path) -> None:
+    """The part of a model folder nnU-Net does not write: what the channels mean."""
+    import nnunetv2
+    description = {"landmarks": project.landmarks, "pairs": project.pairs, "biometry": project.biometry,
+                   "channels": project.channels, "planner": project.planner,
+                   "plans_identifier": project.plans_identifier, "configuration": CONFIGURATION,
+                   "settings": settings.to_dict(), "nnunetv2_version": nnunetv2.__version__ if hasattr(
+                       nnunetv2, "__version__") else _package_version("nnunetv2")}
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / MODEL_FILE).write_text(json.dumps(description, indent=2))
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import version
+    return version(name)
+
+
+def _unknown_landmarks(project: Project) -> dict:
+    sidecar = json.loads((project.raw_dir() / "landmarks_world.json").read_text())
+    return {case: [n for n, v in record.items() if v == "unknown"] for case, record in sidecar.items()}
+
+
+def train(project_dir, fold=0, settings: TrainingSettings | None = None, device: str = "cpu",
+          continue_training: bool = False, progress: bool = True) -> Path:
+    """Train ``fold`` (0-4, or ``"all"`` for the five folds in turn); returns the model folder.
+
+    With ``continue_training`` a fold resumes from its latest checkpoint (a
+    finished fold is left as it is); without it, an existing fold is refused.
+    """
+    settings = settings or TrainingSettings()
+    project = Project.load(project_dir)
+    folds = list(range(NUM_FOLDS)) if fold == "all" else [int(fold)]
+    model_dir = model_dir_for(project, settings)
+    for f in folds:
+        if not 0 <= f < NUM_FOLDS:
+            raise ValueError(f"fold must be 0-{NUM_FOLDS - 1} or 'all', got {f}")
+        fold_dir = model_dir / f"fold_{f}"
+        if not continue_training and any(fold_dir.glob("checkpoint_*.pth")):
+            raise FileExistsError(f"{fold_dir}: already has checkpoints; use --continue to resume it "
+                                  "or choose another model")
+    write_model_description(project, settings, model_dir)
+    for f in folds:
+        _train_fold(project, f, settings, resolve_device(device), model_dir, continue_training, progress)
+    return model_dir
+
+
+def _train_fold(project, fold, settings, device, model_dir, continue_training, progress) -> None:
+    from nnlandmark.nnunet.trainer import LandmarkTrainer
+    fold_dir = model_dir / f"fold_{fold}"
+    if continue_training and (fold_dir / "checkpoint_final.pth").exists():
+        print(f"{fold_dir}: already finished")
+        return
+    workers = settings.augmentation_workers
+    if workers is None:
+        workers = 0 if device.type == "cpu" else 4  # on CPU, augmentation workers compete with the model for cores
+    with nnunet_environment(project.folders, augmentation_workers=workers):
+        plans = project.plans()
+        plans["continue_training"] = continue_training  # nnunetv2 2.8 reads (and pops) this from the plans
+        dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
+        trainer = LandmarkTrainer(plans, CONFIGURATION, fold, dataset_json, device)
+        trainer.configure(settings, project.landmarks, model_dir, _unknown_landmarks(project))
+        if continue_training and (fold_dir / "checkpoint_latest.pth").exists():
+            trainer.load_checkpoint(str(fold_dir / "checkpoint_latest.pth"))
+        trainer.run_training(progress=progress)

@@ -1,0 +1,125 @@
+"""Heatmap decoders: exactness, sub-voxel accuracy and numerical robustness."""
+import numpy as np
+import pytest
+import torch
+
+from nnlandmark.inference.decoding import (
+    DECODERS,
+    decode,
+    decode_argmax,
+    decode_local_mean,
+    decode_quadratic,
+)
+
+SHAPE = (24, 26, 22)
+CENTRE = np.array([10.3, 12.7, 9.45])
+
+
+def _gaussian(centre, sigma, shape=SHAPE, scale=1.0, dtype=np.float32):
+    grid = np.indices(shape, dtype=np.float64)
+    d2 = sum((grid[a] - centre[a]) ** 2 for a in range(len(shape)))
+    return (scale * np.exp(-d2 / (2 * sigma**2))).astype(dtype)
+
+
+def test_registry_and_dispatch():
+    assert set(DECODERS) == {"argmax", "local-mean", "quadratic"}
+    hm = np.zeros((1, 3, 3, 3))
+    hm[0, 1, 2, 0] = 1.0
+    np.testing.assert_array_equal(decode(hm)[0], [[1, 2, 0]])
+    with pytest.raises(ValueError):
+        decode(hm, "softargmax")
+
+
+def test_argmax_exact_with_first_occurrence_ties():
+    hm = np.zeros((3, 5, 6, 7), dtype=np.float32)
+    hm[0, 4, 0, 6] = 3.0
+    hm[1, 2, 3, 1] = hm[1, 2, 3, 5] = hm[1, 3, 0, 0] = 2.0   # tie: first in C order wins
+    hm[2] = -1.0
+    hm[2, 0, 5, 2] = -0.5
+    points, scores = decode_argmax(hm)
+    np.testing.assert_array_equal(points, [[4, 0, 6], [2, 3, 1], [0, 5, 2]])
+    np.testing.assert_array_equal(scores, [3.0, 2.0, -0.5])
+    assert points.dtype == np.float64 and points.shape == (3, 3)
+
+
+def test_subvoxel_decoders_on_gaussian_blob():
+    hm = np.stack([_gaussian(CENTRE, 1.0), _gaussian(CENTRE, 2.0)])
+    arg, _ = decode_argmax(hm)
+    np.testing.assert_array_equal(arg, [[10, 13, 9], [10, 13, 9]])
+    # argmax is off by 0.3 / 0.3 / 0.45 voxel
+    np.testing.assert_allclose(np.abs(arg - CENTRE), [[0.3, 0.3, 0.45]] * 2, atol=1e-9)
+
+    local, scores = decode_local_mean(hm[:1], radius=2)
+    assert np.abs(local[0] - CENTRE).max() < 0.1
+    assert scores[0] == pytest.approx(hm[0, 10, 13, 9])
+
+    quad, _ = decode_quadratic(hm)
+    assert np.abs(quad - CENTRE).max() < 0.1
+    assert np.abs(quad[1] - CENTRE).max() < 0.02   # wider blob: parabola fits better
+
+
+def test_local_mean_by_hand_and_background_invariance():
+    # 1-D profile along axis 0, radius 1 around the peak at 2: weights
+    # (1, 3, 2) - 1 = (0, 2, 1) -> (1*0 + 2*2 + 3*1) / 3 = 7/3.
+    hm = np.zeros((1, 5, 1, 1))
+    hm[0, 1:4, 0, 0] = [1.0, 3.0, 2.0]
+    expected = [7 / 3, 0, 0]
+    np.testing.assert_allclose(decode_local_mean(hm, radius=1)[0][0], expected)
+    # A constant offset is removed by the window minimum.
+    np.testing.assert_allclose(decode_local_mean(hm + 100.0, radius=1)[0][0], expected)
+
+
+def test_quadratic_by_hand_border_and_clipping():
+    hm = np.zeros((2, 5, 3, 1))
+    hm[0, 1:4, 1, 0] = [2.0, 4.0, 3.0]       # offset (2 - 3) / (2 (2 - 8 + 3)) = 1/6
+    hm[0, 2, 0, 0] = hm[0, 2, 2, 0] = 1.0    # symmetric along axis 1 -> 0
+    hm[1, 4, 1, 0] = 5.0                     # peak on the axis-0 border -> no offset
+    hm[1, 3, 1, 0] = 4.0
+    points, _ = decode_quadratic(hm)
+    np.testing.assert_allclose(points, [[2 + 1 / 6, 1, 0], [4, 1, 0]])
+
+
+def test_quadratic_near_flat_denominator_gives_zero_offset():
+    hm = np.zeros((1, 5, 1, 1))
+    hm[0, 1:4, 0, 0] = [1.0 - 1e-12, 1.0, 1.0]   # denominator -1e-12 >= -eps
+    np.testing.assert_array_equal(decode_quadratic(hm)[0], [[2, 0, 0]])
+
+
+@pytest.mark.parametrize("method", sorted(DECODERS))
+def test_degenerate_heatmaps_give_finite_points(method):
+    hm = np.zeros((5,) + (9, 8, 7), dtype=np.float32)
+    # 0: all zero, 1: constant, 2: saturated plateau, 3: large values, 4: NaN voxels
+    hm[1] = 0.7
+    hm[2, 3:7, 2:6, 1:5] = 1.0
+    hm[3] = _gaussian(np.array([4.2, 3.6, 3.1]), 1.5, shape=(9, 8, 7), scale=1e4)
+    hm[4, 5, 5, 5] = 1.0
+    hm[4, 0, 0, 0] = hm[4, 5, 4, 5] = np.nan
+    points, scores = decode(hm, method)
+    assert np.all(np.isfinite(points))
+    np.testing.assert_array_equal(points[0], [0, 0, 0])
+    np.testing.assert_array_equal(points[1], [0, 0, 0])
+    # plateau: somewhere inside the saturated block (its first corner + refinement)
+    assert np.all(points[2] >= [3, 2, 1]) and np.all(points[2] <= [6, 5, 4])
+    assert np.abs(points[3] - [4.2, 3.6, 3.1]).max() < 0.5
+    np.testing.assert_array_equal(np.rint(points[4]), [5, 5, 5])
+    np.testing.assert_allclose(scores[:4], [0.0, 0.7, 1.0, hm[3].max()], rtol=1e-6)
+    assert scores[4] == 1.0
+
+
+def test_large_values_decode_like_unit_values():
+    unit = _gaussian(CENTRE, 1.5)[None]
+    for decoder in DECODERS.values():
+        big, _ = decoder(unit * np.float32(1e4))
+        small, _ = decoder(unit)
+        np.testing.assert_allclose(big, small, atol=1e-6)
+
+
+def test_torch_and_float16_inputs_match_numpy():
+    hm = np.stack([_gaussian(CENTRE, 1.5), _gaussian(CENTRE[::-1] + 2, 1.0)])
+    reference = decode_quadratic(hm)[0]
+    np.testing.assert_allclose(decode_quadratic(torch.from_numpy(hm))[0], reference, atol=1e-9)
+    half = decode_quadratic(hm.astype(np.float16))[0]
+    np.testing.assert_allclose(half, reference, atol=0.02)
+    bf16 = decode_local_mean(torch.from_numpy(hm).to(torch.bfloat16))[0]
+    assert np.all(np.isfinite(bf16))
+    assert np.abs(bf16 - decode_local_mean(hm)[0]).max() < 0.1

@@ -1,0 +1,148 @@
+"""evaluate() on small hand-made folders."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from nnlandmark.data.formats import write_landmarks
+from nnlandmark.data.landmarks import Landmarks
+from nnlandmark.evaluation.evaluate import case_stem, evaluate, list_case_files
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+
+
+def _pred(**landmarks):
+    """Prediction JSON: a point, or None for 'present': false."""
+    return {name: ({"world_lps_mm": p, "voxel_index": None, "score": 0.9, "present": True} if p is not None
+                   else {"world_lps_mm": None, "voxel_index": None, "score": 0.1, "present": False})
+            for name, p in landmarks.items()}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Dataset with landmarks a, b, c and biometry ab; predictions for c1, c2 and c4.
+
+    errors by hand:
+      c1: a |(3, 4, 0)| = 5, b |(0, 0, 2)| = 2, c absent in both (true negative)
+      c2: a 1, b predicted absent (false negative, missing in prediction), c |(0, 0, 3)| = 3
+    c3 has only a reference, c4 only a prediction.
+    """
+    ds = tmp_path / "Data"
+    (ds / "landmarks").mkdir(parents=True)
+    _write(ds / "dataset.json", {"name": "T", "landmarks": ["a", "b", "c"],
+                                 "biometry": {"ab": ["a", "b"]}})
+    _write(ds / "landmarks" / "c1.json", {"coordinate_system": "LPS",
+                                          "landmarks": {"a": [0, 0, 0], "b": [10, 0, 0], "c": "absent"}})
+    # a Slicer file in RAS: the case name must come out as "c2" and the points as LPS
+    write_landmarks(Landmarks(points={"a": np.zeros(3), "b": np.array([0.0, 10.0, 0.0]),
+                                      "c": np.array([5.0, 5.0, 5.0])}),
+                    ds / "landmarks" / "c2.mrk.json", coordinate_system="RAS")
+    _write(ds / "landmarks" / "c3.json", {"landmarks": {"a": [0, 0, 0], "b": [1, 1, 1], "c": [2, 2, 2]}})
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    _write(pred / "c1.json", _pred(a=[3, 4, 0], b=[10, 0, 2], c=None))
+    _write(pred / "c2.json", _pred(a=[0, 0, 1], b=None, c=[5, 5, 8]))
+    _write(pred / "c4.json", _pred(a=[0, 0, 0], b=[0, 0, 0], c=[0, 0, 0]))
+    _write(pred / "plans.json", {"not": "a case"})
+    return ds, pred
+
+
+def test_case_stem_strips_landmark_suffixes():
+    assert [case_stem(n) for n in ("a.mrk.json", "b.json", "c.fcsv", "d.csv", "e.nii.gz")] == \
+        ["a", "b", "c", "d", None]
+
+
+def test_evaluate_hand_computed(dataset, tmp_path):
+    ds, pred = dataset
+    out = tmp_path / "eval"
+    result = evaluate(pred, ds, output_dir=out)
+
+    assert result.case_ids == ["c1", "c2"]
+    assert result.landmark_names == ["a", "b", "c"]
+    assert result.cases_without_prediction == ["c3"]
+    assert result.cases_without_reference == ["c4"]
+    assert any(f.endswith("plans.json") for f in result.ignored_files)
+    np.testing.assert_allclose(result.errors, [[5, 2, np.nan], [1, np.nan, 3]])
+    assert result.reference_status.tolist() == [["present", "present", "absent"],
+                                                ["present", "present", "present"]]
+
+    o = result.summary["overall"]
+    # valid 5, 2, 1, 3: mean 2.75, squared deviations 5.0625 + 0.5625 + 3.0625 + 0.0625 = 8.75
+    assert o["mre_mm"] == pytest.approx(2.75)
+    assert o["std_mm"] == pytest.approx(math.sqrt(8.75 / 4))
+    assert o["sdr"] == {"2": 0.5, "2.5": 0.5, "3": 0.75, "4": 0.75}
+    assert (o["n_valid"], o["missing_in_prediction"], o["missing_in_reference"]) == (4, 2, 1)
+    c = result.summary["per_landmark"]["c"]
+    assert (c["n_valid"], c["missing_in_prediction"], c["missing_in_reference"]) == (1, 1, 1)
+    assert result.summary["per_landmark"]["b"]["missing_in_prediction"] == 1
+
+    # biometry ab: c1 reference 10 mm, prediction |(7, -4, 2)| = sqrt(69); c2 has no predicted b
+    np.testing.assert_allclose(result.biometry_errors, [[10 - math.sqrt(69)], [np.nan]])
+    assert result.biometry_summary["ab"]["n_missing"] == 1
+
+    # presence: a TP TP; b TP FN; c TN TP
+    p = result.presence
+    assert {k: p["per_landmark"]["b"][k] for k in ("tp", "fp", "fn", "tn")} == \
+        {"tp": 1, "fp": 0, "fn": 1, "tn": 0}
+    assert (p["per_landmark"]["c"]["tp"], p["per_landmark"]["c"]["tn"]) == (1, 1)
+    assert (p["overall"]["tp"], p["overall"]["fn"], p["overall"]["tn"], p["overall"]["fp"]) == (4, 1, 1, 0)
+    assert p["overall"]["f1"] == pytest.approx(8 / 9)
+
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["summary"]["overall"]["mre_mm"] == pytest.approx(2.75)
+    assert saved["per_case"]["c1"]["c"] == {"error_mm": None, "prediction": "absent", "reference": "absent"}
+    assert saved["cases_without_prediction"] == ["c3"]
+    with open(out / "per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ["c1", "c2"]
+    assert float(rows[0]["a_error_mm"]) == 5.0 and rows[0]["c_error_mm"] == ""
+    assert float(rows[1]["mre_mm"]) == 2.0
+    with open(out / "per_landmark.csv") as f:
+        rows = {r["landmark"]: r for r in csv.DictReader(f)}
+    assert float(rows["a"]["mre_mm"]) == 3.0 and float(rows["a"]["sdr_2.5mm"]) == 0.5
+    assert rows["b"]["presence_fn"] == "1"
+
+    table = result.format_table()
+    assert "2.75 +- 1.48 mm" in table
+    assert "2.5 mm: 50.0%" in table and "3 mm: 75.0%" in table
+    assert "without prediction: 1: c3" in table and "without reference: 1: c4" in table
+    assert "ab" in table and "presence" in table
+    b_row = next(line for line in table.splitlines() if line.startswith("b "))
+    assert b_row.split()[-2:] == ["1", "0"]  # missing in prediction, in reference
+
+    with pytest.raises(FileExistsError):
+        evaluate(pred, ds, output_dir=out)
+    evaluate(pred, ds, output_dir=out, overwrite=True)
+
+
+def test_evaluate_landmark_folder_without_dataset_json(dataset):
+    ds, pred = dataset
+    result = evaluate(pred, ds / "landmarks", thresholds=(1.0,))
+    # names from the references in order of appearance; no biometry without dataset.json
+    assert result.landmark_names == ["a", "b", "c"]
+    assert result.biometry_pairs == {}
+    assert result.summary["overall"]["sdr"] == {"1": 0.25}
+
+
+def test_evaluate_without_absent_has_no_presence_and_explicit_names(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    _write(tmp_path / "r" / "x.json", {"landmarks": {"a": [0, 0, 0], "b": [1, 0, 0]}})
+    _write(tmp_path / "p" / "x.json", _pred(a=[0, 0, 0.5], b=[1, 0, 0]))
+    result = evaluate(tmp_path / "p", tmp_path / "r", landmark_names=["a"], biometry={})
+    assert result.presence is None and result.landmark_names == ["a"]
+    np.testing.assert_array_equal(result.errors, [[0.5]])
+    assert "presence" not in result.format_table()
+    with pytest.raises(ValueError, match="biometry"):
+        evaluate(tmp_path / "p", tmp_path / "r", landmark_names=["a"], biometry={"d": ["a", "b"]})
+
+
+def test_duplicate_case_files_are_refused(tmp_path):
+    _write(tmp_path / "x.json", {"landmarks": {"a": [0, 0, 0]}})
+    (tmp_path / "x.csv").write_text("name,x,y,z\na,0,0,0\n")
+    with pytest.raises(ValueError, match="two landmark files"):
+        list_case_files(tmp_path)
