@@ -199,3 +199,21 @@ def swap_world_axis(points, axis: int, grid: ImageGrid) -> np.ndarray:
     index = world_to_index(points, grid)
     index[..., axis] = grid.size[axis] - 1 - index[..., axis]
     return index_to_world(index, grid)
+
+
+def preprocessed_image_grid(pgrid: PreprocessedGrid, grid: ImageGrid) -> ImageGrid:
+    """The world placement of a preprocessed array saved with ``sitk.GetImageFromArray``.
+
+    Lets heatmaps computed in the preprocessed grid open in 3D Slicer on top of
+    the original image without resampling them.
+    """
+    origin = preprocessed_to_world(np.zeros(3), pgrid, grid)
+    columns = []  # world step per ITK axis of the saved array = reversed preprocessed axes
+    for axis in (2, 1, 0):
+        step = np.zeros(3)
+        step[axis] = 1.0
+        columns.append(preprocessed_to_world(step, pgrid, grid) - origin)
+    columns = np.stack(columns, axis=1)
+    spacing = np.linalg.norm(columns, axis=0)
+    return ImageGrid(size=tuple(pgrid.preprocessed_shape[::-1]), spacing=tuple(spacing), origin=tuple(origin),
+                     direction=columns / spacing)

@@ -44,6 +44,7 @@ from nnlandmark.evaluation.metrics import (
 NON_CASE_FILES = frozenset({
     "dataset.json", "plans.json", "predict_from_raw_data_args.json", "dataset_fingerprint.json",
     "splits_final.json", "summary.json", "evaluation.json", "per_case.csv", "per_landmark.csv",
+    "predictions.csv", "splits.json", "conversion_notes.json", "nnlandmark.json", "project.json",
 })
 
 OUTPUT_FILES = ("evaluation.json", "per_case.csv", "per_landmark.csv")
@@ -83,7 +84,9 @@ def list_case_files(folder) -> tuple[dict, list]:
     FileNotFoundError
         When ``folder`` is not a directory.
     ValueError
-        When two files give the same case name (``c1.json`` and ``c1.fcsv``).
+        When two files give the same case name (``c1.json`` and ``c1.fcsv``);
+        ``c1.json`` beside ``c1.mrk.json`` (as the predictor writes them) is
+        read from ``c1.json``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -95,6 +98,11 @@ def list_case_files(folder) -> tuple[dict, list]:
         stem = case_stem(path) if path.is_file() else None
         if stem is None or path.name.lower() in NON_CASE_FILES:
             ignored.append(path.name)
+            continue
+        if stem in files and {files[stem].name, path.name} == {stem + ".json", stem + ".mrk.json"}:
+            # the predictor writes both; its .json holds the exact record (scores, presence)
+            files[stem] = folder / (stem + ".json")
+            ignored.append(stem + ".mrk.json")
             continue
         if stem in files:
             raise ValueError(f"{folder}: case {stem!r} has two landmark files: "

@@ -17,5 +17,5 @@ def build_network(architecture: str, configuration_manager, num_input_channels: 
     if architecture == "h3de":
         from nnlandmark.architectures import build_h3de_from_plans
         return build_h3de_from_plans(configuration_manager.network_arch_init_kwargs, num_input_channels,
-                                     num_landmarks)
+                                     num_landmarks, patch_size=tuple(configuration_manager.patch_size))
     raise ValueError(f"unknown architecture '{architecture}'")

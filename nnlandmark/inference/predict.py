@@ -1,0 +1,187 @@
+"""Predict landmarks of new images in world coordinates.
+
+For each case: nnU-Net preprocessing, sliding-window heatmaps averaged over
+folds, decoding *in the preprocessed grid*, then the exact map back to the
+original voxel index and to world LPS millimetres (:mod:`nnlandmark.geometry`).
+
+Outputs per case (written atomically: temporary file, then rename):
+
+``<case>.json``
+    ``{name: {"world_lps_mm": [x, y, z], "voxel_index": [i, j, k], "score": s, "present": true}}``;
+    ``voxel_index`` is the continuous ITK index in the input image.
+``<case>.mrk.json``
+    a 3D Slicer markups file that opens on top of the input image.
+``predictions.csv``
+    one row per case and landmark.
+``<case>_heatmaps.nii.gz`` (``save_heatmaps``)
+    the sigmoid heatmaps in the preprocessed grid, one vector component per
+    landmark, placed in world space so that they overlay the input in Slicer.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnlandmark.data.dataset import DatasetError, IMAGE_SUFFIXES, discover_images, read_image_grid
+from nnlandmark.data.formats import write_landmarks
+from nnlandmark.data.landmarks import Landmarks
+from nnlandmark.geometry import ImageGrid, preprocessed_image_grid, preprocessed_to_world, world_to_index
+from nnlandmark.inference.decoding import DECODERS, decode
+
+SUMMARY_FILE = "predictions.csv"
+
+
+class OutputExistsError(FileExistsError):
+    pass
+
+
+def _images_by_case(inputs, n_channels: int) -> dict:
+    """case id -> channel files, from a folder (dataset layout) or a list of files/folders."""
+    inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    cases, problems = {}, []
+    for item in inputs:
+        if item.is_dir():
+            folder = item / "images" if (item / "images").is_dir() else item
+            found, p = discover_images(folder, n_channels)
+            cases.update(found)
+            problems += p
+        elif item.is_file():
+            if n_channels != 1:
+                problems.append(f"{item}: the model needs {n_channels} channels; give a folder with "
+                                "<case>_0000, <case>_0001, ... files")
+                continue
+            from nnlandmark.data.dataset import split_suffix
+            split = split_suffix(item, IMAGE_SUFFIXES)
+            if split is None:
+                problems.append(f"{item}: not a recognised image file")
+                continue
+            cases[split[0]] = [item]
+        else:
+            problems.append(f"{item}: no such file or folder")
+    if not cases and not problems:
+        problems.append(f"{', '.join(map(str, inputs))}: no images found")
+    if problems:
+        raise DatasetError(problems)
+    return dict(sorted(cases.items()))
+
+
+def _check_output_dir(output_dir: Path, case_ids, overwrite: bool, resume: bool) -> list:
+    """Cases still to do; refuses existing outputs unless overwrite/resume."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".nnlandmark_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{output_dir}: output folder cannot be written ({e.strerror})") from e
+    done = [c for c in case_ids if (output_dir / f"{c}.json").exists()]
+    if done and not (overwrite or resume):
+        raise OutputExistsError(f"{output_dir}: predictions exist for {len(done)} case(s) (e.g. {done[0]}.json); "
+                                "use --overwrite to replace them or --continue to skip them")
+    return [c for c in case_ids if not (resume and c in done)]
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".tmp_{path.name}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def decode_case(heatmaps, pgrid, grid: ImageGrid, names, decoder: str = "argmax") -> dict:
+    """Decode heatmaps of one case into ``{name: (world LPS point, ITK index, score)}``."""
+    points, scores = decode(heatmaps, decoder)
+    world = preprocessed_to_world(points, pgrid, grid)
+    index = world_to_index(world, grid)
+    return {name: (world[i], index[i], float(scores[i])) for i, name in enumerate(names)}
+
+
+def _write_case(output_dir: Path, case_id: str, decoded: dict) -> None:
+    landmarks = Landmarks(points={n: w for n, (w, _, _) in decoded.items()})
+    record = {n: {"world_lps_mm": [round(float(v), 4) for v in w],
+                  "voxel_index": [round(float(v), 3) for v in i], "score": round(s, 5), "present": True}
+              for n, (w, i, s) in decoded.items()}
+    _atomic(output_dir / f"{case_id}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    _atomic(output_dir / f"{case_id}.mrk.json", lambda p: write_landmarks(landmarks, p, coordinate_system="LPS"))
+
+
+def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
+    placement = preprocessed_image_grid(pgrid, grid)
+    channels = [sitk.GetImageFromArray(heatmaps[c].float().numpy()) for c in range(heatmaps.shape[0])]
+    image = sitk.Compose(channels) if len(channels) > 1 else channels[0]
+    image.SetSpacing(placement.spacing)
+    image.SetOrigin(placement.origin)
+    image.SetDirection(placement.direction.ravel().tolist())
+    _atomic(path, lambda p: sitk.WriteImage(image, str(p), useCompression=True))
+
+
+def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
+            decoder: str = "argmax", save_heatmaps: bool = False, overwrite: bool = False, resume: bool = False,
+            progress: bool = True) -> Path:
+    """Predict every landmark of each input image; returns ``output_dir``.
+
+    Parameters
+    ----------
+    inputs : path or list of paths
+        A folder of images (``<case>.<ext>``, or ``<case>_0000.<ext>`` ... for
+        several channels; a dataset folder's ``images/`` is used when present),
+        or image files.
+    model_dir : path
+        A model folder written by ``nnlandmark train``.
+    folds : sequence of int
+        Folds whose checkpoints are averaged (logits).
+    decoder : {'argmax', 'local-mean', 'quadratic'}
+        How a point is read from each heatmap (see :mod:`nnlandmark.inference.decoding`).
+    overwrite, resume : bool
+        Replace existing outputs, or skip cases already predicted. Without
+        either, existing outputs are refused before any work starts.
+    """
+    from nnlandmark.nnunet.predictor import LandmarkPredictor, check_model_folder
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder '{decoder}', choose from {sorted(DECODERS)}")
+    folds = [int(f) for f in folds]
+    description = check_model_folder(model_dir, folds)
+    names = description["landmarks"]
+    n_channels = len(description["channels"])
+    cases = _images_by_case(inputs, n_channels)
+    grids = {case: read_image_grid(files[0], read_pixels=False) for case, files in cases.items()}
+    output_dir = Path(output_dir)
+    todo = _check_output_dir(output_dir, list(cases), overwrite, resume)
+
+    predictor = LandmarkPredictor(model_dir, folds, device=device, step_size=step_size)
+    for case in tqdm(todo, desc="predicting", disable=not progress):
+        data, pgrid = predictor.preprocess(cases[case])
+        heatmaps = predictor.heatmaps(data)
+        del data
+        decoded = decode_case(heatmaps, pgrid, grids[case], names, decoder)
+        _write_case(output_dir, case, decoded)
+        if save_heatmaps:
+            _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", heatmaps, pgrid, grids[case])
+        del heatmaps
+    _write_summary(output_dir, list(cases))
+    return output_dir
+
+
+def _write_summary(output_dir: Path, case_ids) -> None:
+    """predictions.csv from every case JSON present (so a resumed run's summary is complete)."""
+    rows = []
+    for case in case_ids:
+        path = output_dir / f"{case}.json"
+        if not path.exists():
+            continue
+        for name, r in json.loads(path.read_text()).items():
+            world = r["world_lps_mm"] or [None] * 3
+            index = r["voxel_index"] or [None] * 3
+            rows.append([case, name, *world, *index, r["score"], r.get("present", True)])
+
+    def write(p):
+        with open(p, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["case", "landmark", "x_lps_mm", "y_lps_mm", "z_lps_mm", "i", "j", "k", "score", "present"])
+            w.writerows(rows)
+    _atomic(output_dir / SUMMARY_FILE, write)
