@@ -83,7 +83,7 @@ class ImageGrid:
         """Raise :class:`GeometryError` for non-positive spacing or a non-orthonormal direction."""
         spacing = np.asarray(self.spacing)
         if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-            raise GeometryError(f"spacing must be positive, got {tuple(spacing)}")
+            raise GeometryError(f"spacing must be positive, got {tuple(float(s) for s in spacing)}")
         d = self.direction
         if not np.all(np.isfinite(d)) or not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
             raise GeometryError(f"direction matrix is not orthonormal: {d.ravel().round(5).tolist()}")

@@ -59,14 +59,46 @@ def test_subvoxel_decoders_on_gaussian_blob():
 
 
 def test_local_mean_by_hand_and_background_invariance():
-    # 1-D profile along axis 0, radius 1 around the peak at 2: weights
-    # (1, 3, 2) - 1 = (0, 2, 1) -> (1*0 + 2*2 + 3*1) / 3 = 7/3.
+    # 1-D profile along axis 0, peak 3 at index 2, channel minimum 0: threshold
+    # 0.5 * 3 = 1.5, weights (0, 1.5, 0.5) at indices 1..3 -> (2 * 1.5 + 3 * 0.5) / 2 = 2.25.
     hm = np.zeros((1, 5, 1, 1))
     hm[0, 1:4, 0, 0] = [1.0, 3.0, 2.0]
-    expected = [7 / 3, 0, 0]
+    expected = [2.25, 0, 0]
+    np.testing.assert_allclose(decode_local_mean(hm)[0][0], expected)
     np.testing.assert_allclose(decode_local_mean(hm, radius=1)[0][0], expected)
-    # A constant offset is removed by the window minimum.
-    np.testing.assert_allclose(decode_local_mean(hm + 100.0, radius=1)[0][0], expected)
+    # A constant offset moves the channel minimum with it: same threshold above it.
+    np.testing.assert_allclose(decode_local_mean(hm + 100.0)[0][0], expected)
+    # level 0: every voxel above the minimum weighs (1, 3, 2) -> (1 + 6 + 6) / 6
+    np.testing.assert_allclose(decode_local_mean(hm, level=0.0)[0][0], [13 / 6, 0, 0])
+    with pytest.raises(ValueError):
+        decode_local_mean(hm, level=1.0)
+
+
+def _cone(centre, radius, shape=SHAPE):
+    grid = np.indices(shape, dtype=np.float64)
+    d = np.sqrt(sum((grid[a] - centre[a]) ** 2 for a in range(len(shape))))
+    return np.clip(1.0 - d / radius, 0.0, None).astype(np.float32)
+
+
+@pytest.mark.parametrize("blob", ["gaussian-4", "cone-15"])
+def test_local_mean_unbiased_on_wide_heatmaps(blob):
+    """Our training targets (Gaussian sigma 4, cone radius 15) are much wider than a 5^3 window."""
+    hm = (_gaussian(CENTRE, 4.0) if blob == "gaussian-4" else _cone(CENTRE, 15.0, shape=(40, 40, 40)))[None]
+    adaptive = decode_local_mean(hm)[0][0]
+    fixed = decode_local_mean(hm, radius=2)[0][0]
+    argmax = decode_argmax(hm)[0][0]
+    assert np.abs(adaptive - CENTRE).max() < 0.02
+    # the fixed small window is pulled back towards the argmax voxel (what the adaptive window fixes)
+    assert np.abs(fixed - CENTRE).max() > 0.1
+    assert np.abs(argmax - CENTRE).max() == pytest.approx(0.45)
+
+
+def test_local_mean_window_stops_at_the_blob():
+    """A second, lower blob elsewhere in the channel does not enter the window."""
+    single = _gaussian(CENTRE, 1.5)
+    far = single + _gaussian(np.array([2.0, 2.0, 2.0]), 1.5) * np.float32(0.9)
+    np.testing.assert_array_equal(decode_local_mean(far[None])[0], decode_local_mean(single[None])[0])
+    assert np.abs(decode_local_mean(single[None])[0][0] - CENTRE).max() < 0.05
 
 
 def test_quadratic_by_hand_border_and_clipping():

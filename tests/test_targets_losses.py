@@ -48,9 +48,11 @@ def test_points_from_label_patch_irregular_shape_float_labels_and_ignored_values
     assert torch.isnan(points[0, 1]).all()
 
 
-def test_points_from_label_patch_rejects_multichannel():
-    with pytest.raises(ValueError):
-        points_from_label_patch(torch.zeros(1, 2, 4, 4, 4), 1)
+def test_points_from_label_patch_rejects_wrong_dimensions():
+    # (B, M, X, Y, Z) with several label maps is accepted (tests/test_collisions.py)
+    for shape in [(4, 4, 4), (1, 1, 1, 4, 4, 4)]:
+        with pytest.raises(ValueError):
+            points_from_label_patch(torch.zeros(shape), 1)
 
 
 # --------------------------------------------------------------------------- heatmaps

@@ -40,7 +40,8 @@ stored in ``generation.json``.
 Output (the nnlandmark dataset layout, ``docs/dataset_layout.md``)
 --------------------------------------------------------------------
 ``images/<case>.nii.gz``, ``landmarks/<case>.json`` (LPS mm), ``dataset.json`` (the 32
-names in AFID order 1-32 and left/right ``pairs``), ``splits.json``
+AFID acronyms of nnlandmark's AFIDs converter in AFID order 1-32, its left/right ``pairs``
+and the AC-PC biometry), ``splits.json``
 (``{"train": [...], "test": [...]}``) and ``generation.json`` (source, parameters and
 round-trip residual of every case).
 
@@ -59,18 +60,18 @@ import argparse
 import csv
 import hashlib
 import json
-import re
 import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnlandmark.data.convert.afids import AFIDS, BIOMETRY, PAIRS
 from nnlandmark.data.formats import read_landmarks, write_landmarks
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.geometry import ImageGrid, index_to_world, world_to_index
@@ -123,18 +124,6 @@ def fetch_autoafids(cache_dir: Path | str = DEFAULT_CACHE) -> Path:
     return root
 
 
-def sanitize_name(desc: str) -> str:
-    """AFID description -> landmark name: runs of non-alphanumerics become one ``_``.
-
-    ``"R superior LMS"`` -> ``"R_superior_LMS"``. Spaces are legal in our JSON, but
-    names also end up in CSV columns, file names and command lines.
-    """
-    name = re.sub(r"[^0-9A-Za-z]+", "_", desc).strip("_")
-    if not name:
-        raise ValueError(f"landmark description {desc!r} has no usable characters")
-    return name
-
-
 def _fcsv_label_descriptions(path: Path) -> list:
     """``(label, desc)`` of every row of a Slicer fcsv, in file order.
 
@@ -159,36 +148,20 @@ def _fcsv_label_descriptions(path: Path) -> list:
 def load_template_landmarks(fcsv: Path) -> tuple[list, np.ndarray, list]:
     """Read an AFIDs fcsv -> (names in AFID order, (32, 3) LPS mm array, raw descriptions).
 
-    Names are the sanitised ``desc`` fields (``"R MB"`` -> ``"R_MB"``), made unique
-    (``_2``, ``_3`` suffixes) should two descriptions collide. The order is that of the
-    file, which is AFID 1-32.
+    Names are the AFID acronyms of nnlandmark's AFIDs converter
+    (:data:`nnlandmark.data.convert.afids.AFIDS`: AC, PC, ICS, ..., ROSF, LOSF), looked up by
+    the ``label`` column (the AFID number 1-32), so that these data and a converted AFIDs
+    release share landmark names. The rows must be AFIDs 1-32 in order.
     """
     lm = read_landmarks(fcsv)
     rows = _fcsv_label_descriptions(fcsv)
-    if sorted(lm.points) != sorted(label for label, _ in rows):
-        raise ValueError(f"{fcsv}: reader and desc column disagree on the labels")
-    names, seen = [], {}
-    for _, desc in rows:
-        base = sanitize_name(desc)
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
-    points = np.array([lm.points[label] for label, _ in rows], dtype=float)
-    return names, points, [desc for _, desc in rows]
-
-
-def left_right_pairs(names) -> list:
-    """``[[left, right], ...]`` for names ``L_<x>`` / ``R_<x>`` (the AFIDs convention).
-
-    Every AFID with a side starts with ``R `` or ``L `` followed by the structure name
-    (e.g. ``R MB`` / ``L MB``, ``R superior LMS`` / ``L superior LMS``); a side without
-    its partner is left unpaired.
-    """
-    nameset = set(names)
-    pairs = []
-    for n in names:
-        if n.startswith("L_") and "R_" + n[2:] in nameset:
-            pairs.append([n, "R_" + n[2:]])
-    return pairs
+    labels = [label for label, _ in rows]
+    if labels != [str(i) for i in range(1, len(AFIDS) + 1)]:
+        raise ValueError(f"{fcsv}: expected AFID labels 1-{len(AFIDS)} in order, got {labels}")
+    if sorted(lm.points) != sorted(labels):
+        raise ValueError(f"{fcsv}: reader and label column disagree")
+    points = np.array([lm.points[label] for label in labels], dtype=float)
+    return list(AFIDS), points, [desc for _, desc in rows]
 
 
 def noise_floor(cache_dir: Path | str = DEFAULT_CACHE, verbose: bool = True) -> dict:
@@ -198,7 +171,7 @@ def noise_floor(cache_dir: Path | str = DEFAULT_CACHE, verbose: bool = True) -> 
     table when ``verbose``. Points are matched by position in the file (AFID 1-32).
     """
     root = fetch_autoafids(cache_dir)
-    names, gt, _ = load_template_landmarks(root / TEMPLATE_GROUND_TRUTH)
+    names, gt, descs = load_template_landmarks(root / TEMPLATE_GROUND_TRUTH)
     names2, other, _ = load_template_landmarks(root / TEMPLATE_SECOND_RATER)
     if names2 != names:
         raise ValueError("the two AFID annotation files list different landmarks")
@@ -207,8 +180,8 @@ def noise_floor(cache_dir: Path | str = DEFAULT_CACHE, verbose: bool = True) -> 
               "mean_mm": float(d.mean()), "median_mm": float(np.median(d)), "max_mm": float(d.max())}
     if verbose:
         print("AFIDs noise floor: groundtruth_afids.fcsv vs T1w.fcsv on the MNI template")
-        for i, (n, v) in enumerate(zip(names, d), start=1):
-            print(f"  {i:2d} {n:32s} {v:6.2f} mm")
+        for i, (n, desc, v) in enumerate(zip(names, descs, d), start=1):
+            print(f"  {i:2d} {n:7s} {desc:32s} {v:5.2f} mm")
         print(f"  mean {result['mean_mm']:.2f} mm, median {result['median_mm']:.2f} mm, "
               f"max {result['max_mm']:.2f} mm")
     return result
@@ -470,13 +443,13 @@ def build_dataset(out_dir: Path | str, n_train: int = 24, n_test: int = 8, voxel
                   cache_dir: Path | str = DEFAULT_CACHE, verbose: bool = True) -> GeneratedDataset:
     """Generate the dataset into ``out_dir`` (created; existing case files are overwritten).
 
-    Case ``i`` of split ``s`` draws all its randomness from
+    ``voxel_mm`` overrides ``params.voxel_mm``. Case ``i`` of split ``s`` draws all its randomness from
     ``SeedSequence(seed, spawn_key=(stream[s], i))``, so a case does not depend on how
     many other cases are made, and train and test streams are disjoint.
     """
     t0 = time.perf_counter()
-    params = params or GenerationParams(voxel_mm=voxel_mm)
-    params.voxel_mm = float(voxel_mm)
+    # voxel_mm always wins over params.voxel_mm; the caller's params are not modified
+    params = replace(params or GenerationParams(), voxel_mm=float(voxel_mm))
     root = fetch_autoafids(cache_dir)
     source = TemplateSource(root, params.voxel_mm)
     out = Path(out_dir)
@@ -499,9 +472,9 @@ def build_dataset(out_dir: Path | str, n_train: int = 24, n_test: int = 8, voxel
                       f"elastic {record.elastic_max_mm:.1f} mm, round trip {record.round_trip_max_mm:.2e} mm",
                       flush=True)
 
-    pairs = left_right_pairs(source.names)
+    pairs = [list(p) for p in PAIRS]
     dataset = {"name": "AFIDsTemplate", "landmarks": source.names, "pairs": pairs,
-               "biometry": {"AC_PC": ["AC", "PC"]}, "channels": ["T1w"]}
+               "biometry": dict(BIOMETRY), "channels": ["T1w"]}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
     (out / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
     max_rt = max((r.round_trip_max_mm for r in records), default=0.0)

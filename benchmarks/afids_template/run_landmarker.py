@@ -257,7 +257,7 @@ def train(model, cases: list, names: list, args, rng: np.random.Generator) -> di
         loss = criterion(model(x), y)
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         iteration += 1
         if iteration % args.log_every == 0 or iteration == 1:
             print(f"  it {iteration:5d}  {time.perf_counter() - t0:7.1f} s  loss {np.mean(losses[-args.log_every:]):.5f}",
@@ -268,19 +268,29 @@ def train(model, cases: list, names: list, args, rng: np.random.Generator) -> di
             "final_loss": float(np.mean(losses[-10:])) if losses else None}
 
 
-@torch.no_grad()
-def predict_case(model, case: Case, names: list, args) -> tuple[Landmarks, dict, dict]:
-    """Predict one case -> (LPS landmarks, nearest voxel of the case's image, peak score)."""
-    grid = fit_grid(case.grid, args.dim)
-    x = torch.from_numpy(sample(case, grid))[None, None]
-    prob = torch.sigmoid(model(x))
-    coords = heatmap_to_coord(prob, method=args.decoder, spatial_dims=3)[0].numpy()   # (n, 3) z, y, x
-    score = prob.flatten(2).max(-1).values[0].numpy()
+def decode_heatmaps(prob: torch.Tensor, grid: ImageGrid, case: Case, names: list, decoder: str) -> tuple[Landmarks, dict]:
+    """Sigmoid heatmaps (1, n, z, y, x) on ``grid`` -> (LPS landmarks, nearest voxel of the case's image)."""
+    coords = heatmap_to_coord(prob, method=decoder, spatial_dims=3)[0].numpy()   # (n, 3) z, y, x
     world = array_index_to_points(coords.astype(float), grid)
     points = {n: world[i] for i, n in enumerate(names)}
     voxel = {n: nearest_voxel(world_to_index(world[i], case.grid)) for i, n in enumerate(names)}
+    return Landmarks(points=points), voxel
+
+
+@torch.no_grad()
+def predict_case(model, case: Case, names: list, args) -> tuple[Landmarks, dict, dict, tuple]:
+    """Predict one case -> (LPS landmarks, nearest voxel of the case's image, peak score, (heatmaps, grid)).
+
+    The heatmaps and their grid are returned so that ``--extra-decoders`` can decode them
+    again without a second forward pass.
+    """
+    grid = fit_grid(case.grid, args.dim)
+    x = torch.from_numpy(sample(case, grid))[None, None]
+    prob = torch.sigmoid(model(x))
+    landmarks, voxel = decode_heatmaps(prob, grid, case, names, args.decoder)
+    score = prob.flatten(2).max(-1).values[0].numpy()
     scores = {n: float(score[i]) for i, n in enumerate(names)}
-    return Landmarks(points=points), voxel, scores
+    return landmarks, voxel, scores, (prob, grid)
 
 
 def evaluate(truth: np.ndarray, pred: np.ndarray, names: list) -> dict:
@@ -306,6 +316,9 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--decoder", default="local_soft_argmax", choices=["local_soft_argmax", "argmax"])
+    ap.add_argument("--extra-decoders", nargs="*", default=[], choices=["local_soft_argmax", "argmax"],
+                    help="also write predictions_<decoder>/ decoded from the same heatmaps "
+                         "(not timed separately, not in metrics.json)")
     ap.add_argument("--no-augment", dest="augment", action="store_false")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -348,10 +361,15 @@ def main(argv=None) -> int:
     predict_seconds, truths, preds = {}, [], []
     for case in load_cases(args.data, names, test_names):
         t0 = time.perf_counter()
-        landmarks, voxel, scores = predict_case(model, case, names, args)
+        landmarks, voxel, scores, (prob, grid) = predict_case(model, case, names, args)
         write_prediction_json(landmarks, out / "predictions" / f"{case.name}.json",
                               voxel_index=voxel, score=scores)
         predict_seconds[case.name] = time.perf_counter() - t0
+        for decoder in args.extra_decoders:          # after the timing: it is the primary decoder's
+            extra, extra_voxel = decode_heatmaps(prob, grid, case, names, decoder)
+            (out / f"predictions_{decoder}").mkdir(exist_ok=True)
+            write_prediction_json(extra, out / f"predictions_{decoder}" / f"{case.name}.json",
+                                  voxel_index=extra_voxel, score=scores)
         truths.append(case.points)
         preds.append(landmarks.as_array(names))
 
@@ -364,7 +382,8 @@ def main(argv=None) -> int:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "threads": torch.get_num_threads(), "device": "cpu",
         "config": {"dim": list(args.dim), "sigma_voxels": args.sigma, "lr": args.lr,
-                   "batch_size": args.batch_size, "decoder": args.decoder, "augment": args.augment,
+                   "batch_size": args.batch_size, "decoder": args.decoder,
+                   "extra_decoders": list(args.extra_decoders), "augment": args.augment,
                    "budget_minutes": args.budget_minutes, "seed": args.seed, "smoke": args.smoke,
                    "n_train": len(train_names), "n_test": len(test_names)},
     }

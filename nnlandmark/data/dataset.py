@@ -117,19 +117,29 @@ class LandmarkDataset:
 
 
 def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
-    """Map case id -> image files ordered by channel; plus problems found."""
-    problems, by_case = [], {}
+    """Map case id -> image files ordered by channel; plus problems found.
+
+    With several channels every file must be named ``<case>_NNNN.<ext>``. With
+    one channel, ``<case>.<ext>`` is the case itself, so an id such as
+    ``patient_0001`` stays whole; only when *every* file ends in ``_0000``
+    (nnU-Net's naming) is that suffix read as the channel.
+    """
+    problems, stems = [], []
     for path in sorted(images_dir.iterdir()):
         split = split_suffix(path, IMAGE_SUFFIXES)
         if split is None:
             if not path.name.startswith("."):
                 problems.append(f"{path}: not a recognised image file ({', '.join(IMAGE_SUFFIXES)})")
             continue
-        stem = split[0]
+        stems.append((path, split))
+    nnunet_single = bool(stems) and all(stem.endswith("_0000") for _, (stem, _) in stems)
+    by_case = {}
+    for path, (stem, suffix) in stems:
         match = _CHANNEL_SUFFIX.match(stem)
-        if n_channels > 1 or match:
+        if n_channels > 1 or nnunet_single:
             if not match:
-                problems.append(f"{path}: multi-channel datasets need names like <case>_0000{split[1]}")
+                problems.append(f"{path}: {n_channels} channels expected, so image files must be named "
+                                f"<case>_0000{suffix} ... <case>_{n_channels - 1:04d}{suffix}")
                 continue
             by_case.setdefault(match["case"], {})[int(match["channel"])] = path
         else:
@@ -137,8 +147,9 @@ def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
     cases = {}
     for case, channels in by_case.items():
         if sorted(channels) != list(range(n_channels)):
-            problems.append(f"{images_dir / case}: expected channels 0000..{n_channels - 1:04d}, "
-                            f"found {[f'{c:04d}' for c in sorted(channels)]}")
+            problems.append(f"{images_dir / case}: expected {n_channels} channel file(s) "
+                            f"{case}_0000..{case}_{n_channels - 1:04d}, found "
+                            f"{[f'{case}_{c:04d}' for c in sorted(channels)]}")
             continue
         cases[case] = [channels[c] for c in range(n_channels)]
     return cases, problems
@@ -159,28 +170,72 @@ def discover_landmark_files(landmarks_dir: Path) -> tuple[dict, list]:
     return files, problems
 
 
+def _itk_reason(error: RuntimeError) -> str:
+    """The informative part of a SimpleITK exception, without source locations and object addresses.
+
+    ITK appends ``Reason: <strerror>`` from a stale ``errno`` (often "No such
+    file or directory" for a file that exists); that line is dropped because it
+    misleads more than it helps.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        if line.startswith("Exception thrown in SimpleITK") or line.startswith("Reason: "):
+            continue
+        line = re.sub(r"^(ITK ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", line)
+        kept.append(line)
+    return " ".join(kept) or "unknown error"
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise DatasetError when a NIfTI file holds less voxel data than its header declares.
+
+    ITK's NIfTI reader silently fills a truncated ``.nii``/``.nii.gz`` with
+    zeros, so the check is ours: the byte count after the header's voxel
+    offset must cover the declared shape, and a gzip stream must end properly
+    with a valid checksum.
+    """
+    import gzip
+    import zlib
+
+    import nibabel
+    try:
+        proxy = nibabel.load(str(path)).dataobj
+        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
+    except Exception:  # nibabel is stricter than ITK about some headers; ITK has read this file already
+        return
+    if path.name.lower().endswith(".gz"):
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    actual += len(chunk)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DatasetError(f"{path}: compressed image data are truncated or corrupt ({e})") from e
+    else:
+        actual = path.stat().st_size
+    if actual < expected:
+        raise DatasetError(f"{path}: image file is truncated: {actual} bytes where its header needs {expected}")
+
+
 def read_image_grid(path: Path, read_pixels: bool) -> ImageGrid:
     """The 3D grid of an image file; raises DatasetError naming the file.
 
-    With ``read_pixels`` the whole file is decoded, so truncated or corrupt
+    The grid is taken from the header exactly as written (ITK's pixel reader
+    would silently turn a negative spacing into a flipped direction). With
+    ``read_pixels`` the whole file is decoded as well, so truncated or corrupt
     data are caught here and not hours later.
     """
+    path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        if read_pixels:
-            image = sitk.ReadImage(str(path))
-            dim, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
-            size, spacing = image.GetSize(), image.GetSpacing()
-            origin, direction = image.GetOrigin(), image.GetDirection()
-        else:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            dim, components = reader.GetDimension(), reader.GetNumberOfComponents()
-            size, spacing = reader.GetSize(), reader.GetSpacing()
-            origin, direction = reader.GetOrigin(), reader.GetDirection()
+        reader.ReadImageInformation()
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        raise DatasetError(f"{path}: cannot read image ({first})") from e
+        raise DatasetError(f"{path}: cannot read image header, not an image file or corrupt ({_itk_reason(e)})") from e
+    dim, components = reader.GetDimension(), reader.GetNumberOfComponents()
+    size, spacing = reader.GetSize(), reader.GetSpacing()
+    origin, direction = reader.GetOrigin(), reader.GetDirection()
     if dim == 4 and size[3] == 1:
         raise DatasetError(f"{path}: 4D image with a single volume; save it as 3D")
     if dim != 3:
@@ -195,6 +250,14 @@ def read_image_grid(path: Path, read_pixels: bool) -> ImageGrid:
         grid.validate()
     except GeometryError as e:
         raise DatasetError(f"{path}: {e}") from e
+    if read_pixels:
+        try:
+            reader.Execute()
+        except RuntimeError as e:
+            raise DatasetError(f"{path}: image data cannot be read, the file is truncated or corrupt "
+                               f"({_itk_reason(e)})") from e
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_complete(path)
     return grid
 
 

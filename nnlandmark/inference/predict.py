@@ -1,14 +1,23 @@
 """Predict landmarks of new images in world coordinates.
 
 For each case: nnU-Net preprocessing, sliding-window heatmaps averaged over
-folds, decoding *in the preprocessed grid*, then the exact map back to the
-original voxel index and to world LPS millimetres (:mod:`nnlandmark.geometry`).
+folds (and, for a model trained with left-right mirroring, over the image and
+its mirror image with paired landmarks swapped), decoding *in the
+preprocessed grid*, then the exact map back to the original voxel index and
+to world LPS millimetres (:mod:`nnlandmark.geometry`).
+
+Presence: the score of a landmark is its heatmap peak (a sigmoid value). When
+the model folder's ``nnlandmark.json`` has ``presence_thresholds`` (written by
+``nnlandmark evaluate-cv``, see :mod:`nnlandmark.evaluation.cross_validation`),
+a landmark scoring below its threshold is written as absent: ``present: false``,
+no position, the score kept. Landmarks without a threshold are always present.
 
 Outputs per case (written atomically: temporary file, then rename):
 
 ``<case>.json``
     ``{name: {"world_lps_mm": [x, y, z], "voxel_index": [i, j, k], "score": s, "present": true}}``;
-    ``voxel_index`` is the continuous ITK index in the input image.
+    ``voxel_index`` is the continuous ITK index in the input image; an absent
+    landmark has ``present: false`` and null position and index.
 ``<case>.mrk.json``
     a 3D Slicer markups file that opens on top of the input image.
 ``predictions.csv``
@@ -29,6 +38,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnlandmark.data.dataset import DatasetError, IMAGE_SUFFIXES, discover_images, read_image_grid
+from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats import write_landmarks
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.geometry import ImageGrid, preprocessed_image_grid, preprocessed_to_world, world_to_index
@@ -42,7 +52,9 @@ class OutputExistsError(FileExistsError):
 
 
 def _images_by_case(inputs, n_channels: int) -> dict:
-    """case id -> channel files, from a folder (dataset layout) or a list of files/folders."""
+    """case id -> channel files, from a folder (dataset layout), a list of files/folders, or such a dict."""
+    if isinstance(inputs, dict):
+        return {case: [Path(f) for f in files] for case, files in sorted(inputs.items())}
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     cases, problems = {}, []
     for item in inputs:
@@ -101,13 +113,18 @@ def decode_case(heatmaps, pgrid, grid: ImageGrid, names, decoder: str = "argmax"
     return {name: (world[i], index[i], float(scores[i])) for i, name in enumerate(names)}
 
 
-def _write_case(output_dir: Path, case_id: str, decoded: dict) -> None:
-    landmarks = Landmarks(points={n: w for n, (w, _, _) in decoded.items()})
-    record = {n: {"world_lps_mm": [round(float(v), 4) for v in w],
-                  "voxel_index": [round(float(v), 3) for v in i], "score": round(s, 5), "present": True}
+def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict) -> None:
+    """Write one case; a landmark scoring below ``thresholds[name]`` is written as absent."""
+    present = {n: s >= thresholds.get(n, -np.inf) for n, (_, _, s) in decoded.items()}
+    landmarks = Landmarks(points={n: w for n, (w, _, _) in decoded.items() if present[n]},
+                          absent=[n for n in decoded if not present[n]])
+    record = {n: {"world_lps_mm": [round(float(v), 4) for v in w] if present[n] else None,
+                  "voxel_index": [round(float(v), 3) for v in i] if present[n] else None,
+                  "score": round(s, 5), "present": bool(present[n])}
               for n, (w, i, s) in decoded.items()}
-    _atomic(output_dir / f"{case_id}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    # <case>.json last: its presence is what --continue takes as "this case is done"
     _atomic(output_dir / f"{case_id}.mrk.json", lambda p: write_landmarks(landmarks, p, coordinate_system="LPS"))
+    _atomic(output_dir / f"{case_id}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
@@ -122,15 +139,15 @@ def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
 
 def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
             decoder: str = "argmax", save_heatmaps: bool = False, overwrite: bool = False, resume: bool = False,
-            progress: bool = True) -> Path:
+            progress: bool = True, mirror: bool | None = None) -> Path:
     """Predict every landmark of each input image; returns ``output_dir``.
 
     Parameters
     ----------
-    inputs : path or list of paths
+    inputs : path, list of paths, or dict
         A folder of images (``<case>.<ext>``, or ``<case>_0000.<ext>`` ... for
         several channels; a dataset folder's ``images/`` is used when present),
-        or image files.
+        or image files, or ``{case: [channel files]}``.
     model_dir : path
         A model folder written by ``nnlandmark train``.
     folds : sequence of int
@@ -140,6 +157,10 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     overwrite, resume : bool
         Replace existing outputs, or skip cases already predicted. Without
         either, existing outputs are refused before any work starts.
+    mirror : bool, optional
+        Test-time mirroring along each case's left-right axis, paired
+        landmarks swapped (twice the compute). Default: on when the model was
+        trained with mirroring (``"mirror"`` in its ``nnlandmark.json``).
     """
     from nnlandmark.nnunet.predictor import LandmarkPredictor, check_model_folder
     if decoder not in DECODERS:
@@ -153,15 +174,19 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     output_dir = Path(output_dir)
     todo = _check_output_dir(output_dir, list(cases), overwrite, resume)
 
-    predictor = LandmarkPredictor(model_dir, folds, device=device, step_size=step_size)
+    thresholds = description.get("presence_thresholds") or {}
+    mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
+    predictor = LandmarkPredictor(model_dir, folds, device=device, step_size=step_size,
+                                  mirror_swap=swap_permutation(names, description.get("pairs") or []))
     for case in tqdm(todo, desc="predicting", disable=not progress):
         data, pgrid = predictor.preprocess(cases[case])
-        heatmaps = predictor.heatmaps(data)
+        axis = left_right_axis(grids[case].direction, pgrid.transpose_forward) if mirror else None
+        heatmaps = predictor.heatmaps(data, mirror_axis=axis)
         del data
         decoded = decode_case(heatmaps, pgrid, grids[case], names, decoder)
-        _write_case(output_dir, case, decoded)
-        if save_heatmaps:
+        if save_heatmaps:  # before the case JSON, which marks the case done for --continue
             _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", heatmaps, pgrid, grids[case])
+        _write_case(output_dir, case, decoded, thresholds)
         del heatmaps
     _write_summary(output_dir, list(cases))
     return output_dir

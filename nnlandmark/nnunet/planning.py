@@ -3,9 +3,10 @@
 We call nnU-Net's own fingerprint extractor, experiment planners and
 ``DefaultPreprocessor.run_case_save``. Only the loop over cases is ours: nnU-Net's
 ``DefaultPreprocessor.run`` deletes its output folder first, whereas this loop
-skips cases that are already preprocessed, so an interrupted ``prepare``
-resumes. Every case is written to a temporary folder and moved into place,
-properties file last, so a killed run never leaves a half-written case behind.
+skips cases that are already preprocessed (and not re-exported since), so an
+interrupted ``prepare`` resumes. Every case is written to a temporary folder and
+moved into place, properties file last, so a killed run never leaves a
+half-written case behind.
 """
 from __future__ import annotations
 
@@ -40,12 +41,21 @@ def extract_fingerprint(dataset_name: str, num_processes: int) -> dict:
     return extractor.run(overwrite_existing=False)
 
 
-def plan(dataset_name: str, planner: str = "default") -> dict:
-    """Run an nnU-Net planner; returns the plans (also saved in nnUNet_preprocessed)."""
+def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> dict:
+    """Run an nnU-Net planner; returns the plans (also saved in nnUNet_preprocessed).
+
+    ``target_spacing`` (mm, ITK x, y, z order) overrides the spacing nnU-Net
+    would pick for 3d_fullres, e.g. 2.5 mm so that a CPU can train in minutes;
+    patch size, batch size and topology are still planned for it by nnU-Net.
+    """
     if planner not in PLANNERS:
         raise ValueError(f"unknown planner '{planner}', choose from {sorted(PLANNERS)}")
     planner_class = _import(PLANNERS[planner][0])
-    return planner_class(dataset_name, suppress_transpose=False).plan_experiment()
+    kwargs = {}
+    if target_spacing is not None:
+        # nnU-Net's spacing is in array order (z, y, x) before its own transpose
+        kwargs["overwrite_target_spacing"] = [float(s) for s in reversed(target_spacing)]
+    return planner_class(dataset_name, suppress_transpose=False, **kwargs).plan_experiment()
 
 
 def plans_identifier(planner: str) -> str:
@@ -87,9 +97,11 @@ def preprocess(folders, dataset_name: str, plans: dict, num_processes: int = 2, 
     jobs = []
     for label_file in sorted((raw / "labelsTr").glob(f"*{ending}")):
         case_id = label_file.name[: -len(ending)]
-        if (out_dir / f"{case_id}.pkl").exists():
-            continue
         images = [str(raw / "imagesTr" / f"{case_id}_{c:04d}{ending}") for c in range(n_channels)]
+        done = out_dir / f"{case_id}.pkl"
+        # done, unless the raw case was re-exported since (a corrected landmark file)
+        if done.exists() and done.stat().st_mtime >= max(Path(f).stat().st_mtime for f in [label_file, *images]):
+            continue
         jobs.append((case_id, images, str(label_file), plans, dataset_json, str(out_dir)))
     if not jobs:
         return out_dir

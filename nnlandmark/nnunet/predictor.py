@@ -10,7 +10,6 @@ original resolution.
 """
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,21 @@ def check_model_folder(model_dir: Path, folds) -> dict:
     return json.loads((model_dir / "nnlandmark.json").read_text())
 
 
+def preprocess_case(image_files, plans_manager: PlansManager, configuration_manager, dataset_json: dict):
+    """Run nnU-Net's DefaultPreprocessor on one case.
+
+    Returns the preprocessed array (C, ...) and the :class:`PreprocessedGrid`
+    that maps its voxels back to the original image (transpose, crop, resampling).
+    """
+    data, _, properties = DefaultPreprocessor(verbose=False).run_case(
+        [str(f) for f in image_files], None, plans_manager, configuration_manager, dataset_json)
+    grid = PreprocessedGrid(transpose_forward=plans_manager.transpose_forward,
+                            crop_start=[b[0] for b in properties["bbox_used_for_cropping"]],
+                            cropped_shape=properties["shape_after_cropping_and_before_resampling"],
+                            preprocessed_shape=data.shape[1:])
+    return data, grid
+
+
 class _HeatmapChannels:
     """Stands in for nnU-Net's LabelManager inside the sliding window, which
     only asks it how many output channels to allocate."""
@@ -64,15 +78,17 @@ class _HeatmapChannels:
 class LandmarkPredictor(nnUNetPredictor):
     """nnU-Net's predictor for a landmark model folder.
 
-    ``mirror_swap`` (optional) is a channel permutation applied after a
-    left-right flip, so that mirrored test-time augmentation swaps paired
-    landmarks (left eye <-> right eye) instead of averaging them.
+    Test-time mirroring is along one axis only, the patient's left-right
+    axis, which differs between cases and is therefore given per call to
+    :meth:`heatmaps`. ``mirror_swap`` (optional) is the channel permutation
+    applied to the prediction of the flipped image, so that paired landmarks
+    swap (left eye <-> right eye) instead of being averaged with each other.
     """
 
     def __init__(self, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
-                 mirror_axes=None, mirror_swap=None, progress: bool = False):
+                 mirror_swap=None, progress: bool = False):
         device = torch.device(device)
-        super().__init__(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirror_axes is not None,
+        super().__init__(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
                          perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                          verbose_preprocessing=False, allow_tqdm=progress)
         self.model_dir = Path(model_dir)
@@ -87,41 +103,42 @@ class LandmarkPredictor(nnUNetPredictor):
         parameters = [torch.load(fold_checkpoint(self.model_dir, f), map_location="cpu",
                                  weights_only=False)["network_weights"] for f in folds]
         self.manual_initialization(network, plans_manager, configuration, parameters, dataset_json,
-                                   "LandmarkTrainer", tuple(mirror_axes) if mirror_axes is not None else None)
+                                   "LandmarkTrainer", None)
         self.label_manager = _HeatmapChannels(n_landmarks)
         self.mirror_swap = None if mirror_swap is None else torch.as_tensor(mirror_swap, dtype=torch.long)
+        self.mirror_axis = None  # set by heatmaps() for the case at hand
 
     @property
     def num_input_channels(self) -> int:
         return len(self.dataset_json["channel_names"])
 
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        # nnU-Net's sliding window calls this once per tile
         prediction = self.network(x)
-        if not self.use_mirroring or not self.allowed_mirroring_axes:
+        if self.mirror_axis is None:
             return prediction
-        axes = [a + 2 for a in self.allowed_mirroring_axes]
-        combinations = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-        for flip in combinations:
-            mirrored = torch.flip(self.network(torch.flip(x, flip)), flip)
-            if self.mirror_swap is not None and len(flip) % 2 == 1:
-                # an odd number of flips of the left-right axis turns left landmarks into right ones
-                mirrored = mirrored[:, self.mirror_swap.to(mirrored.device)]
-            prediction += mirrored
-        return prediction / (len(combinations) + 1)
+        flip = (self.mirror_axis + 2,)  # x is (B, C, *spatial)
+        mirrored = torch.flip(self.network(torch.flip(x, flip)), flip)
+        if self.mirror_swap is not None:
+            # channel l of the flipped image's prediction is landmark swap[l] of the original
+            mirrored = mirrored[:, self.mirror_swap.to(mirrored.device)]
+        return (prediction + mirrored) / 2
 
     def preprocess(self, image_files) -> tuple[torch.Tensor, PreprocessedGrid]:
         """nnU-Net's preprocessing of one case; also returns how its grid maps back."""
-        data, _, properties = DefaultPreprocessor(verbose=False).run_case(
-            [str(f) for f in image_files], None, self.plans_manager, self.configuration_manager, self.dataset_json)
-        grid = PreprocessedGrid(transpose_forward=self.plans_manager.transpose_forward,
-                                crop_start=[b[0] for b in properties["bbox_used_for_cropping"]],
-                                cropped_shape=properties["shape_after_cropping_and_before_resampling"],
-                                preprocessed_shape=data.shape[1:])
+        data, grid = preprocess_case(image_files, self.plans_manager, self.configuration_manager, self.dataset_json)
         return torch.from_numpy(np.ascontiguousarray(data)), grid
 
     @torch.inference_mode()
-    def heatmaps(self, data: torch.Tensor) -> torch.Tensor:
-        """Sigmoid heatmaps (L, *preprocessed shape), float16 on the CPU, folds averaged in logit space."""
+    def heatmaps(self, data: torch.Tensor, mirror_axis: int | None = None) -> torch.Tensor:
+        """Sigmoid heatmaps (L, *preprocessed shape), float16 on the CPU, folds averaged in logit space.
+
+        With ``mirror_axis`` (the case's left-right axis of the preprocessed
+        array, see :func:`nnlandmark.data.pairs.left_right_axis`), every tile
+        is also predicted flipped along it, channels swapped by
+        ``mirror_swap``, and the two logits are averaged.
+        """
+        self.mirror_axis = None if mirror_axis is None else int(mirror_axis)
         logits = self.predict_logits_from_preprocessed_data(data)
         return torch.sigmoid_(logits.float()).half() if logits.dtype != torch.float32 else \
             torch.sigmoid_(logits).half()

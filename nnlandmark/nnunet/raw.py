@@ -4,6 +4,19 @@ Each landmark becomes a 3x3x3 voxel cube (label = channel index + 1) at the
 voxel nearest to its world point, so that nnU-Net's spatial augmentation moves
 it together with the image. The exact world points are kept beside the raw
 dataset in ``landmarks_world.json``.
+
+Landmarks closer than a cube's size (their cubes would overlap) go into
+separate label maps: the landmarks of a case are coloured greedily so that no
+two overlapping cubes share a map, and the label file becomes a 4D image
+whose fourth axis is the map (nnU-Net reads it as a segmentation with one
+channel per map and crops, resamples and augments every channel alike). The
+label value still names the landmark, whichever map holds it. All cases get
+the dataset's largest number of maps (nnU-Net batches need equal channel
+counts); a dataset without close landmarks keeps a single 3D label map.
+
+Overlap is judged in the voxels of the original image: with a target spacing
+much coarser than the image's, cubes a few voxels apart can still merge
+during nnU-Net's resampling.
 """
 from __future__ import annotations
 
@@ -14,12 +27,13 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnlandmark.data.dataset import DatasetError, LandmarkDataset
+from nnlandmark.data.dataset import LandmarkDataset
 from nnlandmark.geometry import itk_to_array_index, nearest_voxel, world_to_index
 
 CUBE_HALF_WIDTH = 1  # 3x3x3 cubes
 RAW_FILE_ENDING = ".mha"  # stores any direction matrix exactly, unlike NIfTI's float32 quaternions
 SIDECAR = "landmarks_world.json"
+LABEL_MAPS_KEY = "nnlandmark_label_maps"
 
 
 def cube_centres(dataset_case, names) -> dict:
@@ -29,45 +43,87 @@ def cube_centres(dataset_case, names) -> dict:
             for name in names if name in dataset_case.landmarks.points}
 
 
+def _cubes_overlap(a, b) -> bool:
+    return bool(np.max(np.abs(np.asarray(a) - np.asarray(b))) <= 2 * CUBE_HALF_WIDTH)
+
+
 def find_cube_collisions(centres: dict) -> list:
     """Pairs of landmarks whose cubes would overlap (Chebyshev distance < cube size)."""
     names = list(centres)
-    clashes = []
-    for a in range(len(names)):
-        for b in range(a + 1, len(names)):
-            if np.max(np.abs(centres[names[a]] - centres[names[b]])) <= 2 * CUBE_HALF_WIDTH:
-                clashes.append((names[a], names[b]))
-    return clashes
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if _cubes_overlap(centres[a], centres[b])]
 
 
-def check_cube_collisions(dataset: LandmarkDataset) -> None:
-    """Raise DatasetError naming every case whose landmark cubes would overlap."""
-    problems = []
-    for case in dataset.cases:
-        for a, b in find_cube_collisions(cube_centres(case, dataset.spec.landmarks)):
-            problems.append(f"{case.landmark_file}: landmarks '{a}' and '{b}' are closer than "
-                            f"{2 * CUBE_HALF_WIDTH + 1} voxels; their label cubes would collide")
-    if problems:
-        raise DatasetError(problems)
+def assign_label_maps(centres: dict) -> dict:
+    """Label map index per landmark such that no two overlapping cubes share a map.
+
+    Greedy colouring in the order of ``centres``: each landmark takes the
+    lowest map not used by an overlapping landmark already placed, so without
+    collisions every landmark is in map 0.
+
+    Examples
+    --------
+    >>> assign_label_maps({"a": np.array([5, 5, 5]), "b": np.array([5, 5, 6]), "c": np.array([20, 5, 5])})
+    {'a': 0, 'b': 1, 'c': 0}
+    """
+    maps = {}
+    for name, centre in centres.items():
+        taken = {maps[other] for other in maps if _cubes_overlap(centre, centres[other])}
+        maps[name] = next(m for m in range(len(taken) + 1) if m not in taken)
+    return maps
 
 
-def landmark_label_map(case, names) -> np.ndarray:
-    """A label array (k, j, i) with one 3x3x3 cube per present landmark."""
+def label_maps_needed(dataset: LandmarkDataset) -> int:
+    """The number of label maps the cases of ``dataset`` need (1 without collisions)."""
+    names = dataset.spec.landmarks
+    return max([1] + [max(assign_label_maps(cube_centres(case, names)).values(), default=0) + 1
+                      for case in dataset.cases])
+
+
+def landmark_label_maps(case, names, n_maps: int) -> np.ndarray:
+    """Label arrays (n_maps, k, j, i): one 3x3x3 cube per present landmark, in the map
+    :func:`assign_label_maps` gives it."""
     size = case.grid.size[::-1]
-    labels = np.zeros(size, dtype=np.uint8 if len(names) < 255 else np.uint16)
-    for name, centre in cube_centres(case, names).items():
+    centres = cube_centres(case, names)
+    maps = assign_label_maps(centres)
+    if maps and max(maps.values()) >= n_maps:
+        raise ValueError(f"{case.case_id}: landmark cubes overlap and need {max(maps.values()) + 1} "
+                         f"label maps, not {n_maps}")
+    labels = np.zeros((n_maps, *size), dtype=np.uint8 if len(names) < 255 else np.uint16)
+    for name, centre in centres.items():
         lo = np.maximum(centre - CUBE_HALF_WIDTH, 0)
         hi = np.minimum(centre + CUBE_HALF_WIDTH + 1, size)
-        labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = names.index(name) + 1
+        labels[maps[name], lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = names.index(name) + 1
     return labels
 
 
-def nnunet_dataset_json(dataset: LandmarkDataset) -> dict:
+def landmark_label_map(case, names) -> np.ndarray:
+    """A single label array (k, j, i) with one 3x3x3 cube per present landmark;
+    ValueError when cubes overlap (use :func:`landmark_label_maps`)."""
+    return landmark_label_maps(case, names, 1)[0]
+
+
+def label_image(maps: np.ndarray, reference) -> "sitk.Image":
+    """The label file's image: 3D for a single map, else 4D with the map as fourth axis.
+
+    Every map takes the geometry of ``reference`` (the case's image); nnU-Net's
+    SimpleITK reader turns a 4D image into channels first, ``(maps, k, j, i)``.
+    """
+    images = []
+    for m in maps:
+        image = sitk.GetImageFromArray(m)
+        image.CopyInformation(reference)
+        images.append(image)
+    return images[0] if len(images) == 1 else sitk.JoinSeries(images)
+
+
+def nnunet_dataset_json(dataset: LandmarkDataset, n_maps: int = 1) -> dict:
     labels = {"background": 0}
     labels.update({name: i + 1 for i, name in enumerate(dataset.spec.landmarks)})
+    # nnU-Net ignores keys it does not know; LABEL_MAPS_KEY tells a resumed export what was written
     return {"channel_names": {str(i): c for i, c in enumerate(dataset.spec.channels)},
             "labels": labels, "numTraining": len(dataset.cases), "file_ending": RAW_FILE_ENDING,
-            "name": dataset.spec.name, "description": "landmarks as 3x3x3 cubes, written by nnlandmark"}
+            "name": dataset.spec.name, "description": "landmarks as 3x3x3 cubes, written by nnlandmark",
+            LABEL_MAPS_KEY: n_maps}
 
 
 def _landmark_record(case, names) -> dict:
@@ -81,8 +137,9 @@ def _landmark_record(case, names) -> dict:
 def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, progress: bool = True) -> None:
     """Write imagesTr/, labelsTr/, dataset.json and the world-coordinate sidecar.
 
-    Cases already written (image, label and sidecar entry present) are skipped,
-    so an interrupted export resumes where it stopped.
+    Cases already written (image, label and sidecar entry present, same
+    number of label maps) are skipped, so an interrupted export resumes where
+    it stopped.
     """
     raw_dir = Path(raw_dir)
     (raw_dir / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -90,22 +147,25 @@ def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, progress: bool = 
     sidecar_path = raw_dir / SIDECAR
     sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
     names = dataset.spec.landmarks
+    n_maps = label_maps_needed(dataset)
+    json_path = raw_dir / "dataset.json"
+    written_maps = json.loads(json_path.read_text()).get(LABEL_MAPS_KEY, 1) if json_path.exists() else None
     for case in tqdm(dataset.cases, desc="exporting cases", disable=not progress):
         label_file = raw_dir / "labelsTr" / f"{case.case_id}{RAW_FILE_ENDING}"
         image_files = [raw_dir / "imagesTr" / f"{case.case_id}_{c:04d}{RAW_FILE_ENDING}"
                        for c in range(len(case.image_files))]
         record = _landmark_record(case, names)
-        if sidecar.get(case.case_id) == record and label_file.exists() and all(f.exists() for f in image_files):
+        same_record = sidecar.get(case.case_id) == record
+        if same_record and written_maps == n_maps and label_file.exists() and all(f.exists() for f in image_files):
             continue
-        for src, dst in zip(case.image_files, image_files):
-            _atomic_write_image(sitk.ReadImage(str(src)), dst)
-        reference = sitk.ReadImage(str(case.image_files[0]))
-        label = sitk.GetImageFromArray(landmark_label_map(case, names))
-        label.CopyInformation(reference)
-        _atomic_write_image(label, label_file)
+        if not (same_record and all(f.exists() for f in image_files)):
+            for src, dst in zip(case.image_files, image_files):
+                _atomic_write_image(sitk.ReadImage(str(src)), dst)
+        reference = sitk.ReadImage(str(image_files[0]))
+        _atomic_write_image(label_image(landmark_label_maps(case, names, n_maps), reference), label_file)
         sidecar[case.case_id] = record
         _atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
-    _atomic_write_text(raw_dir / "dataset.json", json.dumps(nnunet_dataset_json(dataset), indent=2))
+    _atomic_write_text(json_path, json.dumps(nnunet_dataset_json(dataset, n_maps), indent=2))
 
 
 def _atomic_write_image(image, path: Path) -> None:

@@ -4,11 +4,17 @@ nnU-Net keeps what it does well: data loading, foreground oversampling,
 spatial and intensity augmentation, the planned network, SGD with poly decay,
 checkpoints. We change only what landmarks need:
 
-- the label map of 3x3x3 cubes is turned *after augmentation* into one target
-  heatmap per landmark, centred on the centroid of its (moved) cube;
+- the label map(s) of 3x3x3 cubes are turned *after augmentation* into one
+  target heatmap per landmark, centred on the centroid of its (moved) cube;
 - one output channel per landmark, no deep supervision, the preset's loss;
 - landmarks that a case leaves unannotated are masked out of its loss;
-- no mirroring (left/right landmarks would swap);
+- nnU-Net's mirroring along every axis is off; instead, when the settings
+  ask for it (:meth:`TrainingSettings.mirroring`), half of the training
+  patches are flipped along the patient's left-right axis and paired
+  landmarks swap (the left eye of a mirrored head is its right eye). The
+  left-right axis of the preprocessed array is read per case from its
+  direction matrix and nnU-Net's ``transpose_forward``, never assumed. Like
+  nnU-Net's own mirroring, the flip follows the spatial augmentation;
 - validation reports the loss only; the best checkpoint is the one with the
   lowest validation loss; the latest checkpoint is written atomically every
   ``save_every`` epochs so a killed run resumes.
@@ -27,9 +33,11 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
 
+from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.nnunet.networks import build_network
+from nnlandmark.nnunet.planning import read_case_properties
 from nnlandmark.training.presets import TrainingSettings
-from nnlandmark.training.targets import points_from_label_patch
+from nnlandmark.training.targets import mirror_samples, points_from_label_patch
 
 
 class StepDecay:
@@ -48,10 +56,11 @@ class LandmarkTrainer(nnUNetTrainer):
     records its own arguments by introspection, so ours cannot take more)."""
 
     def configure(self, settings: TrainingSettings, landmark_names: list, model_dir: Path,
-                  unknown_landmarks: dict) -> None:
+                  unknown_landmarks: dict, pairs=()) -> None:
         """Apply ``settings`` and write into ``model_dir/fold_N``.
 
-        ``unknown_landmarks`` maps case id -> names left unannotated in that case.
+        ``unknown_landmarks`` maps case id -> names left unannotated in that
+        case; ``pairs`` are the dataset's left/right pairs (mirroring swaps them).
         """
         self.settings = settings
         self.landmark_names = list(landmark_names)
@@ -64,6 +73,9 @@ class LandmarkTrainer(nnUNetTrainer):
         self.loss_fn = settings.loss_function()
         self._unknown = {case: [self.landmark_names.index(n) for n in names]
                          for case, names in unknown_landmarks.items()}
+        self.mirror = settings.mirroring(pairs)
+        self._swap = swap_permutation(self.landmark_names, pairs)
+        self._lr_axes = {}  # case id -> left-right axis of its preprocessed array, read on first use
         self._relocate(Path(model_dir))
 
     def _relocate(self, model_dir: Path) -> None:
@@ -83,6 +95,10 @@ class LandmarkTrainer(nnUNetTrainer):
                 os.removedirs(default_fold_folder)
             except OSError:
                 pass  # not empty: something of the user's is there; leave it
+
+    def print_to_log_file(self, *args, also_print_to_console=False, add_timestamp=True):
+        # the log file keeps everything; the console shows our progress bar, not nnU-Net's chatter
+        super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
 
     # --- network and optimisation -------------------------------------------------
     def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels,
@@ -111,20 +127,38 @@ class LandmarkTrainer(nnUNetTrainer):
         return rotation, dummy_2d, initial_patch_size, None
 
     # --- one step -----------------------------------------------------------------
-    def _targets(self, batch: dict):
+    def left_right_axis(self, case_id: str) -> int:
+        """Spatial axis of the case's preprocessed array closest to the patient's left-right."""
+        if case_id not in self._lr_axes:
+            properties = read_case_properties(self.preprocessed_dataset_folder, case_id)
+            direction = np.reshape(properties["sitk_stuff"]["direction"], (3, 3))
+            self._lr_axes[case_id] = left_right_axis(direction, self.plans_manager.transpose_forward)
+        return self._lr_axes[case_id]
+
+    def _inputs(self, batch: dict, augment: bool = False):
+        """Network input, heatmap targets and loss mask (B, L) of a batch.
+
+        Absent landmarks have no cube, hence a NaN point and an all-zero
+        target; unknown ones are masked out. With ``augment`` (training
+        batches), each sample is mirrored left-right with probability 1/2
+        when mirroring is on.
+        """
+        data = batch["data"].to(self.device, non_blocking=True)
         seg = batch["target"]
         seg = seg[0] if isinstance(seg, list) else seg
         seg = seg.to(self.device, non_blocking=True)
         points = points_from_label_patch(seg, len(self.landmark_names))
-        target = self.settings.make_targets(points, seg.shape[2:])
         mask = torch.ones(points.shape[:2], dtype=torch.bool, device=self.device)
         for b, key in enumerate(batch["keys"]):
             mask[b, self._unknown.get(key, [])] = False
-        return target, mask
+        if augment and self.mirror:
+            flip = (torch.rand(len(batch["keys"])) < 0.5).tolist()
+            axes = [self.left_right_axis(key) if f else 0 for key, f in zip(batch["keys"], flip)]
+            data, points, mask = mirror_samples(data, points, mask, flip, axes, self._swap)
+        return data, self.settings.make_targets(points, seg.shape[2:]), mask
 
-    def _loss(self, batch: dict) -> torch.Tensor:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target, mask = self._targets(batch)
+    def _loss(self, batch: dict, augment: bool = False) -> torch.Tensor:
+        data, target, mask = self._inputs(batch, augment)
         autocast = torch.autocast(self.device.type) if self.device.type == "cuda" else dummy_context()
         with autocast:
             output = self.network(data)
@@ -132,7 +166,7 @@ class LandmarkTrainer(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(batch)
+        loss = self._loss(batch, augment=True)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)

@@ -22,7 +22,7 @@ from pathlib import Path
 from nnlandmark.data.dataset import DatasetError, load_dataset
 from nnlandmark.nnunet import planning
 from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
-from nnlandmark.nnunet.raw import check_cube_collisions, write_raw_dataset
+from nnlandmark.nnunet.raw import write_raw_dataset
 
 PROJECT_FILE = "project.json"
 FIRST_DATASET_ID = 701  # clear of the ids nnU-Net's public datasets use
@@ -39,6 +39,8 @@ class Project:
     biometry: dict = field(default_factory=dict)
     channels: list = field(default_factory=lambda: ["image"])
     planner: str = "default"
+    target_spacing: list | None = None
+    cases: list | None = None  # case ids exported, so a rerun can tell that the dataset changed
 
     @property
     def folders(self) -> NnunetFolders:
@@ -89,8 +91,20 @@ def _free_dataset_id(folders: NnunetFolders) -> int:
     return candidate
 
 
+def check_dataset(dataset_dir, progress: bool = True):
+    """Every check ``prepare`` makes before it writes anything; returns the dataset.
+
+    :func:`~nnlandmark.data.dataset.load_dataset` with all pixels decoded
+    (landmarks closer than a label cube need no check: the nnU-Net export puts
+    them in separate label maps). Raises :class:`DatasetError` listing the
+    problems; only reads.
+    """
+    dataset = load_dataset(dataset_dir, read_pixels=True, progress=progress)
+    return dataset
+
+
 def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: int = 2,
-            progress: bool = True) -> Project:
+            target_spacing=None, progress: bool = True) -> Project:
     """Validate, export, fingerprint, plan and preprocess a landmark dataset.
 
     Parameters
@@ -103,25 +117,44 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
         nnU-Net's default planner or its residual-encoder M/L presets.
     num_processes : int
         Worker processes for fingerprinting and preprocessing.
+    target_spacing : float or (x, y, z) mm, optional
+        Overrides the spacing nnU-Net plans (coarser = faster on a CPU).
 
     Raises
     ------
     DatasetError
-        Listing every problem with the dataset, before anything is written.
+        Listing every problem with the dataset, before anything is written; also
+        when a rerun finds that the dataset's cases differ from those the
+        project was prepared with (a changed landmark file is re-exported and
+        re-preprocessed; added or removed cases need a new project).
     """
     if planner not in planning.PLANNERS:
         raise ValueError(f"unknown planner '{planner}', choose from {sorted(planning.PLANNERS)}")
+    if target_spacing is not None:
+        target_spacing = [float(target_spacing)] * 3 if isinstance(target_spacing, (int, float)) \
+            else [float(s) for s in target_spacing]
+        if len(target_spacing) != 3 or min(target_spacing) <= 0:
+            raise ValueError(f"target spacing must be one or three positive numbers (mm), got {target_spacing}")
     dataset_dir, project_dir = Path(dataset_dir).resolve(), Path(project_dir).resolve()
     if project_dir == dataset_dir or dataset_dir in project_dir.parents:
         raise DatasetError(f"{project_dir}: the project folder must not be inside the dataset folder")
-    dataset = load_dataset(dataset_dir, read_pixels=True, progress=progress)
-    check_cube_collisions(dataset)
+    dataset = check_dataset(dataset_dir, progress=progress)
+    case_ids = sorted(c.case_id for c in dataset.cases)
 
     if (project_dir / PROJECT_FILE).exists():
         project = Project.load(project_dir)
         if Path(project.dataset_dir) != dataset_dir:
             raise DatasetError(f"{project_dir}: project was prepared from {project.dataset_dir}, not {dataset_dir}")
-        project.planner = planner
+        if project.plans_file.exists() and (project.planner, project.target_spacing) != (planner, target_spacing):
+            raise DatasetError(f"{project_dir}: already planned with planner '{project.planner}' and target "
+                               f"spacing {project.target_spacing}; use a new project folder to plan differently")
+        if project.cases is not None and project.cases != case_ids:
+            # the fingerprint, plans and cross-validation splits were made for the old cases;
+            # exporting a different set into them would train on stale or missing cases
+            added, removed = sorted(set(case_ids) - set(project.cases)), sorted(set(project.cases) - set(case_ids))
+            raise DatasetError(f"{project_dir}: the dataset's cases changed since this project was prepared "
+                               f"(added {added}, removed {removed}); prepare a new project folder")
+        project.planner, project.target_spacing = planner, target_spacing
     else:
         project_dir.mkdir(parents=True, exist_ok=True)
         folders = NnunetFolders.for_project(project_dir)
@@ -129,7 +162,8 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
         project = Project(root=project_dir, dataset_dir=str(dataset_dir), dataset_id=dataset_id,
                           dataset_name=f"Dataset{dataset_id:03d}_{_sanitise(dataset.spec.name)}",
                           landmarks=dataset.spec.landmarks, pairs=dataset.spec.pairs,
-                          biometry=dataset.spec.biometry, channels=dataset.spec.channels, planner=planner)
+                          biometry=dataset.spec.biometry, channels=dataset.spec.channels, planner=planner,
+                          target_spacing=target_spacing, cases=case_ids)
     project.save()
 
     folders = project.folders
@@ -137,6 +171,6 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
     with nnunet_environment(folders):
         planning.extract_fingerprint(project.dataset_name, num_processes)
         if not project.plans_file.exists():
-            planning.plan(project.dataset_name, planner)
+            planning.plan(project.dataset_name, planner, target_spacing)
         planning.preprocess(folders, project.dataset_name, project.plans(), num_processes, progress)
     return project

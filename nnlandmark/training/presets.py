@@ -26,6 +26,14 @@ class TrainingSettings:
     ``epochs`` x ``iterations_per_epoch`` is nnU-Net's 1000 x 250 by default;
     on a CPU use a few epochs of a few iterations (one default epoch takes
     about 7 minutes on 2 cores for a 48^3 patch).
+
+    ``mirror``: flip training patches along the patient's left-right axis
+    (half of them, paired landmarks swapped) and average the prediction with
+    its mirror image at test time. Mirroring assumes roughly symmetric
+    anatomy, which declared left/right ``pairs`` signal, so ``None`` (the
+    default) means "on when the dataset has pairs"; set True for a symmetric
+    dataset whose landmarks all lie on the mid-plane, False for asymmetric
+    anatomy that still has pairs.
     """
 
     preset: str = "cone"
@@ -39,6 +47,7 @@ class TrainingSettings:
     learning_rate: float | None = None
     save_every: int = 1
     augmentation_workers: int | None = None
+    mirror: bool | None = None
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -52,6 +61,10 @@ class TrainingSettings:
     @property
     def lr(self) -> float:
         return self.learning_rate if self.learning_rate is not None else PRESETS[self.preset]["lr"]
+
+    def mirroring(self, pairs) -> bool:
+        """Whether to mirror left-right for a dataset with these ``pairs`` (see ``mirror``)."""
+        return bool(pairs) if self.mirror is None else bool(self.mirror)
 
     def make_targets(self, points, spatial_shape):
         """Heatmap targets (B, L, *spatial) for landmark points (B, L, 3)."""

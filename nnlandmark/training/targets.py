@@ -1,10 +1,12 @@
 """Training targets: landmark points from label patches, and heatmaps from points.
 
-During training, landmarks travel through nnU-Net's augmentation as a label map
-(landmark ``l`` is label ``l + 1``, drawn as a small cube). After augmentation,
-:func:`points_from_label_patch` turns each label back into a sub-voxel point,
-and :func:`cone_heatmaps` / :func:`gaussian_heatmaps` render the regression
-targets for the network.
+During training, landmarks travel through nnU-Net's augmentation as label maps
+(landmark ``l`` is label ``l + 1``, drawn as a small cube; landmarks whose
+cubes would overlap are drawn in separate maps, the channels of nnU-Net's
+segmentation). After augmentation, :func:`points_from_label_patch` turns each
+label back into a sub-voxel point, :func:`mirror_samples` flips chosen samples
+left-right, and :func:`cone_heatmaps` / :func:`gaussian_heatmaps` render the
+regression targets for the network.
 
 All tensors are channel-first; spatial axes are plain array axes in whatever
 order the caller uses (nothing here reorders them). Points are continuous
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["points_from_label_patch", "cone_heatmaps", "gaussian_heatmaps"]
+__all__ = ["points_from_label_patch", "mirror_samples", "cone_heatmaps", "gaussian_heatmaps"]
 
 
 def points_from_label_patch(seg: torch.Tensor, num_landmarks: int) -> torch.Tensor:
@@ -38,10 +40,11 @@ def points_from_label_patch(seg: torch.Tensor, num_landmarks: int) -> torch.Tens
     Parameters
     ----------
     seg : torch.Tensor
-        Label patches, shape ``(B, 1, X, Y, Z)`` or ``(B, X, Y, Z)``, integer or
-        floating dtype holding integer values. Landmark ``l`` (0-based) is
-        label ``l + 1``; 0 is background. Values outside ``1..num_landmarks``
-        (e.g. nnU-Net's ``-1`` border padding) are ignored.
+        Label patches, shape ``(B, M, X, Y, Z)`` (``M`` label maps) or
+        ``(B, X, Y, Z)``, integer or floating dtype holding integer values.
+        Landmark ``l`` (0-based) is label ``l + 1`` in whichever map holds it;
+        0 is background. Values outside ``1..num_landmarks`` (e.g. nnU-Net's
+        ``-1`` border padding) are ignored.
     num_landmarks : int
         Number of landmarks ``L``.
 
@@ -73,12 +76,10 @@ def points_from_label_patch(seg: torch.Tensor, num_landmarks: int) -> torch.Tens
     tensor([[   nan,    nan,    nan],
             [0.5000, 3.0000, 3.0000]])
     """
-    if seg.ndim == 5:
-        if seg.shape[1] != 1:
-            raise ValueError(f"expected one label channel, got shape {tuple(seg.shape)}")
-        seg = seg[:, 0]
-    elif seg.ndim != 4:
-        raise ValueError(f"expected (B, 1, X, Y, Z) or (B, X, Y, Z), got shape {tuple(seg.shape)}")
+    if seg.ndim == 4:
+        seg = seg[:, None]
+    elif seg.ndim != 5:
+        raise ValueError(f"expected (B, M, X, Y, Z) or (B, X, Y, Z), got shape {tuple(seg.shape)}")
     num_landmarks = int(num_landmarks)
     if num_landmarks < 1:
         raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
@@ -88,7 +89,7 @@ def points_from_label_patch(seg: torch.Tensor, num_landmarks: int) -> torch.Tens
     # Half-integer bounds accept float label maps (nnU-Net may hand them over as
     # float) without a rounding pass over the whole patch.
     mask = (seg > 0.5) & (seg < num_landmarks + 0.5)
-    where = torch.nonzero(mask)  # (M, 4): b, x, y, z
+    where = torch.nonzero(mask)  # (N, 5): b, map, x, y, z; the map does not matter, the label says which landmark
     labels = seg[mask]
     if labels.is_floating_point():
         labels = labels.round()
@@ -100,11 +101,64 @@ def points_from_label_patch(seg: torch.Tensor, num_landmarks: int) -> torch.Tens
     counts = torch.zeros(batch * num_landmarks, dtype=acc_dtype, device=device)
     counts.index_add_(0, bins, torch.ones_like(bins, dtype=acc_dtype))
     sums = torch.zeros(batch * num_landmarks, 3, dtype=acc_dtype, device=device)
-    sums.index_add_(0, bins, where[:, 1:].to(acc_dtype))
+    sums.index_add_(0, bins, where[:, 2:].to(acc_dtype))
 
     points = sums / counts.unsqueeze(1)
     points = torch.where(counts.unsqueeze(1) > 0, points, torch.full_like(points, float("nan")))
     return points.to(torch.float32).reshape(batch, num_landmarks, 3)
+
+
+def mirror_samples(data: torch.Tensor, points: torch.Tensor, mask: torch.Tensor, flip, axes,
+                   swap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mirror chosen samples of a batch along one spatial axis each, swapping paired landmarks.
+
+    The result is what flipping each chosen image and label patch along its
+    axis and relabelling left as right would give, without touching the label
+    map: a flip of an axis of size ``n`` maps index ``i`` to ``n - 1 - i``,
+    and landmark ``l`` of the mirrored sample is landmark ``swap[l]`` of the
+    original (the left eye of a mirrored head is its right eye).
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        ``(B, C, *spatial)`` image patches.
+    points : torch.Tensor
+        ``(B, L, D)`` landmark points in patch voxel indices (NaN: not in the patch).
+    mask : torch.Tensor
+        ``(B, L)`` bool, which landmarks count in the loss.
+    flip : sequence of bool
+        ``(B,)`` which samples to mirror.
+    axes : sequence of int
+        ``(B,)`` spatial axis (0-based) to mirror each sample along.
+    swap : sequence of int
+        ``(L,)`` landmark permutation, its own inverse (see
+        :func:`nnlandmark.data.pairs.swap_permutation`).
+
+    Returns
+    -------
+    data, points, mask : torch.Tensor
+        New tensors; the inputs are not modified.
+
+    Examples
+    --------
+    >>> data = torch.arange(4.0).reshape(1, 1, 4, 1)
+    >>> points = torch.tensor([[[0.0, 0.0], [2.5, 0.0]]])
+    >>> d, p, m = mirror_samples(data, points, torch.tensor([[True, False]]), [True], [0], [1, 0])
+    >>> d.flatten().tolist(), p.tolist(), m.tolist()
+    ([3.0, 2.0, 1.0, 0.0], [[[0.5, 0.0], [3.0, 0.0]]], [[False, True]])
+    """
+    data, points, mask = data.clone(), points.clone(), mask.clone()
+    swap = torch.as_tensor(swap, dtype=torch.long, device=points.device)
+    spatial = data.shape[2:]
+    for b in range(data.shape[0]):
+        if not flip[b]:
+            continue
+        axis = int(axes[b])
+        data[b] = torch.flip(data[b], (axis + 1,))
+        points[b, :, axis] = spatial[axis] - 1 - points[b, :, axis]
+        points[b] = points[b, swap]
+        mask[b] = mask[b, swap]
+    return data, points, mask
 
 
 def _squared_distances(points: torch.Tensor, spatial_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

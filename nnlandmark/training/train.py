@@ -22,7 +22,7 @@ def model_dir_for(project: Project, settings: TrainingSettings) -> Path:
 
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got '{device}'")
     return torch.device(device)
@@ -34,7 +34,8 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
     description = {"landmarks": project.landmarks, "pairs": project.pairs, "biometry": project.biometry,
                    "channels": project.channels, "planner": project.planner,
                    "plans_identifier": project.plans_identifier, "configuration": CONFIGURATION,
-                   "settings": settings.to_dict(), "nnunetv2_version": nnunetv2.__version__ if hasattr(
+                   "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
+                   "nnunetv2_version": nnunetv2.__version__ if hasattr(
                        nnunetv2, "__version__") else _package_version("nnunetv2")}
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MODEL_FILE).write_text(json.dumps(description, indent=2))
@@ -48,6 +49,37 @@ def _package_version(name: str) -> str:
 def _unknown_landmarks(project: Project) -> dict:
     sidecar = json.loads((project.raw_dir() / "landmarks_world.json").read_text())
     return {case: [n for n, v in record.items() if v == "unknown"] for case, record in sidecar.items()}
+
+
+def check_folds(project: Project, folds) -> None:
+    """Refuse, before any work, folds that nnU-Net's cross-validation cannot make.
+
+    Without a ``splits_final.json`` nnU-Net splits the prepared cases into five
+    folds, which needs at least five cases (and with fewer it would fail deep
+    inside scikit-learn). With one, each fold must be listed in it (a fold
+    beyond the list would silently become a random 80:20 split).
+    """
+    from nnlandmark.nnunet.planning import preprocessed_folder
+    if not project.plans_file.is_file():
+        raise FileNotFoundError(f"{project.root}: not fully prepared ({project.plans_file.name} missing); "
+                                "rerun 'nnlandmark prepare' to finish it")
+    folder = preprocessed_folder(project.folders, project.dataset_name, project.plans())
+    prepared = {p.name[:-len(".pkl")] for p in folder.glob("*.pkl")} if folder.is_dir() else set()
+    splits_file = project.folders.preprocessed / project.dataset_name / "splits_final.json"
+    if splits_file.is_file():
+        splits = json.loads(splits_file.read_text())
+        for f in folds:
+            if f >= len(splits) or not splits[f].get("train"):
+                raise ValueError(f"{splits_file}: has no training cases for fold {f} "
+                                 f"({len(splits)} folds defined)")
+            unknown = sorted((set(splits[f]["train"]) | set(splits[f].get("val", []))) - prepared)
+            if unknown:
+                raise ValueError(f"{splits_file}: fold {f} lists cases that are not prepared: {unknown}")
+        return
+    n_cases = len(prepared)
+    if n_cases < NUM_FOLDS:
+        raise ValueError(f"{project.root}: {n_cases} prepared case(s); training fold {folds[0]} of the "
+                         f"{NUM_FOLDS}-fold cross-validation needs at least {NUM_FOLDS} cases")
 
 
 def train(project_dir, fold=0, settings: TrainingSettings | None = None, device: str = "cpu",
@@ -64,13 +96,16 @@ def train(project_dir, fold=0, settings: TrainingSettings | None = None, device:
     for f in folds:
         if not 0 <= f < NUM_FOLDS:
             raise ValueError(f"fold must be 0-{NUM_FOLDS - 1} or 'all', got {f}")
+    check_folds(project, folds)
+    torch_device = resolve_device(device)  # before anything is written
+    for f in folds:
         fold_dir = model_dir / f"fold_{f}"
         if not continue_training and any(fold_dir.glob("checkpoint_*.pth")):
             raise FileExistsError(f"{fold_dir}: already has checkpoints; use --continue to resume it "
                                   "or choose another model")
     write_model_description(project, settings, model_dir)
     for f in folds:
-        _train_fold(project, f, settings, resolve_device(device), model_dir, continue_training, progress)
+        _train_fold(project, f, settings, torch_device, model_dir, continue_training, progress)
     return model_dir
 
 
@@ -88,7 +123,12 @@ def _train_fold(project, fold, settings, device, model_dir, continue_training, p
         plans["continue_training"] = continue_training  # nnunetv2 2.8 reads (and pops) this from the plans
         dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
         trainer = LandmarkTrainer(plans, CONFIGURATION, fold, dataset_json, device)
-        trainer.configure(settings, project.landmarks, model_dir, _unknown_landmarks(project))
-        if continue_training and (fold_dir / "checkpoint_latest.pth").exists():
-            trainer.load_checkpoint(str(fold_dir / "checkpoint_latest.pth"))
+        trainer.configure(settings, project.landmarks, model_dir, _unknown_landmarks(project), project.pairs)
+        if continue_training:
+            # latest is written every save_every epochs; best may be the only one when a run
+            # was killed between two of those
+            resume_from = next((fold_dir / n for n in ("checkpoint_latest.pth", "checkpoint_best.pth")
+                                if (fold_dir / n).is_file()), None)
+            if resume_from is not None:
+                trainer.load_checkpoint(str(resume_from))
         trainer.run_training(progress=progress)

@@ -1,0 +1,347 @@
+"""Prediction time and peak memory per case on a CPU, for 3 and for 32 landmarks (issue 3).
+
+What is measured
+----------------
+One 193 x 229 x 193 volume at 1 mm (the size of the MNI152 template) is predicted
+with ``nnlandmark predict`` (one fold) in a fresh Python process per configuration,
+with ``torch.set_num_threads(threads)``. The parent reads that process's peak
+resident memory (``ru_maxrss`` from ``os.wait4``, i.e. what
+``resource.getrusage(RUSAGE_CHILDREN)`` reports for it alone), and the process
+itself stamps the phases of the prediction: model loading, nnU-Net preprocessing,
+sliding window (logits), sigmoid, decoding + writing. Next to each phase it
+records the memory high-water mark so far (``VmHWM``), so the phase that set the
+peak can be read off.
+
+Configurations
+--------------
+Two plans, each for 3 and 32 landmarks:
+
+``cpu-2.5mm``
+    nnU-Net's default planner with ``target_spacing=2.5`` mm: what a CPU user
+    runs (``nnlandmark prepare --spacing 2.5``).
+``default-1mm``
+    nnU-Net's default plan, at the data's own 1 mm: a large patch, slow on a CPU.
+
+Data
+----
+Five synthetic heads (``nnlandmark.data.synthetic``) of 193 x 229 x 193 at 1 mm for
+training and one held-out head for prediction. The 3-landmark dataset uses the
+phantom's nose tip and eyes; the 32-landmark dataset adds the ears and vertex and
+26 points on a 3 x 3 x 3 grid (centre left out) inside the skull, which move with
+each head's pose. All 32 are at least 4 voxels of the coarsest planned spacing
+apart. Each fold is trained for 1 epoch of 2 iterations: the weights do not change
+speed or memory.
+
+Everything is written under ``--out`` (gitignored ``bench_output/`` by default),
+and a rerun reuses the data, projects and models already there::
+
+    python benchmarks/prediction_memory.py --out bench_output/prediction
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = (193, 229, 193)  # ITK order (i, j, k)
+SPACING = (1.0, 1.0, 1.0)
+N_TRAIN_CASES = 5
+TEST_SEED = 900_001  # far from the training seeds' Cantor codes
+PLANS = {"cpu-2.5mm": 2.5, "default-1mm": None}
+LANDMARK_COUNTS = (3, 32)
+MIN_SEPARATION_VOXELS = 4.0
+# Grid points in the canonical phantom frame, units of the head size H: well inside
+# the inner skull (semi-axes 0.68, 0.82, 0.75 H) and >= 0.3 H (about 19 mm) apart.
+GRID_STEP = 0.3
+MARKER = "BENCH_JSON "
+
+
+# --------------------------------------------------------------------------- data
+
+def _similarity_fit(source: np.ndarray, target: np.ndarray):
+    """Scale, rotation and translation with target ~ s R source + t (Umeyama, least squares)."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    a, b = source - mu_s, target - mu_t
+    u, d, vt = np.linalg.svd(b.T @ a / len(source))
+    sign = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ sign @ vt
+    scale = float(np.trace(np.diag(d) @ sign) / (a ** 2).sum(1).mean())
+    return scale, rotation, mu_t - scale * rotation @ mu_s
+
+
+def _grid_names_and_points():
+    steps = (-GRID_STEP, 0.0, GRID_STEP)
+    names, points = [], []
+    for x in steps:
+        for y in steps:
+            for z in steps:
+                if x == y == z == 0.0:
+                    continue  # 26 points, so that 6 anatomical + 26 = 32
+                names.append(f"grid_{'RCL'[steps.index(x)]}{'ACP'[steps.index(y)]}{'ICS'[steps.index(z)]}")
+                points.append((x, y, z))
+    return names, np.array(points)
+
+
+def landmarks_32(world: dict) -> dict:
+    """The 6 phantom landmarks plus 26 grid points placed with the case's pose.
+
+    The pose is recovered by a similarity fit of the phantom's canonical
+    landmarks (head size 1) onto the case's world landmarks, so only the
+    generator's output is needed, not its random state.
+    """
+    from nnlandmark.data.synthetic import LANDMARK_NAMES, _canonical_landmarks
+    canonical = _canonical_landmarks(1.0)
+    source = np.array([canonical[n] for n in LANDMARK_NAMES])
+    target = np.array([world[n] for n in LANDMARK_NAMES])
+    scale, rotation, translation = _similarity_fit(source, target)
+    names, grid = _grid_names_and_points()
+    out = {n: np.asarray(world[n], dtype=float) for n in LANDMARK_NAMES}
+    out.update({n: scale * rotation @ p + translation for n, p in zip(names, grid)})
+    return out
+
+
+def min_separation(points: dict) -> float:
+    p = np.array(list(points.values()))
+    d = np.linalg.norm(p[:, None] - p[None], axis=-1)
+    return float(d[~np.eye(len(p), dtype=bool)].min())
+
+
+def make_data(out: Path) -> dict:
+    """Training datasets for 3 and 32 landmarks (shared images) and the test image; reused when present."""
+    from nnlandmark.data.synthetic import make_synthetic_case, make_synthetic_dataset
+    import SimpleITK as sitk
+
+    source = out / "data" / "source"
+    if not (source / "dataset.json").exists():
+        print(f"rendering {N_TRAIN_CASES} synthetic heads {SHAPE} at {SPACING[0]} mm ...", flush=True)
+        make_synthetic_dataset(source, n_cases=N_TRAIN_CASES, seed=0, shape=SHAPE, spacing=SPACING,
+                               overwrite=True)
+    test = out / "data" / "test"
+    test_image = test / "images" / "test_000.nii.gz"
+    if not test_image.exists():
+        image, _ = make_synthetic_case(TEST_SEED, shape=SHAPE, spacing=SPACING)
+        test_image.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(test_image.with_name(".tmp_" + test_image.name)))
+        os.replace(test_image.with_name(".tmp_" + test_image.name), test_image)
+
+    coarsest = max(s for s in PLANS.values() if s is not None)
+    datasets = {}
+    for n in LANDMARK_COUNTS:
+        ds = out / "data" / f"landmarks{n}"
+        datasets[n] = ds
+        if (ds / "dataset.json").exists():
+            continue
+        (ds / "images").mkdir(parents=True, exist_ok=True)
+        (ds / "landmarks").mkdir(parents=True, exist_ok=True)
+        names = None
+        for image in sorted((source / "images").iterdir()):
+            link = ds / "images" / image.name
+            if not link.exists():
+                try:
+                    os.link(image, link)  # same bytes for both datasets, no second copy
+                except OSError:
+                    shutil.copy2(image, link)
+            case = image.name.split(".")[0]
+            world = json.loads((source / "landmarks" / f"{case}.json").read_text())["landmarks"]
+            points = {k: world[k] for k in ("nose_tip", "left_eye", "right_eye")} if n == 3 else landmarks_32(world)
+            separation = min_separation(points)
+            if separation < MIN_SEPARATION_VOXELS * coarsest:
+                raise RuntimeError(f"{case}: landmarks only {separation:.1f} mm apart, below "
+                                   f"{MIN_SEPARATION_VOXELS} voxels of {coarsest} mm")
+            names = list(points)
+            record = {"coordinate_system": "LPS",
+                      "landmarks": {k: [round(float(v), 4) for v in p] for k, p in points.items()}}
+            (ds / "landmarks" / f"{case}.json").write_text(json.dumps(record, indent=2) + "\n")
+        pairs = [["left_eye", "right_eye"]] + ([["left_ear", "right_ear"]] if n == 32 else [])
+        spec = {"name": f"Bench{n}", "landmarks": names, "pairs": pairs, "channels": ["MR"]}
+        (ds / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n")
+    return {"datasets": datasets, "test": test}
+
+
+def prepare_and_train(dataset: Path, project: Path, spacing, threads: int) -> Path:
+    """Plan, preprocess and train fold 0 briefly; returns the model folder (reused when trained)."""
+    import torch
+    import nnlandmark as nl
+    torch.set_num_threads(threads)
+    nl.prepare(dataset, project, num_processes=threads, target_spacing=spacing, progress=False)
+    settings = nl.TrainingSettings(epochs=1, iterations_per_epoch=2, val_iterations=1)
+    return nl.train(project, 0, settings, device="cpu", continue_training=True, progress=False)
+
+
+# ---------------------------------------------------------------------- measuring
+
+def _memory_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MB."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, kb = line.split()[:2]
+            values[key] = int(kb) / 1024
+    return values.get("VmRSS:", float("nan")), values.get("VmHWM:", float("nan"))
+
+
+def measure_child(model: str, test: str, output: str, threads: int) -> None:
+    """Run ``nnlandmark predict`` here, stamping its phases; prints one JSON line.
+
+    The phases are timed by wrapping the predictor's methods; the prediction
+    itself is the unmodified CLI code path.
+    """
+    started = time.perf_counter()
+    import torch
+    torch.set_num_threads(threads)
+    from nnlandmark import cli
+    from nnlandmark.inference import predict as predict_module
+    from nnlandmark.nnunet.predictor import LandmarkPredictor
+
+    phases = []
+
+    def stamp(name, seconds):
+        rss, hwm = _memory_mb()
+        phases.append({"phase": name, "seconds": seconds, "rss_mb": rss, "hwm_mb": hwm})
+
+    def timed(owner, attribute, name):
+        original = getattr(owner, attribute)
+
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            result = original(*args, **kwargs)
+            stamp(name, time.perf_counter() - t)
+            return result
+        setattr(owner, attribute, wrapper)
+
+    stamp("imports", time.perf_counter() - started)
+    timed(LandmarkPredictor, "__init__", "load model")
+    timed(LandmarkPredictor, "preprocess", "preprocess")
+    timed(LandmarkPredictor, "predict_logits_from_preprocessed_data", "sliding window")
+    timed(LandmarkPredictor, "heatmaps", "heatmaps (window + sigmoid)")
+    timed(predict_module, "decode_case", "decode")
+    timed(predict_module, "_write_case", "write")
+    t = time.perf_counter()
+    rc = cli.main(["predict", "-i", test, "-o", output, "-m", model, "--folds", "0", "--overwrite"])
+    stamp("predict total", time.perf_counter() - t)
+    print(MARKER + json.dumps({"rc": rc, "threads": torch.get_num_threads(), "phases": phases}), flush=True)
+
+
+def run_measurement(model: Path, test: Path, output: Path, threads: int) -> dict:
+    """One fresh process; wall time and peak RSS (ru_maxrss of that process alone)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    command = [sys.executable, __file__, "--measure", str(model), str(test), str(output), "--threads", str(threads)]
+    t = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    log = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - t
+    process.returncode = os.waitstatus_to_exitcode(status)
+    lines = [line for line in log.splitlines() if line.startswith(MARKER)]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"measurement failed (exit {process.returncode}):\n{log[-4000:]}")
+    result = json.loads(lines[-1][len(MARKER):])
+    if result["rc"] != 0:
+        raise RuntimeError(f"nnlandmark predict failed:\n{log[-4000:]}")
+    result["wall_s"] = wall
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # kB on Linux
+    return result
+
+
+def _phase(result: dict, name: str) -> dict:
+    return next(p for p in result["phases"] if p["phase"] == name)
+
+
+def summarise(result: dict) -> dict:
+    window = _phase(result, "sliding window")["seconds"]
+    heatmaps = _phase(result, "heatmaps (window + sigmoid)")["seconds"]
+    return {
+        "load": _phase(result, "load model")["seconds"],
+        "preprocess": _phase(result, "preprocess")["seconds"],
+        "window": window,
+        "sigmoid": heatmaps - window,
+        "decode": _phase(result, "decode")["seconds"] + _phase(result, "write")["seconds"],
+        "predict": _phase(result, "predict total")["seconds"],
+        "wall": result["wall_s"],
+        "peak": result["peak_rss_mb"],
+        "hwm": {p["phase"]: p["hwm_mb"] for p in result["phases"]},
+    }
+
+
+def plan_summary(model: Path) -> str:
+    plans = json.loads((model / "plans.json").read_text())
+    configuration = plans["configurations"]["3d_fullres"]
+    spacing = "x".join(f"{s:g}" for s in configuration["spacing"])
+    patch = "x".join(str(p) for p in configuration["patch_size"])
+    return f"{spacing} mm, patch {patch}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench_output/prediction", help="work folder (gitignored)")
+    parser.add_argument("--plans", nargs="+", default=list(PLANS), choices=list(PLANS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measurements per configuration: fastest time and largest peak are reported")
+    parser.add_argument("--measure", nargs=3, metavar=("MODEL", "TEST", "OUTPUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        measure_child(*args.measure, threads=args.threads)
+        return 0
+
+    out = Path(args.out).resolve()
+    data = make_data(out)
+    rows = []
+    for plan in args.plans:
+        for n in LANDMARK_COUNTS:
+            project = out / "projects" / f"{plan}_L{n}"
+            t = time.perf_counter()
+            model = prepare_and_train(data["datasets"][n], project, PLANS[plan], args.threads)
+            print(f"[{plan}, {n} landmarks] prepared and trained in {time.perf_counter() - t:.0f} s "
+                  f"(0 s when reused)", flush=True)
+            runs = []
+            for r in range(args.repeats):
+                load = os.getloadavg()[0]
+                result = summarise(run_measurement(model, data["test"], out / "predictions" / f"{plan}_L{n}",
+                                                   args.threads))
+                result["load"] = load
+                runs.append(result)
+                print(f"[{plan}, {n} landmarks] run {r + 1}: {result['predict']:.1f} s, "
+                      f"peak {result['peak']:.0f} MB (load avg {load:.2f}); high-water after each phase (MB): "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in result["hwm"].items()), flush=True)
+            best = min(runs, key=lambda r: r["predict"])
+            best = dict(best, peak=max(r["peak"] for r in runs))
+            rows.append({"plan": plan, "grid": plan_summary(model), "landmarks": n, **best})
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    print_table(rows, args.threads)
+    return 0
+
+
+def print_table(rows, threads: int) -> None:
+    print(f"\nPrediction of one {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} case at 1 mm, 1 fold, CPU, {threads} threads")
+    print("times in s: load = model, prep = nnU-Net preprocessing, window = sliding window, sig = sigmoid, "
+          "dec = decode + write;\nper fold = predict() total (prep .. write, model load included); "
+          "wall = fresh process incl. imports\n")
+    header = (f"{'plan':<12} {'spacing, patch':<30} {'L':>3} {'load':>5} {'prep':>5} {'window':>7} {'sig':>5} "
+              f"{'dec':>5} {'per fold':>9} {'wall':>6} {'peak RSS MB':>12}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['plan']:<12} {r['grid']:<30} {r['landmarks']:>3} {r['load']:>5.1f} {r['preprocess']:>5.1f} "
+              f"{r['window']:>7.1f} {r['sigmoid']:>5.2f} {r['decode']:>5.2f} {r['predict']:>9.1f} "
+              f"{r['wall']:>6.1f} {r['peak']:>12.0f}")
+    print()
+    for plan in dict.fromkeys(r["plan"] for r in rows):
+        by_n = {r["landmarks"]: r for r in rows if r["plan"] == plan}
+        if set(LANDMARK_COUNTS) <= set(by_n):
+            few, many = by_n[LANDMARK_COUNTS[0]], by_n[LANDMARK_COUNTS[-1]]
+            ok = all(r["predict"] <= 15 and r["peak"] <= 3072 for r in by_n.values())
+            print(f"{plan}: 32 vs 3 landmarks: time x{many['predict'] / few['predict']:.2f}, "
+                  f"peak RSS x{many['peak'] / few['peak']:.2f} (+{many['peak'] - few['peak']:.0f} MB); "
+                  f"targets (<= 15 s per fold, <= 3 GB): {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Cross-validation: each fold predicts its own validation cases, evaluated together;
+presence thresholds are calibrated on these predictions.
+
+Presence calibration
+--------------------
+A landmark's score is its heatmap peak. For every landmark that the references
+mark present in some cases and ``"absent"`` in others, :func:`calibrate_presence`
+picks the score threshold that maximises F1 of the "present" decisions over
+the cross-validation predictions (:func:`~nnlandmark.evaluation.metrics.calibrate_presence_threshold`),
+and :func:`store_presence_thresholds` writes it into the model folder's
+``nnlandmark.json`` (``presence_thresholds``), where prediction applies it.
+
+Why F1 rather than Youden's J: absences are usually rare, and J weighs the two
+classes' *rates* equally, so with 5 absent and 95 present cases one absent case
+set right is worth as much as 19 present landmarks thrown away. F1 counts
+wrong answers instead: a landmark wrongly declared absent costs about as much
+as one wrongly declared present, which is what a user of the predictions sees.
+Among equally good thresholds the calibration keeps landmarks present, and the
+threshold is then moved down to halfway towards the next lower observed score
+(same decisions on the calibration data, a margin for new cases).
+
+Landmarks never annotated absent (or never present) get no threshold: there is
+nothing to calibrate against, and they stay always present. Unknown (``null``)
+references are left out.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+PRESENCE_KEY = "presence_thresholds"
+
+
+def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", decoder: str = "argmax",
+                overwrite: bool = False, progress: bool = True, calibrate: bool = True):
+    """Predict every fold's validation cases with that fold, then evaluate all of them.
+
+    Uses nnU-Net's ``splits_final.json``; folds without a checkpoint are
+    reported and skipped. Predictions go to ``output_dir/predictions``. The
+    evaluation is of the predictions as made (with the presence thresholds
+    the model had at the time, if any). With ``calibrate``, presence thresholds
+    are then calibrated on these predictions and stored in the model folder
+    (see the module notes), and ``output_dir/presence_calibration.json`` says
+    what was done.
+    """
+    from nnlandmark.data.dataset import discover_images
+    from nnlandmark.evaluation.evaluate import evaluate
+    from nnlandmark.inference.model_folder import resolve_model
+    from nnlandmark.inference.predict import predict
+    from nnlandmark.planning.project import Project
+
+    project = Project.load(project_dir)
+    model_dir = resolve_model(model_dir or project_dir)
+    splits_file = project.folders.preprocessed / project.dataset_name / "splits_final.json"
+    if not splits_file.is_file():
+        raise FileNotFoundError(f"{splits_file}: no cross-validation split yet (train a fold first)")
+    splits = json.loads(splits_file.read_text())
+    images, _ = discover_images(Path(project.dataset_dir) / "images", len(project.channels))
+    output_dir = Path(output_dir)
+    predictions = output_dir / "predictions"
+    folds_done = []
+    for fold, split in enumerate(splits):
+        if not any((model_dir / f"fold_{fold}").glob("checkpoint_*.pth")):
+            print(f"fold {fold}: no checkpoint, skipped")
+            continue
+        cases = {c: images[c] for c in split["val"]}
+        predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder,
+                overwrite=overwrite, progress=progress)
+        folds_done.append(fold)
+    if not folds_done:
+        raise FileNotFoundError(f"{model_dir}: no fold has a checkpoint")
+    result = evaluate(predictions, project.dataset_dir, output_dir=output_dir, overwrite=overwrite)
+    if calibrate:
+        thresholds, details = calibrate_presence(predictions, project.dataset_dir, project.landmarks)
+        record = {"rule": "max F1 of present, on cross-validation predictions", "folds": folds_done,
+                  "n_cases": len(result.case_ids), "landmarks": details}
+        store_presence_thresholds(model_dir, thresholds, record)
+        (output_dir / "presence_calibration.json").write_text(json.dumps(record, indent=2) + "\n")
+        for name, threshold in thresholds.items():
+            print(f"presence threshold {name}: {threshold:.4f} (F1 {details[name]['f1']:.3f} on "
+                  f"{details[name]['n_present']} present, {details[name]['n_absent']} absent)")
+    return result
+
+
+def presence_scores(prediction_dir, reference_dir, landmark_names) -> dict:
+    """Scores of predictions whose reference state is known: ``{name: (scores, truth)}``.
+
+    ``truth`` is True where the reference has the landmark, False where it
+    is annotated absent; unknown or unmentioned references are left out, as
+    are cases without a prediction.
+    """
+    from nnlandmark.data.formats import read_landmarks
+    from nnlandmark.evaluation.evaluate import list_case_files, resolve_reference
+
+    landmarks_dir, _ = resolve_reference(reference_dir)
+    predictions, _ = list_case_files(prediction_dir)
+    references, _ = list_case_files(landmarks_dir)
+    out = {name: ([], []) for name in landmark_names}
+    for case in sorted(set(predictions) & set(references)):
+        record = json.loads(predictions[case].read_text())  # the predictor's JSON: scores are only here
+        reference = read_landmarks(references[case])
+        for name in landmark_names:
+            status = reference.status(name)
+            score = (record.get(name) or {}).get("score")
+            if status in ("present", "absent") and score is not None:
+                out[name][0].append(float(score))
+                out[name][1].append(status == "present")
+    return {name: (np.asarray(s, float), np.asarray(t, bool)) for name, (s, t) in out.items()}
+
+
+def calibrate_presence(prediction_dir, reference_dir, landmark_names) -> tuple[dict, dict]:
+    """Per-landmark presence thresholds from predictions and references (module notes).
+
+    Returns
+    -------
+    thresholds : dict
+        ``{name: threshold}`` for landmarks with both present and absent references.
+    details : dict
+        ``{name: {"threshold", "n_present", "n_absent", "f1", "precision", "recall"}}``
+        for the same landmarks, the last three on the calibration data.
+    """
+    from nnlandmark.evaluation.metrics import calibrate_presence_threshold, presence_metrics
+
+    thresholds, details = {}, {}
+    for name, (scores, truth) in presence_scores(prediction_dir, reference_dir, landmark_names).items():
+        if truth.all() or not truth.any():
+            continue
+        best = calibrate_presence_threshold(scores, truth)
+        below = scores[scores < best]
+        threshold = float((best + below.max()) / 2) if below.size else best
+        m = presence_metrics((scores >= threshold)[:, None], truth[:, None])["overall"]
+        thresholds[name] = threshold
+        details[name] = {"threshold": threshold, "n_present": int(truth.sum()), "n_absent": int((~truth).sum()),
+                         "f1": m["f1"], "precision": m["precision"], "recall": m["recall"]}
+    return thresholds, details
+
+
+def store_presence_thresholds(model_dir, thresholds: dict, record: dict | None = None) -> None:
+    """Replace ``presence_thresholds`` (and ``presence_calibration``) in the model's ``nnlandmark.json``."""
+    path = Path(model_dir) / "nnlandmark.json"
+    description = json.loads(path.read_text())
+    description[PRESENCE_KEY] = {name: float(t) for name, t in thresholds.items()}
+    if record is not None:
+        description["presence_calibration"] = record
+    tmp = path.with_name(f".tmp_{path.name}")
+    tmp.write_text(json.dumps(description, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,75 @@
+"""Find, export and import self-contained model folders.
+
+A model folder holds everything prediction needs: nnU-Net's ``plans.json`` and
+``dataset.json``, our ``nnlandmark.json`` (landmark names = channel order,
+pairs, training settings) and ``fold_N/checkpoint_*.pth``.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+MODEL_FILE = "nnlandmark.json"
+_EXPORTED = ("plans.json", "dataset.json", "dataset_fingerprint.json", MODEL_FILE)
+_EXPORTED_PER_FOLD = ("checkpoint_best.pth", "checkpoint_final.pth", "training_curves.json", "training_curves.png")
+
+
+def list_models(project_dir) -> list:
+    """Model folders of a project."""
+    from nnlandmark.planning.project import Project
+    project = Project.load(project_dir)
+    base = project.folders.results / project.dataset_name
+    return sorted(p for p in base.iterdir() if (p / MODEL_FILE).is_file()) if base.is_dir() else []
+
+
+def resolve_model(path) -> Path:
+    """A model folder given either itself or a project folder with exactly one model."""
+    path = Path(path)
+    if (path / MODEL_FILE).is_file():
+        return path
+    if (path / "project.json").is_file():
+        models = list_models(path)
+        if len(models) == 1:
+            return models[0]
+        if not models:
+            raise FileNotFoundError(f"{path}: project has no trained model yet (run 'nnlandmark train')")
+        raise ValueError(f"{path}: project has {len(models)} models; pass one of: "
+                         + ", ".join(str(m) for m in models))
+    raise FileNotFoundError(f"{path}: neither a model folder ({MODEL_FILE}) nor a project folder (project.json)")
+
+
+def export_model(model_dir, zip_path) -> Path:
+    """Zip the files prediction needs (not the latest/optimizer-only leftovers)."""
+    model_dir, zip_path = resolve_model(model_dir), Path(zip_path)
+    if zip_path.exists():
+        raise FileExistsError(f"{zip_path}: already exists")
+    folds = sorted(p for p in model_dir.glob("fold_*") if p.is_dir())
+    if not folds:
+        raise FileNotFoundError(f"{model_dir}: no fold_N folders to export")
+    tmp = zip_path.with_name(f".tmp_{zip_path.name}")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name in _EXPORTED:
+            if (model_dir / name).is_file():
+                z.write(model_dir / name, name)
+        for fold in folds:
+            for name in _EXPORTED_PER_FOLD:
+                if (fold / name).is_file():
+                    z.write(fold / name, f"{fold.name}/{name}")
+    tmp.replace(zip_path)
+    return zip_path
+
+
+def import_model(zip_path, folder) -> Path:
+    """Unzip an exported model into ``folder`` (which must not exist or be empty)."""
+    zip_path, folder = Path(zip_path), Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: not empty")
+    with zipfile.ZipFile(zip_path) as z:
+        names = z.namelist()
+        if MODEL_FILE not in names or "plans.json" not in names:
+            raise ValueError(f"{zip_path}: not an exported nnlandmark model (no {MODEL_FILE} or plans.json)")
+        for name in names:
+            if name.startswith("/") or ".." in Path(name).parts:
+                raise ValueError(f"{zip_path}: unsafe path {name!r} in archive")
+        z.extractall(folder)
+    return folder

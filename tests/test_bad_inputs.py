@@ -1,0 +1,434 @@
+"""Bad-input catalogue: every wrong input is refused by the CLI with a clear ``error:`` line.
+
+Each case runs ``nnlandmark.cli.main`` in-process and checks that
+
+- the exit code is 2 (a user error, not a traceback),
+- one ``error:`` line on stderr names the offending file and the problem,
+- nothing the user owns changed (every file hashed before and after) and no
+  project or output folder appeared.
+
+Dataset problems go through ``nnlandmark check`` (validation only, fast); a few
+go through ``prepare`` to show that it writes nothing before validation passes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from nnlandmark.cli import main
+
+# 5 cases: enough for 5-fold cross-validation, so a clean copy passes `check` without a warning
+N_CASES = 5
+
+
+# --------------------------------------------------------------------------- helpers
+
+def snapshot(*roots) -> dict:
+    """SHA-256 of every file (and the set of folders) under ``roots``; a missing root maps to None."""
+    state = {}
+    for root in map(Path, roots):
+        if not root.exists():
+            state[str(root)] = None
+            continue
+        for path in sorted([root, *root.rglob("*")]):
+            state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return state
+
+
+def error_lines(stderr: str) -> list:
+    """The ``error:`` lines of captured stderr; progress bars redraw with carriage returns."""
+    lines = [segment.split("\r")[-1] for segment in stderr.splitlines()]
+    return [line for line in lines if line.startswith("error: ")]
+
+
+def assert_refused(capsys, argv, *expected, watched=(), absent=()) -> list:
+    """Run the CLI and check it fails cleanly.
+
+    ``expected`` are tuples of substrings that must all appear in one error line
+    (a file name and the problem); ``watched`` paths must be byte-identical
+    afterwards; ``absent`` paths must not have been created.
+    """
+    before = snapshot(*watched)
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    errors = error_lines(err)
+    assert rc == 2, err
+    assert errors, err
+    assert "Traceback" not in err
+    for needles in expected:
+        assert any(all(n in line for n in needles) for line in errors), (needles, errors)
+    assert snapshot(*watched) == before
+    for path in absent:
+        assert not Path(path).exists(), path
+    return errors
+
+
+@pytest.fixture(scope="module")
+def clean_dataset(tmp_path_factory) -> Path:
+    """A valid 5-case dataset with MetaImage files, whose text headers are easy to corrupt by hand."""
+    from nnlandmark.data.synthetic import make_synthetic_dataset
+    return make_synthetic_dataset(tmp_path_factory.mktemp("bad") / "clean", n_cases=N_CASES, seed=3,
+                                  shape=(40, 40, 40), spacing=(4.0, 4.0, 4.0), file_ending=".mha")
+
+
+@pytest.fixture
+def dataset(clean_dataset, tmp_path) -> Path:
+    return Path(shutil.copytree(clean_dataset, tmp_path / "data"))
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))  # json.dumps writes NaN / Infinity literals as Python's json reads them
+
+
+def _set_point(name, value):
+    return lambda d: d["landmarks"].__setitem__(name, value)
+
+
+def _edit_header(path: Path, key: str, value: str) -> None:
+    """Replace one ``key = value`` line of a MetaImage header (SimpleITK refuses to write such values)."""
+    data = path.read_bytes()
+    start = data.index(key.encode())
+    end = data.index(b"\n", start)
+    path.write_bytes(data[:start] + f"{key} = {value}".encode() + data[end:])
+
+
+def _convert_images(ds: Path, ending: str) -> None:
+    """Rewrite every image with another file ending (the dataset must use one ending)."""
+    for f in sorted((ds / "images").glob("*.mha")):
+        sitk.WriteImage(sitk.ReadImage(str(f)), str(f.with_name(f.name[:-4] + ending)))
+        f.unlink()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+# --------------------------------------------------------------------------- dataset checks
+
+DATASET_CASES = {
+    "missing image": (lambda ds: (ds / "images/case_001.mha").unlink(),
+                      [("landmarks/case_001.json", "has no image")]),
+    "missing landmark file": (lambda ds: (ds / "landmarks/case_002.json").unlink(),
+                              [("images/case_002.mha", "has no landmark file")]),
+    "case id mismatch": (lambda ds: (ds / "landmarks/case_003.json").rename(ds / "landmarks/case_03.json"),
+                         [("landmarks/case_03.json", "has no image"),
+                          ("images/case_003.mha", "has no landmark file")]),
+    "landmark names differ between cases": (
+        lambda ds: _edit_json(ds / "landmarks/case_001.json",
+                              lambda d: d["landmarks"].__setitem__("top", d["landmarks"].pop("vertex"))),
+        [("landmarks/case_001.json", "differ from dataset.json", "'vertex'", "'top'")]),
+    "NaN coordinate": (lambda ds: _edit_json(ds / "landmarks/case_000.json",
+                                             _set_point("nose_tip", [float("nan"), 0.0, 0.0])),
+                       [("landmarks/case_000.json", "'nose_tip'", "not finite")]),
+    "infinite coordinate": (lambda ds: _edit_json(ds / "landmarks/case_000.json",
+                                                  _set_point("left_eye", [0.0, float("inf"), 0.0])),
+                            [("landmarks/case_000.json", "'left_eye'", "not finite")]),
+    "non-numeric coordinate": (lambda ds: _edit_json(ds / "landmarks/case_004.json",
+                                                     _set_point("vertex", ["12a", 0.0, 0.0])),
+                               [("landmarks/case_004.json", "'vertex'", "non-numeric coordinate '12a'")]),
+    "two coordinates": (lambda ds: _edit_json(ds / "landmarks/case_004.json", _set_point("vertex", [1.0, 2.0])),
+                        [("landmarks/case_004.json", "'vertex'", "expected 3 coordinates")]),
+    "non-numeric coordinate in a CSV": (
+        lambda ds: ((ds / "landmarks/case_002.json").unlink(),
+                    (ds / "landmarks/case_002.csv").write_text("name,x,y,z\nnose_tip,1,abc,3\n")),
+        [("landmarks/case_002.csv", "'nose_tip'", "non-numeric coordinate 'abc'")]),
+    "landmark outside the image": (lambda ds: _edit_json(ds / "landmarks/case_000.json",
+                                                         _set_point("nose_tip", [500.0, 0.0, 0.0])),
+                                   [("landmarks/case_000.json", "'nose_tip'", "outside its image")]),
+    "unknown coordinate system": (
+        lambda ds: _edit_json(ds / "landmarks/case_001.json", lambda d: d.__setitem__("coordinate_system", "IJK")),
+        [("landmarks/case_001.json", "unknown coordinate system 'IJK'")]),
+    "unknown coordinate system in an fcsv": (
+        lambda ds: ((ds / "landmarks/case_001.json").unlink(),
+                    (ds / "landmarks/case_001.fcsv").write_text(
+                        "# CoordinateSystem = 2\n# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,"
+                        "associatedNodeID\n1,0,0,0,0,0,0,1,1,1,0,nose_tip,,\n")),
+        [("landmarks/case_001.fcsv", "unknown coordinate system '2'")]),
+    "duplicate landmark names in a file": (
+        lambda ds: (ds / "landmarks/case_002.json").write_text(
+            '{"landmarks": {"nose_tip": [0, 0, 0], "nose_tip": [1, 1, 1]}}'),
+        [("landmarks/case_002.json", "duplicate", "'nose_tip'")]),
+    "duplicate landmark names in a CSV": (
+        lambda ds: ((ds / "landmarks/case_002.json").unlink(),
+                    (ds / "landmarks/case_002.csv").write_text("name,x,y,z\na,1,2,3\na,1,2,4\n")),
+        [("landmarks/case_002.csv", "duplicate landmark name 'a'")]),
+    "duplicate landmark names in dataset.json": (
+        lambda ds: _edit_json(ds / "dataset.json", lambda d: d["landmarks"].append("vertex")),
+        [("dataset.json", "duplicate landmark names ['vertex']")]),
+    "dataset.json missing": (lambda ds: (ds / "dataset.json").unlink(), [("dataset.json", "not found")]),
+    "dataset.json not JSON": (lambda ds: (ds / "dataset.json").write_text("{landmarks: [a]"),
+                              [("dataset.json", "not valid JSON")]),
+    "2D image": (lambda ds: sitk.WriteImage(sitk.Image(40, 40, sitk.sitkFloat32), str(ds / "images/case_001.mha")),
+                 [("images/case_001.mha", "expected a 3D image, got 2D")]),
+    "4D image": (lambda ds: sitk.WriteImage(sitk.Image([40, 40, 40, 2], sitk.sitkFloat32),
+                                            str(ds / "images/case_001.mha")),
+                 [("images/case_001.mha", "expected a 3D image, got 4D")]),
+    "vector image": (lambda ds: sitk.WriteImage(sitk.Compose([sitk.Image(40, 40, 40, sitk.sitkFloat32)] * 2),
+                                                str(ds / "images/case_003.mha")),
+                     [("images/case_003.mha", "expected a scalar image, got 2 components")]),
+    "truncated MetaImage": (lambda ds: _truncate(ds / "images/case_002.mha"),
+                            [("images/case_002.mha", "truncated or corrupt")]),
+    "truncated NIfTI (ITK reads it without complaint)": (
+        lambda ds: (_convert_images(ds, ".nii.gz"), _truncate(ds / "images/case_004.nii.gz")),
+        [("images/case_004.nii.gz", "truncated")]),
+    "truncated uncompressed NIfTI": (
+        lambda ds: (_convert_images(ds, ".nii"), _truncate(ds / "images/case_004.nii")),
+        [("images/case_004.nii", "truncated")]),
+    "not an image": (lambda ds: (ds / "images/case_000.mha").write_bytes(b"\x00garbage" * 64),
+                     [("images/case_000.mha", "cannot read image header")]),
+    "zero spacing (MetaImage header)": (lambda ds: _edit_header(ds / "images/case_001.mha", "ElementSpacing", "4 0 4"),
+                                        [("images/case_001.mha", "spacing must be positive", "0.0")]),
+    "negative spacing (MetaImage header)": (
+        lambda ds: _edit_header(ds / "images/case_001.mha", "ElementSpacing", "4 -4 4"),
+        [("images/case_001.mha", "spacing must be positive", "-4.0")]),
+    "zero spacing (NRRD header)": (
+        lambda ds: (_convert_images(ds, ".nrrd"),
+                    _edit_nrrd(ds / "images/case_003.nrrd", "space directions", "(4,0,0) (0,0,0) (0,0,4)")),
+        [("images/case_003.nrrd", "spacing must be positive")]),
+    "non-orthonormal direction": (
+        lambda ds: _edit_header(ds / "images/case_002.mha", "TransformMatrix", "1 0 0 1 1 0 0 0 1"),
+        [("images/case_002.mha", "direction matrix is not orthonormal")]),
+    "mixed image types": (lambda ds: (sitk.WriteImage(sitk.ReadImage(str(ds / "images/case_000.mha")),
+                                                      str(ds / "images/case_000.nrrd")),
+                                      (ds / "images/case_000.mha").unlink()),
+                          [("images", "mixed image file types")]),
+    "stray file in images": (lambda ds: (ds / "images/notes.txt").write_text("x"),
+                             [("images/notes.txt", "not a recognised image file")]),
+    "channel files missing": (lambda ds: _edit_json(ds / "dataset.json",
+                                                    lambda d: d.__setitem__("channels", ["T1", "T2"])),
+                              [("images/case_000.mha", "2 channels expected", "<case>_0000.mha")]),
+    "empty dataset": (lambda ds: [f.unlink() for sub in ("images", "landmarks") for f in (ds / sub).iterdir()],
+                      [("data", "empty dataset")]),
+    "no landmarks folder": (lambda ds: shutil.rmtree(ds / "landmarks"),
+                            [("data/landmarks", "folder not found")]),
+}
+
+
+def _edit_nrrd(path: Path, key: str, value: str) -> None:
+    """Replace one ``key: value`` line of an NRRD header (the header is text up to a blank line)."""
+    data = path.read_bytes()
+    start = data.index(key.encode() + b":")
+    end = data.index(b"\n", start)
+    path.write_bytes(data[:start] + f"{key}: {value}".encode() + data[end:])
+
+
+@pytest.mark.parametrize("problem", list(DATASET_CASES))
+def test_check_refuses(problem, dataset, capsys):
+    mutate, expected = DATASET_CASES[problem]
+    mutate(dataset)
+    assert_refused(capsys, ["check", dataset], *expected, watched=[dataset])
+
+
+def test_check_accepts_clean_dataset_and_writes_nothing(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may appear in the working folder either
+    before = snapshot(tmp_path)
+    assert main(["check", str(dataset)]) == 0
+    assert f"OK, {N_CASES} cases, 6 landmarks" in capsys.readouterr().out
+    assert snapshot(tmp_path) == before
+
+
+def test_check_warns_when_too_few_cases_for_cross_validation(dataset, capsys):
+    for case in ("case_003", "case_004"):
+        (dataset / "images" / f"{case}.mha").unlink()
+        (dataset / "landmarks" / f"{case}.json").unlink()
+    assert main(["check", str(dataset)]) == 0  # fine as a test set, so a warning only
+    err = capsys.readouterr().err
+    assert "warning:" in err and "3 cases" in err and "at least 5" in err
+
+
+def test_case_ids_ending_in_digits_are_not_channels(dataset, capsys):
+    """Single-channel ids like ``sub_0001`` stay whole (they once read as channel 1 of ``sub``)."""
+    for sub in ("images", "landmarks"):
+        for f in sorted((dataset / sub).iterdir()):
+            f.rename(f.with_name(f.name.replace("case_00", "sub_000")))
+    assert main(["check", str(dataset)]) == 0, capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- prepare writes nothing
+
+@pytest.mark.parametrize("problem", ["NaN coordinate", "zero spacing (MetaImage header)",
+                                     "truncated MetaImage"])
+def test_prepare_writes_nothing_on_invalid_dataset(problem, dataset, tmp_path, capsys):
+    mutate, expected = DATASET_CASES[problem]
+    mutate(dataset)
+    project = tmp_path / "projects" / "p"
+    assert_refused(capsys, ["prepare", dataset, "-p", project], *expected, watched=[dataset],
+                   absent=[tmp_path / "projects"])
+
+
+def test_prepare_into_a_path_under_a_regular_file(dataset, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert_refused(capsys, ["prepare", dataset, "-p", blocker / "project"], ("a_file/project", "Not a directory"),
+                   watched=[dataset, blocker])
+
+
+def test_prepare_project_inside_dataset(dataset, capsys):
+    assert_refused(capsys, ["prepare", dataset, "-p", dataset / "project"],
+                   ("project", "must not be inside the dataset folder"), watched=[dataset],
+                   absent=[dataset / "project"])
+
+
+# --------------------------------------------------------------------------- train
+
+@pytest.fixture
+def project_copy(prepared_project, tmp_path) -> Path:
+    """The prepared project without its trained models (so training starts clean)."""
+    return Path(shutil.copytree(prepared_project, tmp_path / "project",
+                                ignore=shutil.ignore_patterns("nnUNet_results")))
+
+
+def test_train_refuses_fewer_cases_than_folds(project_copy, capsys):
+    from nnlandmark.nnunet.planning import preprocessed_folder
+    from nnlandmark.planning.project import Project
+    project = Project.load(project_copy)
+    folder = preprocessed_folder(project.folders, project.dataset_name, project.plans())
+    keep = sorted(p.name[:-4] for p in folder.glob("*.pkl"))[:3]
+    for f in folder.iterdir():
+        if not any(f.name.startswith(case) for case in keep):
+            f.unlink()
+    (folder.parent / "splits_final.json").unlink(missing_ok=True)  # splits are made on first training
+    assert_refused(capsys, ["train", project_copy, "--fold", "0", "--epochs", "1"],
+                   ("3 prepared case(s)", "needs at least 5"), watched=[project_copy],
+                   absent=[project_copy / "nnUNet_results"])
+
+
+def test_train_refuses_splits_naming_missing_cases(project_copy, capsys):
+    from nnlandmark.planning.project import Project
+    project = Project.load(project_copy)
+    splits = project.folders.preprocessed / project.dataset_name / "splits_final.json"
+    splits.write_text(json.dumps([{"train": ["case_000", "ghost"], "val": ["case_001"]}]))
+    assert_refused(capsys, ["train", project_copy, "--epochs", "1"],
+                   ("splits_final.json", "not prepared", "ghost"), watched=[project_copy],
+                   absent=[project_copy / "nnUNet_results"])
+    assert_refused(capsys, ["train", project_copy, "--fold", "1", "--epochs", "1"],
+                   ("splits_final.json", "no training cases for fold 1"), watched=[project_copy])
+
+
+def test_train_bad_fold_and_missing_project(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path), "--fold", "7"])
+    assert exit_info.value.code == 2
+    assert "--fold: expected 0, 1, 2, 3, 4 or 'all', got '7'" in capsys.readouterr().err
+    assert_refused(capsys, ["train", tmp_path / "nowhere"], ("nowhere", "not an nnlandmark project"),
+                   absent=[tmp_path / "nowhere"])
+
+
+# --------------------------------------------------------------------------- predict
+
+@pytest.fixture
+def image(synthetic_dataset) -> Path:
+    return synthetic_dataset / "images" / "case_000.nii.gz"
+
+
+def _model_copy(model: Path, dst: Path, skip=()) -> Path:
+    """A copy of a model folder's small files with its fold folders linked, not copied
+    (the checks under test run before any checkpoint is read)."""
+    dst.mkdir()
+    for f in model.iterdir():
+        if f.name in skip:
+            continue
+        if f.is_dir():
+            os.symlink(f, dst / f.name)
+        else:
+            shutil.copy2(f, dst / f.name)
+    return dst
+
+
+def test_predict_model_missing_fold(tiny_model, image, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model, "--folds", "0", "1"],
+                   ("fold_1", "no checkpoint for fold 1"), watched=[tiny_model, image], absent=[out])
+
+
+def test_predict_model_missing_plans(tiny_model, image, tmp_path, capsys):
+    model = _model_copy(tiny_model, tmp_path / "model", skip={"plans.json"})
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", model], ("model", "plans.json missing"),
+                   watched=[model, image], absent=[out])
+
+
+def test_predict_not_a_model_folder(image, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tmp_path],
+                   (str(tmp_path), "neither a model folder"), absent=[out])
+
+
+def test_predict_wrong_channel_count(tiny_model, synthetic_dataset, tmp_path, capsys):
+    model = _model_copy(tiny_model, tmp_path / "model")
+    _edit_json(model / "nnlandmark.json", lambda d: d.__setitem__("channels", ["T1", "T2"]))
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", synthetic_dataset / "images", "-o", out, "-m", model],
+                   ("images/case_000.nii.gz", "2 channels expected"), watched=[synthetic_dataset],
+                   absent=[out])
+
+
+def test_predict_4d_input(tiny_model, tmp_path, capsys):
+    four = tmp_path / "four.nii.gz"
+    sitk.WriteImage(sitk.Image([12, 12, 12, 2], sitk.sitkFloat32), str(four))
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", four, "-o", out, "-m", tiny_model],
+                   ("four.nii.gz", "expected a 3D image, got 4D"), watched=[four], absent=[out])
+
+
+def test_predict_missing_input(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", tmp_path / "nope.nii.gz", "-o", out, "-m", tiny_model],
+                   ("nope.nii.gz", "no such file or folder"), absent=[out])
+
+
+def test_predict_output_under_a_regular_file(tiny_model, image, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert_refused(capsys, ["predict", "-i", image, "-o", blocker / "out", "-m", tiny_model],
+                   ("a_file/out", "output folder cannot be written"), watched=[blocker, image])
+
+
+def test_predict_output_folder_read_only(tiny_model, image, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        try:  # root ignores permission bits: then there is nothing to test
+            (out / "probe").write_text("")
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("permission bits are not enforced for this user (root)")
+        assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model],
+                       ("out", "output folder cannot be written"), watched=[out, image])
+    finally:
+        out.chmod(0o700)
+
+
+def test_predict_refuses_existing_outputs(tiny_model, image, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case_000.json").write_text("{}")
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model],
+                   ("out", "predictions exist", "--overwrite", "--continue"), watched=[out, image])
+
+
+# --------------------------------------------------------------------------- evaluate and report
+
+def test_report_and_evaluate_bad_paths(synthetic_dataset, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert_refused(capsys, ["evaluate", "-p", tmp_path / "nope", "-r", synthetic_dataset], ("nope",),
+                   watched=[synthetic_dataset])
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    (predictions / "case_000.json").write_text(json.dumps(
+        {"nose_tip": {"world_lps_mm": [0.0, 0.0, 0.0], "present": True}}))
+    assert_refused(capsys, ["report", "-p", predictions, "-r", synthetic_dataset, "-o", blocker / "report"],
+                   ("a_file/report", "Not a directory"), watched=[synthetic_dataset, predictions, blocker])

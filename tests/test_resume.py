@@ -1,0 +1,180 @@
+"""Interrupted work resumes instead of starting over.
+
+- ``train`` killed with SIGKILL mid-run continues from its last checkpoint with ``--continue``;
+- a rerun of ``prepare`` redoes only the cases that are missing or were re-exported;
+- ``predict --continue`` skips finished cases, predicts the rest and leaves no temporary files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnlandmark.cli import main
+
+EPOCHS = 4
+SCHEDULE = ["--epochs", str(EPOCHS), "--iterations", "2", "--val-iterations", "1"]
+
+
+def _project_copy(prepared_project: Path, dst: Path) -> Path:
+    """The session's prepared project without trained models (so training starts clean)."""
+    return Path(shutil.copytree(prepared_project, dst, ignore=shutil.ignore_patterns("nnUNet_results")))
+
+
+def _shrink_network(project_dir: Path) -> None:
+    """Plan a tiny U-Net (4 to 32 features) in this copy of the project.
+
+    Resuming does not depend on the network's width, and the planned one costs
+    about a minute per epoch on a shared 2-core CPU.
+    """
+    from nnlandmark.planning.project import Project
+    project = Project.load(project_dir)
+    plans = json.loads(project.plans_file.read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [min(4 * 2 ** i, 32) for i in range(len(arch["features_per_stage"]))]
+    project.plans_file.write_text(json.dumps(plans, indent=2))
+
+
+def _logged_epochs(log: Path) -> list:
+    """Epoch numbers nnU-Net's training log announces (``<time>: Epoch N``)."""
+    return [int(n) for n in re.findall(r": Epoch (\d+)\s*$", log.read_text(), flags=re.M)]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path, capsys):
+    from nnlandmark.planning.project import Project
+    from nnlandmark.training.presets import TrainingSettings
+    from nnlandmark.training.train import model_dir_for
+
+    project = _project_copy(prepared_project, tmp_path / "project")
+    _shrink_network(project)
+    fold = model_dir_for(Project.load(project), TrainingSettings()) / "fold_0"
+
+    with open(tmp_path / "killed_run.txt", "w") as console:
+        run = subprocess.Popen([sys.executable, "-m", "nnlandmark.cli", "train", str(project), *SCHEDULE],
+                               stdout=console, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 400
+        while run.poll() is None and not (fold / "checkpoint_latest.pth").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    console_text = (tmp_path / "killed_run.txt").read_text()
+    assert run.returncode == -signal.SIGKILL, console_text  # still running: killed, not finished or crashed
+    assert "fold 0 epochs" in console_text  # the epoch progress bar
+    assert not (fold / "checkpoint_final.pth").exists()
+    killed = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    done = killed["current_epoch"]  # nnU-Net stores the next epoch to run
+    assert 1 <= done < EPOCHS
+    first_logs = set(fold.glob("training_log_*.txt"))
+
+    capsys.readouterr()
+    assert main(["train", str(project), "--continue", *SCHEDULE]) == 0
+    assert "fold 0 epochs" in capsys.readouterr().err
+
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == EPOCHS
+    assert not (fold / "checkpoint_latest.pth").exists()  # nnU-Net removes it once final is written
+    (resumed_log,) = set(fold.glob("training_log_*.txt")) - first_logs
+    assert _logged_epochs(resumed_log) == list(range(done, EPOCHS))  # continued, not restarted at 0
+    # the curves hold the whole run: the killed run's epochs unchanged, then the resumed ones
+    curves = json.loads((fold / "training_curves.json").read_text())
+    assert len(curves["train_loss"]) == EPOCHS
+    np.testing.assert_allclose(curves["train_loss"][:done], killed["logging"]["train_losses"][:done])
+    assert (fold / "training_curves.png").stat().st_size > 0
+
+
+def _case_files(folder: Path) -> dict:
+    """mtime (ns) of every case file of a folder tree, keyed by relative path."""
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("case_*") if p.is_file()}
+
+
+def test_prepare_rerun_redoes_only_missing_or_changed_cases(prepared_project, synthetic_dataset, tmp_path,
+                                                            capsys):
+    from nnlandmark.nnunet.planning import preprocessed_folder
+    from nnlandmark.planning.project import Project
+
+    project_dir = _project_copy(prepared_project, tmp_path / "project")
+    dataset = Path(shutil.copytree(synthetic_dataset, tmp_path / "data"))  # this test edits the dataset
+    record = json.loads((project_dir / "project.json").read_text())
+    record["dataset_dir"] = str(dataset.resolve())
+    (project_dir / "project.json").write_text(json.dumps(record))
+    project = Project.load(project_dir)
+    raw = project.raw_dir()
+    pre = preprocessed_folder(project.folders, project.dataset_name, project.plans())
+    prepare = ["prepare", str(dataset), "-p", str(project_dir), "-np", "1"]
+
+    # 1. a case whose preprocessing never finished is redone; the others are left alone
+    before = {**_case_files(raw), **_case_files(pre)}
+    removed = sorted(pre.glob("case_003*"))
+    assert removed
+    for f in removed:
+        f.unlink()
+    assert main(prepare) == 0
+    assert "preprocessing" in capsys.readouterr().err  # the progress bar of the one case redone
+    after = {**_case_files(raw), **_case_files(pre)}
+    assert after.keys() == before.keys()
+    changed = {k for k in before if after[k] != before[k]}
+    assert changed == {str(f.relative_to(pre)) for f in removed}
+
+    # 2. a corrected landmark file: that case is re-exported and re-preprocessed, nothing else
+    lm_file = dataset / "landmarks" / "case_005.json"
+    data = json.loads(lm_file.read_text())
+    data["landmarks"]["vertex"] = (np.array(data["landmarks"]["vertex"]) + [0.0, 0.0, -0.5]).tolist()
+    lm_file.write_text(json.dumps(data))
+    before = after
+    time.sleep(0.01)  # distinct mtimes on coarse clocks
+    assert main(prepare) == 0
+    after = {**_case_files(raw), **_case_files(pre)}
+    changed = {k for k in before if after[k] != before[k]}
+    assert changed and all(Path(k).name.startswith("case_005") for k in changed)
+    assert any(k.endswith(".pkl") for k in changed)  # preprocessed again, not only re-exported
+    sidecar = json.loads((raw / "landmarks_world.json").read_text())
+    np.testing.assert_allclose(sidecar["case_005"]["vertex"], data["landmarks"]["vertex"])
+
+    # 3. a removed case: refused before anything is written (fingerprint, plans and splits are for the old set)
+    (dataset / "images" / "case_009.nii.gz").unlink()
+    (dataset / "landmarks" / "case_009.json").unlink()
+    hashes = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in project_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(prepare) == 2
+    err = capsys.readouterr().err
+    assert "cases changed since this project was prepared" in err and "removed ['case_009']" in err
+    assert hashes == {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+                      for p in project_dir.rglob("*") if p.is_file()}
+
+
+def test_predict_continue_skips_finished_cases(tiny_model, synthetic_dataset, tmp_path, capsys):
+    images = [str(synthetic_dataset / "images" / f"case_00{i}.nii.gz") for i in range(3)]
+    out = tmp_path / "predictions"
+    assert main(["predict", "-i", images[0], "-o", str(out), "-m", str(tiny_model)]) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert {"case_000.json", "case_000.mrk.json", "predictions.csv"} <= first.keys()
+    # what a run killed while writing case_001 leaves behind: a temporary file only
+    (out / ".tmp_case_001.json").write_text('{"nose_tip": {"world_lps')
+
+    capsys.readouterr()
+    assert main(["predict", "-i", *images, "-o", str(out), "-m", str(tiny_model), "--continue"]) == 0
+    assert "predicting" in capsys.readouterr().err  # the progress bar
+    for name in ("case_000.json", "case_000.mrk.json"):
+        assert (out / name).stat().st_mtime_ns == first[name], name  # not predicted again
+    landmarks = json.loads((synthetic_dataset / "dataset.json").read_text())["landmarks"]
+    for case in ("case_001", "case_002"):
+        record = json.loads((out / f"{case}.json").read_text())
+        assert list(record) == landmarks
+        assert all(np.isfinite(r["world_lps_mm"]).all() for r in record.values())
+        assert (out / f"{case}.mrk.json").is_file()
+    assert not list(out.glob(".tmp_*"))
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * len(landmarks)  # the summary covers resumed and earlier cases
+    assert {r.split(",")[0] for r in rows[1:]} == {"case_000", "case_001", "case_002"}
