@@ -4,13 +4,18 @@ What is measured
 ----------------
 One 193 x 229 x 193 volume at 1 mm (the size of the MNI152 template) is predicted
 with ``nnlandmark predict`` (one fold) in a fresh Python process per configuration,
-with ``torch.set_num_threads(threads)``. The parent reads that process's peak
-resident memory (``ru_maxrss`` from ``os.wait4``, i.e. what
-``resource.getrusage(RUSAGE_CHILDREN)`` reports for it alone), and the process
-itself stamps the phases of the prediction: model loading, nnU-Net preprocessing,
+with ``torch.set_num_threads(threads)``. The process itself stamps the phases of the prediction: model loading, nnU-Net preprocessing,
 sliding window (logits), sigmoid, decoding + writing. Next to each phase it
 records the memory high-water mark so far (``VmHWM``), so the phase that set the
 peak can be read off.
+
+Peak memory is the process's own ``VmHWM`` at its end, cross-checked with
+``ru_maxrss`` from ``/usr/bin/time``. Not ``getrusage(RUSAGE_CHILDREN)`` of
+this script: Linux seeds a child's ``ru_maxrss`` with the RSS of the process
+it was forked (or vforked) from before ``exec``, so a child of this script,
+which trains in-process and holds a few GB, would report this script's
+memory instead of its own. ``/usr/bin/time`` is a small process, so the
+``ru_maxrss`` it reports for its child is the child's own.
 
 Configurations
 --------------
@@ -61,6 +66,7 @@ MIN_SEPARATION_VOXELS = 4.0
 # the inner skull (semi-axes 0.68, 0.82, 0.75 H) and >= 0.3 H (about 19 mm) apart.
 GRID_STEP = 0.3
 MARKER = "BENCH_JSON "
+TIME = Path("/usr/bin/time")
 
 
 # --------------------------------------------------------------------------- data
@@ -226,19 +232,23 @@ def measure_child(model: str, test: str, output: str, threads: int) -> None:
     t = time.perf_counter()
     rc = cli.main(["predict", "-i", test, "-o", output, "-m", model, "--folds", "0", "--overwrite"])
     stamp("predict total", time.perf_counter() - t)
-    print(MARKER + json.dumps({"rc": rc, "threads": torch.get_num_threads(), "phases": phases}), flush=True)
+    print(MARKER + json.dumps({"rc": rc, "threads": torch.get_num_threads(), "phases": phases,
+                               "vmhwm_mb": _memory_mb()[1]}), flush=True)
 
 
 def run_measurement(model: Path, test: Path, output: Path, threads: int) -> dict:
-    """One fresh process; wall time and peak RSS (ru_maxrss of that process alone)."""
+    """One fresh process: wall time, its own peak RSS (VmHWM) and ru_maxrss through /usr/bin/time."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [sys.executable, __file__, "--measure", str(model), str(test), str(output), "--threads", str(threads)]
+    maxrss_file = output.parent / f".maxrss_{output.name}"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if TIME.is_file():
+        # %M: ru_maxrss in kB of the child of /usr/bin/time (see the module docstring for why not ours)
+        command = [str(TIME), "-f", "%M", "-o", str(maxrss_file)] + command
     t = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    log = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    process = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     wall = time.perf_counter() - t
-    process.returncode = os.waitstatus_to_exitcode(status)
+    log = process.stdout
     lines = [line for line in log.splitlines() if line.startswith(MARKER)]
     if process.returncode != 0 or not lines:
         raise RuntimeError(f"measurement failed (exit {process.returncode}):\n{log[-4000:]}")
@@ -246,7 +256,8 @@ def run_measurement(model: Path, test: Path, output: Path, threads: int) -> dict
     if result["rc"] != 0:
         raise RuntimeError(f"nnlandmark predict failed:\n{log[-4000:]}")
     result["wall_s"] = wall
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # kB on Linux
+    result["peak_rss_mb"] = result["vmhwm_mb"]
+    result["time_maxrss_mb"] = int(maxrss_file.read_text().split()[-1]) / 1024 if maxrss_file.is_file() else None
     return result
 
 
@@ -266,6 +277,7 @@ def summarise(result: dict) -> dict:
         "predict": _phase(result, "predict total")["seconds"],
         "wall": result["wall_s"],
         "peak": result["peak_rss_mb"],
+        "time_maxrss": result["time_maxrss_mb"],
         "hwm": {p["phase"]: p["hwm_mb"] for p in result["phases"]},
     }
 
@@ -306,10 +318,13 @@ def main(argv=None) -> int:
                 load = os.getloadavg()[0]
                 result = summarise(run_measurement(model, data["test"], out / "predictions" / f"{plan}_L{n}",
                                                    args.threads))
-                result["load"] = load
+                result["load_avg"] = load
                 runs.append(result)
-                print(f"[{plan}, {n} landmarks] run {r + 1}: {result['predict']:.1f} s, "
-                      f"peak {result['peak']:.0f} MB (load avg {load:.2f}); high-water after each phase (MB): "
+                print(f"[{plan}, {n} landmarks] run {r + 1} (load avg {load:.2f}): predict {result['predict']:.1f} s "
+                      f"(load {result['load']:.1f}, preprocess {result['preprocess']:.1f}, window "
+                      f"{result['window']:.1f}, sigmoid {result['sigmoid']:.2f}, decode+write {result['decode']:.2f}), "
+                      f"peak {result['peak']:.0f} MB (time: {result['time_maxrss'] or float('nan'):.0f}); "
+                      "high-water after each phase (MB): "
                       + ", ".join(f"{k} {v:.0f}" for k, v in result["hwm"].items()), flush=True)
             best = min(runs, key=lambda r: r["predict"])
             best = dict(best, peak=max(r["peak"] for r in runs))
@@ -325,13 +340,13 @@ def print_table(rows, threads: int) -> None:
           "dec = decode + write;\nper fold = predict() total (prep .. write, model load included); "
           "wall = fresh process incl. imports\n")
     header = (f"{'plan':<12} {'spacing, patch':<30} {'L':>3} {'load':>5} {'prep':>5} {'window':>7} {'sig':>5} "
-              f"{'dec':>5} {'per fold':>9} {'wall':>6} {'peak RSS MB':>12}")
+              f"{'dec':>5} {'per fold':>9} {'wall':>6} {'peak RSS MB':>12} {'(time -f %M)':>13} {'loadavg':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['plan']:<12} {r['grid']:<30} {r['landmarks']:>3} {r['load']:>5.1f} {r['preprocess']:>5.1f} "
               f"{r['window']:>7.1f} {r['sigmoid']:>5.2f} {r['decode']:>5.2f} {r['predict']:>9.1f} "
-              f"{r['wall']:>6.1f} {r['peak']:>12.0f}")
+              f"{r['wall']:>6.1f} {r['peak']:>12.0f} {r['time_maxrss'] or float('nan'):>13.0f} {r['load_avg']:>8.2f}")
     print()
     for plan in dict.fromkeys(r["plan"] for r in rows):
         by_n = {r["landmarks"]: r for r in rows if r["plan"] == plan}

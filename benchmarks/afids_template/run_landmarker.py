@@ -48,6 +48,8 @@ Outputs (``--out``)
     landmarker's point error (MRE) and SDR on the test split, from world coordinates (mm).
 ``model.pt``
     the trained weights.
+``predictions_<decoder>/<case>.json``
+    with ``--extra-decoders``: the same heatmaps read by another decoder (same format).
 
 Usage::
 
