@@ -4,7 +4,9 @@ What is measured
 ----------------
 One 193 x 229 x 193 volume at 1 mm (the size of the MNI152 template) is predicted
 with ``nnlandmark predict`` (one fold) in a fresh Python process per configuration,
-with ``torch.set_num_threads(threads)``. The process itself stamps the phases of the prediction: model loading, nnU-Net preprocessing,
+with ``torch.set_num_threads(threads)`` and test-time mirroring off (``--mirror on``
+runs every tile twice, doubling the sliding-window time). The process itself
+stamps the phases of the prediction: model loading, nnU-Net preprocessing,
 sliding window (logits), sigmoid, decoding + writing. Next to each phase it
 records the memory high-water mark so far (``VmHWM``), so the phase that set the
 peak can be read off.
@@ -193,7 +195,7 @@ def _memory_mb() -> tuple[float, float]:
     return values.get("VmRSS:", float("nan")), values.get("VmHWM:", float("nan"))
 
 
-def measure_child(model: str, test: str, output: str, threads: int) -> None:
+def measure_child(model: str, test: str, output: str, threads: int, mirror: str) -> None:
     """Run ``nnlandmark predict`` here, stamping its phases; prints one JSON line.
 
     The phases are timed by wrapping the predictor's methods; the prediction
@@ -230,16 +232,18 @@ def measure_child(model: str, test: str, output: str, threads: int) -> None:
     timed(predict_module, "decode_case", "decode")
     timed(predict_module, "_write_case", "write")
     t = time.perf_counter()
-    rc = cli.main(["predict", "-i", test, "-o", output, "-m", model, "--folds", "0", "--overwrite"])
+    rc = cli.main(["predict", "-i", test, "-o", output, "-m", model, "--folds", "0", "--overwrite",
+                   "--mirror", mirror])
     stamp("predict total", time.perf_counter() - t)
     print(MARKER + json.dumps({"rc": rc, "threads": torch.get_num_threads(), "phases": phases,
                                "vmhwm_mb": _memory_mb()[1]}), flush=True)
 
 
-def run_measurement(model: Path, test: Path, output: Path, threads: int) -> dict:
+def run_measurement(model: Path, test: Path, output: Path, threads: int, mirror: str) -> dict:
     """One fresh process: wall time, its own peak RSS (VmHWM) and ru_maxrss through /usr/bin/time."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    command = [sys.executable, __file__, "--measure", str(model), str(test), str(output), "--threads", str(threads)]
+    command = [sys.executable, __file__, "--measure", str(model), str(test), str(output), "--threads", str(threads),
+               "--mirror", mirror]
     maxrss_file = output.parent / f".maxrss_{output.name}"
     output.parent.mkdir(parents=True, exist_ok=True)
     if TIME.is_file():
@@ -297,10 +301,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1,
                         help="measurements per configuration: fastest time and largest peak are reported")
+    parser.add_argument("--mirror", default="off", choices=["off", "on", "auto"],
+                        help="test-time mirroring of 'nnlandmark predict' (on: two network passes per tile)")
     parser.add_argument("--measure", nargs=3, metavar=("MODEL", "TEST", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
-        measure_child(*args.measure, threads=args.threads)
+        measure_child(*args.measure, threads=args.threads, mirror=args.mirror)
         return 0
 
     out = Path(args.out).resolve()
@@ -317,7 +323,7 @@ def main(argv=None) -> int:
             for r in range(args.repeats):
                 load = os.getloadavg()[0]
                 result = summarise(run_measurement(model, data["test"], out / "predictions" / f"{plan}_L{n}",
-                                                   args.threads))
+                                                   args.threads, args.mirror))
                 result["load_avg"] = load
                 runs.append(result)
                 print(f"[{plan}, {n} landmarks] run {r + 1} (load avg {load:.2f}): predict {result['predict']:.1f} s "
@@ -330,12 +336,13 @@ def main(argv=None) -> int:
             best = dict(best, peak=max(r["peak"] for r in runs))
             rows.append({"plan": plan, "grid": plan_summary(model), "landmarks": n, **best})
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print_table(rows, args.threads)
+    print_table(rows, args.threads, args.mirror)
     return 0
 
 
-def print_table(rows, threads: int) -> None:
-    print(f"\nPrediction of one {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} case at 1 mm, 1 fold, CPU, {threads} threads")
+def print_table(rows, threads: int, mirror: str) -> None:
+    print(f"\nPrediction of one {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} case at 1 mm, 1 fold, CPU, {threads} threads, "
+          f"test-time mirroring {mirror}")
     print("times in s: load = model, prep = nnU-Net preprocessing, window = sliding window, sig = sigmoid, "
           "dec = decode + write;\nper fold = predict() total (prep .. write, model load included); "
           "wall = fresh process incl. imports\n")

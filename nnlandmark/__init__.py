@@ -20,8 +20,8 @@ from nnlandmark.inference.predict import predict
 from nnlandmark.inference.model_folder import export_model, import_model, resolve_model
 from nnlandmark.evaluation.evaluate import evaluate
 from nnlandmark.evaluation.cross_validation import evaluate_cv
-from nnlandmark.report.qc import report
+from nnlandmark.report.qc import qc_report
 
 __all__ = ["DatasetError", "LandmarkDataset", "Landmarks", "Project", "TrainingSettings", "evaluate",
            "evaluate_cv", "export_model", "import_model", "load_dataset", "make_synthetic_dataset", "predict",
-           "prepare", "read_landmarks", "report", "resolve_model", "train", "write_landmarks"]
+           "prepare", "qc_report", "read_landmarks", "resolve_model", "train", "write_landmarks"]

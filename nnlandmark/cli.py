@@ -15,9 +15,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="cone: EDT cone r=15 + top-20%% BCE + SGD (default); v1: Gaussian s=4 + MSE + Adam")
     p.add_argument("--architecture", default="unet", choices=["unet", "h3de"],
                    help="unet: the U-Net nnU-Net planned (plain or ResEnc); h3de: H3DE-style hybrid attention net")
-    p.add_argument("--epochs", type=int, default=1000)
-    p.add_argument("--iterations", type=int, default=250, help="training iterations per epoch")
-    p.add_argument("--val-iterations", type=int, default=50, help="validation iterations per epoch")
+    p.add_argument("--epochs", type=int, default=None, help="default 1000, or the resumed run's")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="training iterations per epoch (default 250, or the resumed run's)")
+    p.add_argument("--val-iterations", type=int, default=None,
+                   help="validation iterations per epoch (default 50, or the resumed run's)")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the preset's)")
     p.add_argument("--mirror", default="auto", choices=["auto", "on", "off"],
                    help="left-right mirroring augmentation, pairs swapped (auto: on when the dataset has pairs)")
@@ -27,10 +29,15 @@ _MIRROR = {"auto": None, "on": True, "off": False}
 
 
 def _settings(args):
+    """Settings from the options; a resumed run keeps its saved schedule unless overridden."""
     from nnlandmark.training.presets import TrainingSettings
-    return TrainingSettings(preset=args.preset, architecture=args.architecture, epochs=args.epochs,
-                            iterations_per_epoch=args.iterations, val_iterations=args.val_iterations,
-                            learning_rate=args.lr, mirror=_MIRROR[args.mirror])
+    from nnlandmark.training.train import saved_settings
+    given = {"preset": args.preset, "architecture": args.architecture, "epochs": args.epochs,
+             "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
+             "learning_rate": args.lr, "mirror": _MIRROR[args.mirror]}
+    given = {k: v for k, v in given.items() if v is not None}
+    saved = saved_settings(args.project, args.preset, args.architecture) if args.continue_training else {}
+    return TrainingSettings(**{**saved, **given})
 
 
 def _fold(text: str):
@@ -168,7 +175,7 @@ def run(args) -> int:
         from nnlandmark.data.convert import run_converter
         print(run_converter(args.benchmark, args.src, args.dst, seed=args.seed))
     elif args.command == "report":
-        print(api.report(args.predictions, args.reference, args.output, overwrite=args.overwrite))
+        print(api.qc_report(args.predictions, args.reference, args.output, overwrite=args.overwrite))
     elif args.command == "demo":
         from nnlandmark.demo import run_demo
         run_demo(args.output, device=args.device, epochs=args.epochs, iterations=args.iterations)
@@ -191,7 +198,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from nnlandmark.data.dataset import DatasetError
     from nnlandmark.data.landmarks import LandmarkFileError
-    from nnlandmark.nnunet.predictor import ModelFolderError
+    from nnlandmark.inference.model_folder import ModelFolderError
     # OSError covers unwritable or missing paths (including a path under a regular file,
     # NotADirectoryError), which are the user's to fix, not tracebacks
     user_errors = (DatasetError, LandmarkFileError, ModelFolderError, OSError, KeyError, ValueError)

@@ -133,7 +133,9 @@ def test_build_network_rejects_bad_input():
 TARGET_SPACING_MM = 6.0
 CONE_RADIUS_VOXELS = 5.0
 SCHEDULE = dict(epochs=3, iterations_per_epoch=5, val_iterations=1)
-LOSS_DROP = 0.02  # the slowest (H3DE) dropped by 0.04 over this schedule with seeds 0 and 1
+# Over this schedule (seed 0) the last epoch's mean training loss was 0.63-0.71 of the
+# first's for all three; 0.9 leaves room for the noise of so few iterations.
+LOSS_RATIO = 0.9
 PLANNED_CLASS = {"default": PLAIN, "resenc-m": RESENC}
 PLANS_IDENTIFIER = {"default": "nnUNetPlans", "resenc-m": "nnUNetResEncUNetMPlans"}
 
@@ -196,9 +198,7 @@ def test_short_training_lowers_loss_and_predicts(project_for, small_data, planne
     assert len(losses) == SCHEDULE["epochs"] and all(math.isfinite(v) for v in losses)
     print(f"{planner}/{architecture}: batch {configuration['batch_size']}, patch {configuration['patch_size']}, "
           f"train loss per epoch {[round(v, 4) for v in losses]}")
-    # An absolute margin: H3DENet's near-zero head starts every voxel at BCE = ln 2, the
-    # U-Nets start higher from random logits, so no one ratio suits all three.
-    assert losses[-1] < losses[0] - LOSS_DROP, losses
+    assert losses[-1] < LOSS_RATIO * losses[0], losses
 
     # the saved checkpoint is rebuilt through build_network and predicts a held-out phantom
     out = predict(small_data.test / "images", small_data.base / f"pred_{planner}_{architecture}", model,

@@ -40,7 +40,8 @@ def _close_landmark_project(tmp_path, synthetic_dataset, prepared_project):
         nose = np.asarray(record["landmarks"]["nose_tip"])
         record["landmarks"]["vertex"] = (nose + [2.0, 0.0, 0.0]).tolist()
         path.write_text(json.dumps(record))
-    project = Path(shutil.copytree(prepared_project, tmp_path / "project"))
+    project = Path(shutil.copytree(prepared_project, tmp_path / "project",
+                                   ignore=shutil.ignore_patterns("nnUNet_results")))  # no trained models
     description = json.loads((project / "project.json").read_text())
     description["dataset_dir"] = str(data.resolve())
     (project / "project.json").write_text(json.dumps(description))

@@ -23,7 +23,8 @@ def predictions(tiny_model, synthetic_dataset, tmp_path_factory) -> Path:
 
 
 def test_report_cli(predictions, synthetic_dataset, tmp_path, capsys, monkeypatch):
-    import nnlandmark.report.slices as slices
+    # not `import nnlandmark.report.slices`: the attribute nnlandmark.report is the report() function
+    from nnlandmark.report import slices
     from nnlandmark.evaluation.evaluate import evaluate
 
     figures = {}  # case -> the slice figure, kept to inspect what was drawn

@@ -13,8 +13,8 @@ Steps
    ``OUT/data/test`` only the test cases (their images are predicted, their landmarks are
    the references).
 2. nnlandmark (``run_nnlandmark.py``, this environment): prepare with the default planner,
-   calibrate the seconds per epoch, train fold 0 for as many epochs as fit the budget,
-   predict the test images with each decoder.
+   train fold 0 for one epoch, extend it to as many epochs as fit the budget (the first
+   epoch's duration sets the number), predict the test images with each decoder.
 3. landmarker (``run_landmarker.py``, in its own venv, made by ``setup_landmarker_venv.sh``
    when missing): train for the same wall-clock budget on all training cases, predict.
 4. Both prediction folders are scored by nnlandmark's :func:`nnlandmark.evaluate` against
@@ -61,7 +61,7 @@ TARGET_MRE_VOXELS = 2.0
 #: about 240 x 285 x 250 mm; 96 x 112 x 96 voxels of 2.5 mm (landmarker's default) is this.
 LANDMARKER_FOV_MM = (240.0, 280.0, 240.0)
 
-SMOKE = dict(n_train=5, n_test=1, voxel_mm=4.0, budget_minutes=1.0, iterations_per_epoch=2, val_iterations=1)
+SMOKE = dict(n_train=5, n_test=1, voxel_mm=4.0, budget_minutes=1.0, iterations_per_epoch=1, val_iterations=1)
 
 
 # --------------------------------------------------------------------------- data
@@ -191,6 +191,8 @@ def run_method(method: str, args, data: dict, out: Path) -> None:
                "--budget-minutes", args.budget_minutes, "--threads", args.threads,
                "--iterations-per-epoch", args.iterations_per_epoch, "--val-iterations", args.val_iterations,
                "--decoders", *args.nnlandmark_decoders]
+        if args.nnlandmark_target_spacing:
+            cmd += ["--target-spacing", args.nnlandmark_target_spacing]
         versions = _versions(python, ["nnlandmark", "nnunetv2", "torch"])
     else:
         python = landmarker_python(args.landmarker_venv, out)
@@ -219,8 +221,8 @@ def prediction_folders(method: str, timings: dict, folder: Path) -> dict:
     return decoders
 
 
-def evaluate_methods(out: Path, config: dict, data: dict) -> list:
-    """Score every finished method run on this data config; one row per (method, decoder)."""
+def evaluate_methods(out: Path, config: dict, data: dict, budget_minutes: float) -> list:
+    """Score every finished method run on this data config and budget; one row per (method, decoder)."""
     import nnlandmark as nl
     rows = []
     for method in METHODS:
@@ -229,8 +231,9 @@ def evaluate_methods(out: Path, config: dict, data: dict) -> list:
             print(f"report: no finished {method} run in {folder}; left out", flush=True)
             continue
         run = json.loads((folder / "run.json").read_text())
-        if run["data_config"] != config:
-            print(f"report: {method} was run on {run['data_config']}, not {config}; left out", flush=True)
+        if run["data_config"] != config or run["budget_minutes"] != budget_minutes:
+            print(f"report: {method} was run on {run['data_config']} with {run['budget_minutes']} min, "
+                  f"not {config} with {budget_minutes} min; left out", flush=True)
             continue
         timings = json.loads((folder / "timings.json").read_text())
         for decoder, pred_dir in prediction_folders(method, timings, folder).items():
@@ -263,10 +266,9 @@ def write_report(out: Path, args, config: dict, data: dict, rows: list, started:
     """``results.json`` (everything) and ``results.md`` (the table and the configuration)."""
     floor = make_data.noise_floor(verbose=False)
     runs, timings = {}, {}
-    for method in METHODS:
-        if (out / method / "run.json").is_file():
-            runs[method] = json.loads((out / method / "run.json").read_text())
-            timings[method] = json.loads((out / method / "timings.json").read_text())
+    for method in dict.fromkeys(r["method"] for r in rows):     # the methods in the table, in order
+        runs[method] = json.loads((out / method / "run.json").read_text())
+        timings[method] = json.loads((out / method / "timings.json").read_text())
     cpu_count = os.cpu_count()
     results = {
         "benchmark": "AFIDs template (one annotated MNI152NLin2009cAsym head under random pose, "
@@ -324,15 +326,17 @@ def write_report(out: Path, args, config: dict, data: dict, rows: list, started:
                      f"over {_minutes(run['wall_seconds'])}")
     if "nnlandmark" in timings:
         t, run = timings["nnlandmark"], runs["nnlandmark"]
-        cal = t["calibration"]
+        sched = t["schedule"]
         lines.append(
             f"- nnlandmark {run['versions'].get('nnlandmark', '?')} (nnunetv2 {run['versions'].get('nnunetv2', '?')}, "
-            f"torch {run['versions'].get('torch', '?')}): {t['plans']['planner']} planner, patch "
+            f"torch {run['versions'].get('torch', '?')}): {t['plans']['planner']} planner"
+            + (f" with target spacing {t['plans']['target_spacing']:g} mm" if t["plans"].get("target_spacing") else "")
+            + f", patch "
             f"{t['plans']['patch_size']}, batch {t['plans']['batch_size']}, spacing {t['plans']['spacing']} mm; "
             f"preset `{t['settings']['preset']}`; {t['epochs']} epochs x {t['iterations_per_epoch']} iterations "
-            f"(+ {t['val_iterations']} validation batches per epoch), from a calibration of "
-            f"{cal['seconds_per_epoch']:.1f} s per epoch (calibration {cal['seconds']:.0f} s and preparation "
-            f"{t['prepare_seconds']:.0f} s not counted as training); fold 0 trains on "
+            f"(+ {t['val_iterations']} validation batches per epoch), the number set by the first epoch's "
+            f"{sched['first_epoch_seconds']:.1f} s (and {sched['startup_seconds']:.0f} s start-up per train call); "
+            f"preparation ({t['prepare_seconds']:.0f} s) not counted as training; fold 0 trains on "
             f"{len(t['fold0_train_cases'])} of the {config['n_train']} training cases, nnU-Net holds out "
             f"{len(t['fold0_val_cases'])} for the validation loss that picks `{t['checkpoint_used']}` "
             f"(after epoch {t['best_after_epochs']}); prediction time per case includes reading, "
@@ -369,18 +373,21 @@ def parse_args(argv=None):
     ap.add_argument("--n-test", type=int, default=None, help="test cases (8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for each method (all CPUs)")
-    ap.add_argument("--iterations-per-epoch", type=int, default=None, help="nnlandmark (25)")
-    ap.add_argument("--val-iterations", type=int, default=None, help="nnlandmark (5)")
+    ap.add_argument("--iterations-per-epoch", type=int, default=None, help="nnlandmark's epoch size (10)")
+    ap.add_argument("--val-iterations", type=int, default=None, help="nnlandmark's validation batches per epoch (2)")
     ap.add_argument("--nnlandmark-decoders", nargs="+", default=["argmax", "local-mean"])
+    ap.add_argument("--nnlandmark-target-spacing", type=float, default=None,
+                    help="plan nnlandmark for this isotropic spacing (mm) instead of the data's; "
+                         "coarser means smaller patches and more iterations in the budget")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                     help="methods to (re)run; the report covers every finished run on the same data")
     ap.add_argument("--report-only", action="store_true", help="only evaluate finished runs and write the report")
     ap.add_argument("--landmarker-venv", type=Path, default=LANDMARKER_VENV)
     ap.add_argument("--smoke", action="store_true",
-                    help="5 train / 1 test cases at 4 mm, 1 min per method, 2-iteration epochs: plumbing only")
+                    help="5 train / 1 test cases at 4 mm, 1 min per method, 1-iteration epochs: plumbing only")
     args = ap.parse_args(argv)
-    defaults = dict(n_train=24, n_test=8, voxel_mm=2.5, budget_minutes=35.0, iterations_per_epoch=25,
-                    val_iterations=5)
+    defaults = dict(n_train=24, n_test=8, voxel_mm=2.5, budget_minutes=35.0, iterations_per_epoch=10,
+                    val_iterations=2)
     if args.smoke:
         defaults.update(SMOKE)
     for key, value in defaults.items():      # explicit options win over the (smoke) defaults
@@ -408,7 +415,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         for method in args.methods:            # one after the other: they would share the cores
             run_method(method, args, data, out)
-    rows = evaluate_methods(out, config, data)
+    rows = evaluate_methods(out, config, data, args.budget_minutes)
     write_report(out, args, config, data, rows, started, load_start)
     print("\n" + (out / "results.md").read_text(), flush=True)
     return 0

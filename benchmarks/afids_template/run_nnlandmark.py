@@ -8,15 +8,21 @@ Fitting a time budget
 ---------------------
 nnlandmark (like nnU-Net) trains for a number of epochs, and its learning-rate schedule
 (poly decay) is laid out over that number, so a run cannot simply be stopped when the time
-is up. Instead:
+is up. The first epoch is therefore also the timing run:
 
-1. calibration: fold 1 is trained for 2 epochs with the real schedule's epoch size; the
-   second epoch's duration (the first carries one-off warm-up) gives the seconds per epoch,
-   and the call's time outside its epochs the start-up and shutdown cost. The fold-1 model
-   is deleted afterwards; the calibration time is reported, not counted as training.
-2. training: fold 0 for ``N = floor((budget - start-up) / epoch seconds)`` epochs (at
-   least 1). The reported training time is the real wall time of this call, which may be
-   a little above or below the budget.
+1. fold 0 is trained for 1 epoch. Its duration gives the seconds per epoch (a slight
+   overestimate, as it includes the warm-up of the first iterations), and the call's time
+   outside the epoch the start-up and shutdown cost of one ``train`` call.
+2. ``N = round((budget - 2 x start-up) / epoch seconds)`` epochs fit the budget (at least 1).
+   When ``N > 1`` the fold is extended to ``N`` epochs with ``continue_training=True``.
+   Poly decay gives epoch 0 the initial learning rate whatever the total, so the two calls
+   train exactly as one ``N``-epoch run would. ``train`` leaves a finished fold as it is,
+   so the 1-epoch run's ``checkpoint_final.pth`` is deleted first; training then resumes
+   from its ``checkpoint_best.pth``, which after one epoch is the same state (weights,
+   optimiser, log).
+
+The reported training time is the wall time of both calls together; it can differ from the
+budget by about half an epoch (the rounding) plus the error of the estimate.
 
 nnU-Net's 5-fold cross-validation holds about 20 % of the training cases out of fold 0
 (they give the validation loss that picks ``checkpoint_best.pth``, which prediction uses),
@@ -26,8 +32,8 @@ Outputs (``--out``)
 -------------------
 ``project/``                 nnlandmark project (nnU-Net raw, preprocessed, results)
 ``predictions_<decoder>/``   prediction JSONs of the test images, one folder per decoder
-``timings.json``             preparation, calibration, training and prediction times,
-                             schedule, plans, peak resident memory
+``timings.json``             preparation, training and prediction times, schedule, plans,
+                             peak resident memory
 
 Usage (main venv)::
 
@@ -38,10 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -52,10 +55,8 @@ import torch
 import nnlandmark as nl
 from nnlandmark.nnunet.planning import CONFIGURATION
 from nnlandmark.planning.project import Project
-from nnlandmark.training.train import model_dir_for
 
-CALIBRATION_FOLD = 1
-CALIBRATION_EPOCHS = 2
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def _epoch_durations(checkpoint: Path) -> list:
@@ -71,22 +72,33 @@ def _peak_rss_mb() -> dict:
             "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mb}
 
 
-def calibrate(project_dir: Path, settings: nl.TrainingSettings, device: str) -> dict:
-    """Time a short run of fold 1 with the real epoch size; its model folder is removed after."""
-    project = Project.load(project_dir)
-    model_dir = model_dir_for(project, settings)
-    fold_dir = model_dir / f"fold_{CALIBRATION_FOLD}"
-    if fold_dir.exists():          # left over from an interrupted run: its timing would be stale
-        shutil.rmtree(fold_dir)
+def train_for_budget(project_dir: Path, settings: nl.TrainingSettings, budget_seconds: float,
+                     device: str) -> tuple[Path, dict]:
+    """Train fold 0 for as many epochs as fit ``budget_seconds`` (see the module docstring)."""
     t0 = time.perf_counter()
-    nl.train(project_dir, CALIBRATION_FOLD, replace(settings, epochs=CALIBRATION_EPOCHS), device=device,
-             progress=False)
-    seconds = time.perf_counter() - t0
-    epochs = _epoch_durations(fold_dir / "checkpoint_final.pth")
-    shutil.rmtree(fold_dir)
-    return {"fold": CALIBRATION_FOLD, "epochs": len(epochs), "seconds": seconds,
-            "epoch_seconds": epochs, "seconds_per_epoch": epochs[-1],
-            "startup_seconds": max(0.0, seconds - sum(epochs))}
+    model_dir = nl.train(project_dir, 0, replace(settings, epochs=1), device=device, progress=False)
+    first_call = time.perf_counter() - t0
+    fold_dir = model_dir / "fold_0"
+    (epoch_seconds,) = _epoch_durations(fold_dir / "checkpoint_final.pth")
+    startup = max(0.0, first_call - epoch_seconds)
+    epochs = max(1, round((budget_seconds - 2 * startup) / epoch_seconds))
+    print(f"  first epoch: {epoch_seconds:.1f} s for {settings.iterations_per_epoch} iterations, start-up "
+          f"{startup:.1f} s -> {epochs} epochs in the {budget_seconds / 60:g} min budget", flush=True)
+    second_call = 0.0
+    if epochs > 1:
+        # train() leaves a finished fold alone; without checkpoint_final.pth it resumes from
+        # checkpoint_best.pth, which after a single epoch is that epoch's end state
+        (fold_dir / "checkpoint_final.pth").unlink()
+        t0 = time.perf_counter()
+        nl.train(project_dir, 0, replace(settings, epochs=epochs), device=device, continue_training=True,
+                 progress=False)
+        second_call = time.perf_counter() - t0
+    durations = _epoch_durations(fold_dir / "checkpoint_final.pth")
+    if len(durations) != epochs:
+        raise RuntimeError(f"{fold_dir}: {len(durations)} epochs in the final checkpoint, expected {epochs}")
+    return model_dir, {"epochs": epochs, "first_epoch_seconds": epoch_seconds, "startup_seconds": startup,
+                       "calls_seconds": [first_call, second_call], "train_seconds": first_call + second_call,
+                       "epoch_seconds": durations}
 
 
 def main(argv=None) -> int:
@@ -95,12 +107,16 @@ def main(argv=None) -> int:
     ap.add_argument("--test-images", type=Path, required=True, help="folder of the test images")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budget-minutes", type=float, required=True, help="wall-clock training time of fold 0")
-    ap.add_argument("--iterations-per-epoch", type=int, default=25)
-    ap.add_argument("--val-iterations", type=int, default=5,
-                    help="validation batches per epoch (default: nnU-Net's 1:5 ratio to training batches)")
+    ap.add_argument("--iterations-per-epoch", type=int, default=10,
+                    help="training batches per epoch: small, so that the budget holds several epochs "
+                         "even at tens of seconds per batch on a CPU")
+    ap.add_argument("--val-iterations", type=int, default=2,
+                    help="validation batches per epoch (about nnU-Net's 1:5 ratio to training batches)")
     ap.add_argument("--planner", default="default")
+    ap.add_argument("--target-spacing", type=float, default=None,
+                    help="isotropic spacing (mm) to plan for instead of the data's (coarser = faster on a CPU)")
     ap.add_argument("--decoders", nargs="+", default=["argmax", "local-mean"],
-                    help="decoders to predict with; the first one's time is the reported prediction time")
+                    help="decoders to predict with, one prediction pass each")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -114,49 +130,43 @@ def main(argv=None) -> int:
     settings = nl.TrainingSettings(epochs=1, iterations_per_epoch=args.iterations_per_epoch,
                                    val_iterations=args.val_iterations)
     budget = args.budget_minutes * 60.0
-    print(f"nnlandmark: budget {args.budget_minutes} min, {threads} threads, device {args.device}", flush=True)
+    print(f"nnlandmark: budget {args.budget_minutes:g} min, {threads} threads, device {args.device}", flush=True)
 
     t0 = time.perf_counter()
-    nl.prepare(args.train_data, project_dir, planner=args.planner, num_processes=min(2, threads), progress=False)
+    nl.prepare(args.train_data, project_dir, planner=args.planner, num_processes=min(2, threads),
+               target_spacing=args.target_spacing, progress=False)
     prepare_seconds = time.perf_counter() - t0
     project = Project.load(project_dir)
     plan = project.plans()["configurations"][CONFIGURATION]
     print(f"  prepared in {prepare_seconds:.0f} s: patch {plan['patch_size']}, batch {plan['batch_size']}, "
           f"spacing {plan['spacing']}", flush=True)
 
-    cal = calibrate(project_dir, settings, args.device)
-    epochs = max(1, math.floor((budget - cal["startup_seconds"]) / cal["seconds_per_epoch"]))
-    print(f"  calibration: {cal['seconds_per_epoch']:.1f} s/epoch of {args.iterations_per_epoch} iterations, "
-          f"start-up {cal['startup_seconds']:.1f} s -> {epochs} epochs", flush=True)
-
+    model_dir, schedule = train_for_budget(project_dir, settings, budget, args.device)
+    epochs, train_seconds = schedule["epochs"], schedule["train_seconds"]
     settings = replace(settings, epochs=epochs)
-    t0 = time.perf_counter()
-    model_dir = nl.train(project_dir, 0, settings, device=args.device, progress=False)
-    train_seconds = time.perf_counter() - t0
-    fold_dir = model_dir / "fold_0"
-    best = torch.load(fold_dir / "checkpoint_best.pth", map_location="cpu", weights_only=False)
     iterations = epochs * args.iterations_per_epoch
-    # nnU-Net stores the number of finished epochs under current_epoch
-    best_after = int(best["current_epoch"])
+    best = torch.load(model_dir / "fold_0" / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+    best_after = int(best["current_epoch"])  # nnU-Net stores the number of finished epochs here
     split = json.loads((project.folders.preprocessed / project.dataset_name / "splits_final.json").read_text())[0]
     print(f"  trained {epochs} epochs ({iterations} iterations) in {train_seconds:.0f} s on "
           f"{len(split['train'])} cases ({len(split['val'])} held out for validation); "
           f"best validation loss after epoch {best_after}", flush=True)
 
-    n_test = len([p for p in args.test_images.iterdir() if p.name.endswith((".nii.gz", ".nii", ".nrrd", ".mha"))])
+    n_test = len([p for p in args.test_images.iterdir() if p.name.endswith(IMAGE_SUFFIXES)])
     predictions = {}
     for decoder in args.decoders:
         t0 = time.perf_counter()
         nl.predict(args.test_images, out / f"predictions_{decoder}", model_dir, folds=[0], device=args.device,
                    decoder=decoder, overwrite=True, progress=False)
         seconds = time.perf_counter() - t0
+        # one model load per pass is included; cases are read, preprocessed and written too
         predictions[decoder] = {"folder": f"predictions_{decoder}", "seconds": seconds,
                                 "seconds_per_case": seconds / max(n_test, 1)}
         print(f"  predicted {n_test} case(s) with {decoder}: {seconds / max(n_test, 1):.1f} s/case", flush=True)
 
     timings = {
         "prepare_seconds": prepare_seconds,
-        "calibration": cal,
+        "schedule": schedule,
         "train_seconds": train_seconds,
         "budget_seconds": budget,
         "epochs": epochs, "iterations_per_epoch": args.iterations_per_epoch,
@@ -165,11 +175,10 @@ def main(argv=None) -> int:
         "best_after_epochs": best_after,
         "checkpoint_used": "checkpoint_best.pth",
         "predictions": predictions,
-        # one model load per decoder pass is included; cases are read, preprocessed and written too
         "predict_seconds_mean": predictions[args.decoders[0]]["seconds_per_case"],
         "peak_rss_mb": _peak_rss_mb(),
         "threads": threads, "device": args.device,
-        "plans": {"planner": args.planner, "configuration": CONFIGURATION,
+        "plans": {"planner": args.planner, "configuration": CONFIGURATION, "target_spacing": args.target_spacing,
                   "patch_size": plan["patch_size"], "batch_size": plan["batch_size"],
                   "spacing": plan["spacing"]},
         "settings": settings.to_dict(),

@@ -6,12 +6,40 @@ pairs, training settings) and ``fold_N/checkpoint_*.pth``.
 """
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
 MODEL_FILE = "nnlandmark.json"
 _EXPORTED = ("plans.json", "dataset.json", "dataset_fingerprint.json", MODEL_FILE)
 _EXPORTED_PER_FOLD = ("checkpoint_best.pth", "checkpoint_final.pth", "training_curves.json", "training_curves.png")
+CHECKPOINT_PREFERENCE = ("checkpoint_best.pth", "checkpoint_final.pth", "checkpoint_latest.pth")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be used; the message names what is missing."""
+
+
+def fold_checkpoint(model_dir: Path, fold: int) -> Path:
+    for name in CHECKPOINT_PREFERENCE:
+        path = Path(model_dir) / f"fold_{fold}" / name
+        if path.is_file():
+            return path
+    raise ModelFolderError(f"{Path(model_dir) / f'fold_{fold}'}: no checkpoint for fold {fold} "
+                           f"(looked for {', '.join(CHECKPOINT_PREFERENCE)})")
+
+
+def check_model_folder(model_dir: Path, folds) -> dict:
+    """The model description; raises ModelFolderError for missing plans, description or folds."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelFolderError(f"{model_dir}: model folder not found")
+    for name in ("plans.json", "dataset.json", "nnlandmark.json"):
+        if not (model_dir / name).is_file():
+            raise ModelFolderError(f"{model_dir}: {name} missing; not a complete nnlandmark model folder")
+    for fold in folds:
+        fold_checkpoint(model_dir, fold)
+    return json.loads((model_dir / "nnlandmark.json").read_text())
 
 
 def list_models(project_dir) -> list:

@@ -162,7 +162,8 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         landmarks swapped (twice the compute). Default: on when the model was
         trained with mirroring (``"mirror"`` in its ``nnlandmark.json``).
     """
-    from nnlandmark.nnunet.predictor import LandmarkPredictor, check_model_folder
+    from nnlandmark.inference.model_folder import check_model_folder
+    from nnlandmark.nnunet.predictor import LandmarkPredictor
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder '{decoder}', choose from {sorted(DECODERS)}")
     folds = [int(f) for f in folds]

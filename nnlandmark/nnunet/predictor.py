@@ -3,7 +3,10 @@
 A trained model folder is loaded without nnU-Net's trainer lookup by name:
 the network is rebuilt from the plans and each fold's weights are loaded
 directly. Each case goes through nnU-Net's own preprocessing, then nnU-Net's
-Gaussian-weighted sliding window, logits averaged over folds. Heatmaps stay in
+Gaussian-weighted sliding window (its weights floored so that no border voxel
+loses its logit in float16, see
+:meth:`LandmarkPredictor._internal_predict_sliding_window_return_logits`),
+logits averaged over folds. Heatmaps stay in
 the preprocessed grid: the caller decodes there and maps points back through
 :mod:`nnlandmark.geometry`, so the C channels are never resampled to the
 original resolution.
@@ -17,40 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnlandmark.geometry import PreprocessedGrid
+from nnlandmark.inference.model_folder import check_model_folder, fold_checkpoint
 from nnlandmark.nnunet.networks import build_network
 
-CHECKPOINT_PREFERENCE = ("checkpoint_best.pth", "checkpoint_final.pth", "checkpoint_latest.pth")
-
-
-class ModelFolderError(ValueError):
-    """A model folder that cannot be used; the message names what is missing."""
-
-
-def fold_checkpoint(model_dir: Path, fold: int) -> Path:
-    for name in CHECKPOINT_PREFERENCE:
-        path = Path(model_dir) / f"fold_{fold}" / name
-        if path.is_file():
-            return path
-    raise ModelFolderError(f"{Path(model_dir) / f'fold_{fold}'}: no checkpoint for fold {fold} "
-                           f"(looked for {', '.join(CHECKPOINT_PREFERENCE)})")
-
-
-def check_model_folder(model_dir: Path, folds) -> dict:
-    """The model description; raises ModelFolderError for missing plans, description or folds."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelFolderError(f"{model_dir}: model folder not found")
-    for name in ("plans.json", "dataset.json", "nnlandmark.json"):
-        if not (model_dir / name).is_file():
-            raise ModelFolderError(f"{model_dir}: {name} missing; not a complete nnlandmark model folder")
-    for fold in folds:
-        fold_checkpoint(model_dir, fold)
-    return json.loads((model_dir / "nnlandmark.json").read_text())
-
+GAUSSIAN_FLOOR = 1e-3  # smallest sliding-window weight, relative to the tile centre's
 
 def preprocess_case(image_files, plans_manager: PlansManager, configuration_manager, dataset_json: dict):
     """Run nnU-Net's DefaultPreprocessor on one case.
@@ -124,6 +102,38 @@ class LandmarkPredictor(nnUNetPredictor):
             mirrored = mirrored[:, self.mirror_swap.to(mirrored.device)]
         return (prediction + mirrored) / 2
 
+    @torch.inference_mode()
+    def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers, do_on_device: bool = True):
+        """nnU-Net's Gaussian-weighted sliding window, float16 sums as in nnU-Net, with the
+        Gaussian floored at ``GAUSSIAN_FLOOR`` of its peak.
+
+        nnU-Net builds its Gaussian in float16, where the tails beyond about 4 sigma
+        (the corners of every tile) underflow; it lifts those zeros to the smallest
+        float16 number, and a logit times that weight underflows to 0 in the
+        float16 sum. A voxel that only a tile's corner covers (image borders) then
+        gets logit 0, sigmoid 0.5, whatever the network said: for segmentation the
+        argmax hides it, for heatmaps it is a spurious score of 0.5 (an absent
+        landmark would look half present) and it breaks left-right equivariance.
+        With the floor every weight and weighted logit is a normal float16 number,
+        and tile borders still weigh a thousand times less than tile centres.
+        """
+        results_device = self.device if do_on_device else torch.device("cpu")
+        data = data.to(results_device)
+        logits = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]), dtype=torch.half,
+                             device=results_device)
+        weights = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
+        gaussian = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
+                                    value_scaling_factor=10, dtype=torch.float32, device=results_device)
+        gaussian.clamp_(min=GAUSSIAN_FLOOR * float(gaussian.max()))
+        for sl in slicers:
+            prediction = self._internal_maybe_mirror_and_predict(data[sl][None].to(self.device))[0]
+            # weighted in place and released before the next tile runs: a tile's (L, *patch)
+            # float32 logits are what grows with the landmark count here (270 MB for 32 at 128^3)
+            logits[sl] += prediction.to(results_device).float().mul_(gaussian)
+            del prediction
+            weights[sl[1:]] += gaussian
+        return logits.div_(weights)
+
     def preprocess(self, image_files) -> tuple[torch.Tensor, PreprocessedGrid]:
         """nnU-Net's preprocessing of one case; also returns how its grid maps back."""
         data, grid = preprocess_case(image_files, self.plans_manager, self.configuration_manager, self.dataset_json)
@@ -140,5 +150,22 @@ class LandmarkPredictor(nnUNetPredictor):
         """
         self.mirror_axis = None if mirror_axis is None else int(mirror_axis)
         logits = self.predict_logits_from_preprocessed_data(data)
-        return torch.sigmoid_(logits.float()).half() if logits.dtype != torch.float32 else \
-            torch.sigmoid_(logits).half()
+        return sigmoid_in_place(logits)
+
+
+@torch.inference_mode()
+def sigmoid_in_place(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid heatmaps, float16, of (L, ...) logits; float16 logits are overwritten.
+
+    One channel at a time, computed in float32: the whole-array
+    ``sigmoid(logits.float()).half()`` held a float32 copy and a float16 result
+    beside the logits (8 bytes per voxel and landmark, 2.2 GB for 32 landmarks
+    on a 193x229x193 grid), so peak memory grew with the number of landmarks;
+    this holds one float32 channel extra.
+    """
+    if logits.dtype != torch.float16:
+        # not what nnU-Net's sliding window returns (float16); kept exact for other callers
+        return torch.sigmoid(logits.float()).half()
+    for channel in logits:  # views of logits, so copy_ writes the result in place
+        channel.copy_(torch.sigmoid_(channel.float()))
+    return logits

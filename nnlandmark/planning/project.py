@@ -61,10 +61,9 @@ class Project:
         return self.folders.raw / self.dataset_name
 
     def save(self) -> None:
-        data = asdict(self)
-        data["root"] = None
+        data = {k: v for k, v in asdict(self).items() if k != "root"}  # a project folder may be moved
         tmp = self.root / f".tmp_{PROJECT_FILE}"
-        tmp.write_text(json.dumps({k: v for k, v in data.items() if k != "root"}, indent=2))
+        tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.root / PROJECT_FILE)
 
     @classmethod

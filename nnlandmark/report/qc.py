@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def report(prediction_dir, dataset_dir, output_dir, overwrite: bool = False) -> Path:
+def qc_report(prediction_dir, dataset_dir, output_dir, overwrite: bool = False) -> Path:
     """Evaluate predictions against a dataset and write ``report.html`` with per-case slice PNGs."""
     from nnlandmark.data.dataset import DatasetSpec, discover_images
     from nnlandmark.evaluation.evaluate import evaluate

@@ -6,18 +6,25 @@ from pathlib import Path
 
 import torch
 
+from nnlandmark.inference.model_folder import MODEL_FILE
 from nnlandmark.nnunet.paths import nnunet_environment
 from nnlandmark.nnunet.planning import CONFIGURATION
 from nnlandmark.planning.project import Project
 from nnlandmark.training.presets import TrainingSettings
 
-MODEL_FILE = "nnlandmark.json"
 NUM_FOLDS = 5
 
 
 def model_dir_for(project: Project, settings: TrainingSettings) -> Path:
     return project.folders.results / project.dataset_name / settings.model_name(project.plans_identifier,
                                                                                  CONFIGURATION)
+
+
+def saved_settings(project_dir, preset: str, architecture: str) -> dict:
+    """The settings an earlier run of this model saved in its ``nnlandmark.json`` ({} if none)."""
+    probe = TrainingSettings(preset=preset, architecture=architecture)
+    path = model_dir_for(Project.load(project_dir), probe) / MODEL_FILE
+    return json.loads(path.read_text())["settings"] if path.is_file() else {}
 
 
 def resolve_device(device: str) -> torch.device:
