@@ -353,7 +353,8 @@ def write_report(out: Path, args, config: dict, data: dict, rows: list, started:
             f"time per case: resampling, forward pass, decoding and writing (the image is read before the timer)")
     lines += [f"- peak RSS: maximum resident memory of the method's subprocess (and of the children it waited "
               f"for), from `os.wait4`; training and prediction together",
-              f"- total wall time of this command: {_minutes(results['total_wall_seconds'])}",
+              f"- total wall time of this command: {_minutes(results['total_wall_seconds'])}"
+              + (" (--report-only: evaluation and report only)" if args.report_only else ""),
               f"- per-case and per-landmark errors: `evaluation/<method>_<decoder>/`; everything above: "
               f"`results.json`", ""]
     command = "python benchmarks/afids_template/run_benchmark.py " + " ".join(sys.argv[1:])
@@ -373,8 +374,8 @@ def parse_args(argv=None):
     ap.add_argument("--n-test", type=int, default=None, help="test cases (8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for each method (all CPUs)")
-    ap.add_argument("--iterations-per-epoch", type=int, default=None, help="nnlandmark's epoch size (10)")
-    ap.add_argument("--val-iterations", type=int, default=None, help="nnlandmark's validation batches per epoch (2)")
+    ap.add_argument("--iterations-per-epoch", type=int, default=None, help="nnlandmark's epoch size (5)")
+    ap.add_argument("--val-iterations", type=int, default=None, help="nnlandmark's validation batches per epoch (1)")
     ap.add_argument("--nnlandmark-decoders", nargs="+", default=["argmax", "local-mean"])
     ap.add_argument("--nnlandmark-target-spacing", type=float, default=None,
                     help="plan nnlandmark for this isotropic spacing (mm) instead of the data's; "
@@ -386,14 +387,14 @@ def parse_args(argv=None):
     ap.add_argument("--smoke", action="store_true",
                     help="5 train / 1 test cases at 4 mm, 1 min per method, 1-iteration epochs: plumbing only")
     args = ap.parse_args(argv)
-    defaults = dict(n_train=24, n_test=8, voxel_mm=2.5, budget_minutes=35.0, iterations_per_epoch=10,
-                    val_iterations=2)
+    defaults = dict(n_train=24, n_test=8, voxel_mm=2.5, budget_minutes=35.0, iterations_per_epoch=5,
+                    val_iterations=1)
     if args.smoke:
         defaults.update(SMOKE)
     for key, value in defaults.items():      # explicit options win over the (smoke) defaults
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.threads = args.threads or os.cpu_count()
+    args.threads = args.threads or len(os.sched_getaffinity(0))     # the CPUs this process may use
     if args.n_train < 5:
         ap.error("--n-train must be at least 5 (nnU-Net's 5-fold split of the training cases)")
     return args
@@ -416,6 +417,8 @@ def main(argv=None) -> int:
         for method in args.methods:            # one after the other: they would share the cores
             run_method(method, args, data, out)
     rows = evaluate_methods(out, config, data, args.budget_minutes)
+    if not rows:            # keep an earlier report rather than replace it by an empty one
+        raise SystemExit(f"{out}: no finished method run with this data and budget; nothing to report")
     write_report(out, args, config, data, rows, started, load_start)
     print("\n" + (out / "results.md").read_text(), flush=True)
     return 0

@@ -107,10 +107,10 @@ def main(argv=None) -> int:
     ap.add_argument("--test-images", type=Path, required=True, help="folder of the test images")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budget-minutes", type=float, required=True, help="wall-clock training time of fold 0")
-    ap.add_argument("--iterations-per-epoch", type=int, default=10,
-                    help="training batches per epoch: small, so that the budget holds several epochs "
-                         "even at tens of seconds per batch on a CPU")
-    ap.add_argument("--val-iterations", type=int, default=2,
+    ap.add_argument("--iterations-per-epoch", type=int, default=5,
+                    help="training batches per epoch: few, so that the budget holds several epochs "
+                         "even at a minute per batch on a CPU (the budget is met to about half an epoch)")
+    ap.add_argument("--val-iterations", type=int, default=1,
                     help="validation batches per epoch (about nnU-Net's 1:5 ratio to training batches)")
     ap.add_argument("--planner", default="default")
     ap.add_argument("--target-spacing", type=float, default=None,

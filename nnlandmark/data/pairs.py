@@ -41,12 +41,12 @@ def _side_variants(name: str):
     token's form; two names with equal keys and opposite sides are mirror
     images of each other.
     """
-    tokens = [m for m in _TOKEN.finditer(name)]
+    tokens = list(_TOKEN.finditer(name))
     for m in (tokens[:1] + tokens[-1:]) if len(tokens) > 1 else tokens:
         low = m.group().lower()
         if low in _SIDES:
-            side, _ = _SIDES[low]
-            form = min(low, _SIDES[low][1])  # "l"/"r" -> "l", "left"/"right" -> "left", ...
+            side, other = _SIDES[low]
+            form = min(low, other)  # "l"/"r" -> "l", "left"/"right" -> "left", "lt"/"rt" -> "lt"
             yield (name[:m.start()].lower(), form, name[m.end():].lower()), side
 
 
