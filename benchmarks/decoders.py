@@ -57,6 +57,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--test-cases", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--preset", default="cone", choices=["cone", "v1"])
     parser.add_argument("--mirror", default="auto", choices=["auto", "on", "off"],
                         help="left-right mirroring in training (auto: on, the phantoms have pairs)")
     parser.add_argument("--spacing", type=float, default=None, help="target spacing in mm (default: nnU-Net's)")
@@ -76,7 +77,8 @@ def main(argv=None) -> dict:
     if not (test_data / "dataset.json").exists():
         nl.make_synthetic_dataset(test_data, n_cases=args.test_cases, seed=1)  # disjoint seeds: held out
     nl.prepare(train_data, out / "project", num_processes=1, target_spacing=args.spacing, progress=False)
-    settings = nl.TrainingSettings(epochs=args.epochs, iterations_per_epoch=args.iterations, val_iterations=1,
+    settings = nl.TrainingSettings(preset=args.preset, epochs=args.epochs, iterations_per_epoch=args.iterations,
+                                   val_iterations=1,
                                    mirror={"auto": None, "on": True, "off": False}[args.mirror])
     model = nl.train(out / "project", 0, settings, device=args.device, continue_training=True, progress=True)
     trained_with_mirror = json.loads((model / "nnlandmark.json").read_text())["mirror"]

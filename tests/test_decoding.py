@@ -59,14 +59,14 @@ def test_subvoxel_decoders_on_gaussian_blob():
 
 
 def test_local_mean_by_hand_and_background_invariance():
-    # 1-D profile along axis 0, peak 3 at index 2, channel minimum 0: threshold
+    # 1-D profile along axis 0, peak 3 at index 2, channel median 0: threshold
     # 0.5 * 3 = 1.5, weights (0, 1.5, 0.5) at indices 1..3 -> (2 * 1.5 + 3 * 0.5) / 2 = 2.25.
-    hm = np.zeros((1, 5, 1, 1))
+    hm = np.zeros((1, 7, 1, 1))
     hm[0, 1:4, 0, 0] = [1.0, 3.0, 2.0]
     expected = [2.25, 0, 0]
     np.testing.assert_allclose(decode_local_mean(hm)[0][0], expected)
     np.testing.assert_allclose(decode_local_mean(hm, radius=1)[0][0], expected)
-    # A constant offset moves the channel minimum with it: same threshold above it.
+    # A constant offset moves the channel median with it: same threshold above it.
     np.testing.assert_allclose(decode_local_mean(hm + 100.0)[0][0], expected)
     # level 0: every voxel above the minimum weighs (1, 3, 2) -> (1 + 6 + 6) / 6
     np.testing.assert_allclose(decode_local_mean(hm, level=0.0)[0][0], [13 / 6, 0, 0])
@@ -93,11 +93,22 @@ def test_local_mean_unbiased_on_wide_heatmaps(blob):
     assert np.abs(argmax - CENTRE).max() == pytest.approx(0.45)
 
 
+def test_local_mean_level_from_the_background_not_the_minimum():
+    """A weak, flat heatmap (undertrained model): a background of 0.47 with one low voxel
+    of 0.25 and a peak of 0.6. Measured from the minimum, the threshold (0.425) would put
+    the whole background above it and the centroid near the array centre."""
+    hm = np.full((1, 31, 31, 31), 0.47, dtype=np.float32)
+    hm[0, 0, 0, 0] = 0.25
+    hm[0] += 0.13 * _gaussian(np.array([6.3, 7.0, 8.0]), 2.0, shape=(31, 31, 31))
+    point = decode_local_mean(hm)[0][0]
+    assert np.abs(point - [6.3, 7.0, 8.0]).max() < 0.05
+
+
 def test_local_mean_window_stops_at_the_blob():
     """A second, lower blob elsewhere in the channel does not enter the window."""
     single = _gaussian(CENTRE, 1.5)
     far = single + _gaussian(np.array([2.0, 2.0, 2.0]), 1.5) * np.float32(0.9)
-    np.testing.assert_array_equal(decode_local_mean(far[None])[0], decode_local_mean(single[None])[0])
+    np.testing.assert_allclose(decode_local_mean(far[None])[0], decode_local_mean(single[None])[0], atol=1e-9)
     assert np.abs(decode_local_mean(single[None])[0][0] - CENTRE).max() < 0.05
 
 

@@ -139,8 +139,9 @@ def decode_local_mean(heatmaps, radius: int | None = None, level: float = 0.5) -
         two outer faces still hold a value above the threshold, until no face
         does (or the array border is reached). It stays centred on the argmax.
     level : float
-        Threshold as a fraction of the peak height above the channel minimum:
-        ``t = min + level * (max - min)``, ``0 <= level < 1``.
+        Threshold as a fraction of the peak height above the channel's
+        background, its median: ``t = median + level * (max - median)``,
+        ``0 <= level < 1``.
 
     Returns
     -------
@@ -160,20 +161,27 @@ def decode_local_mean(heatmaps, radius: int | None = None, level: float = 0.5) -
     level set is symmetric about the true centre, so its weighted centroid is
     unbiased up to sampling, whatever the blob width, as long as the window
     holds all of it; the adaptive window does, and costs about
-    ``(blob width)^ndim`` voxels. Measuring the threshold from the channel
-    minimum keeps a constant background from shifting the level.
+    ``(blob width)^ndim`` voxels. The level is measured from the median
+    because a landmark's blob covers a minority of the voxels, so the median
+    is the background: a constant offset does not shift the level, and the
+    flat heatmaps of an undertrained model (background 0.47, peak 0.6) do not
+    put most of the volume above it, as measuring from the minimum (0.25)
+    did (``benchmarks/decoders.py`` after 300 iterations: 15.5 mm MRE from
+    the minimum, 8.3 mm from the median, 10.0 mm for the argmax).
 
-    A channel whose weights sum to 0 (constant) falls back to the argmax.
+    A channel whose weights sum to 0 (peak at the median, e.g. constant)
+    falls back to the argmax. The median costs a partial sort of a copy of
+    the channel.
     Near a border the window is clipped, so the centroid is biased towards
     the inside; a second peak above the threshold that touches the blob is
     averaged in.
 
     Examples
     --------
-    >>> hm = np.zeros((1, 5, 1))
-    >>> hm[0, 1:4, 0] = [1.0, 3.0, 2.0]
-    >>> decode_local_mean(hm)[0]  # t = 1.5: weights 1.5 and 0.5 at indices 2 and 3
-    array([[2.25, 0.  ]])
+    >>> hm = np.zeros((1, 7, 1))
+    >>> hm[0, 2:5, 0] = [1.0, 3.0, 2.0]
+    >>> decode_local_mean(hm)[0]  # median 0, t = 1.5: weights 1.5 and 0.5 at indices 3 and 4
+    array([[3.25, 0.  ]])
     """
     if radius is not None and int(radius) < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
@@ -183,8 +191,11 @@ def decode_local_mean(heatmaps, radius: int | None = None, level: float = 0.5) -
 
     def refine(channel: np.ndarray, index: tuple[int, ...]) -> np.ndarray:
         peak = float(channel[index])
-        threshold = float(np.nanmin(channel)) * (1.0 - level) + level * peak if np.isfinite(peak) else np.nan
-        if not np.isfinite(threshold):  # all-NaN or infinite channel: nothing to weigh
+        background = float(np.median(channel))
+        if np.isnan(background):  # np.median propagates NaN; only such channels pay for nanmedian
+            background = float(np.nanmedian(channel))
+        threshold = background + level * (peak - background)
+        if not np.isfinite(threshold):  # all-NaN or infinite values: nothing to weigh
             return np.asarray(index, dtype=np.float64)
         if radius is None:
             starts, stops = _grow_window(channel, index, threshold)
