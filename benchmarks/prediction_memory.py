@@ -333,10 +333,18 @@ def main(argv=None) -> int:
                       "high-water after each phase (MB): "
                       + ", ".join(f"{k} {v:.0f}" for k, v in result["hwm"].items()), flush=True)
             best = min(runs, key=lambda r: r["predict"])
-            best = dict(best, peak=max(r["peak"] for r in runs))
+            best = dict(best, peak=max(r["peak"] for r in runs),
+                        time_maxrss=max((r["time_maxrss"] or float("nan") for r in runs), default=None))
             rows.append({"plan": plan, "grid": plan_summary(model), "landmarks": n, **best})
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print_table(rows, args.threads, args.mirror)
+    # merged with earlier runs of other plans, so that the slow default plan can be measured separately
+    results_file = out / "results.json"
+    earlier = json.loads(results_file.read_text()) if results_file.is_file() else []
+    measured = {(r["plan"], r["landmarks"], r.get("mirror")) for r in rows}
+    merged = [r for r in earlier if (r["plan"], r["landmarks"], r.get("mirror")) not in measured] + \
+        [dict(r, mirror=args.mirror, threads=args.threads, repeats=args.repeats) for r in rows]
+    results_file.write_text(json.dumps(merged, indent=2))
+    print_table(sorted((r for r in merged if r.get("mirror") == args.mirror and r.get("threads") == args.threads),
+                       key=lambda r: (list(PLANS).index(r["plan"]), r["landmarks"])), args.threads, args.mirror)
     return 0
 
 
@@ -345,15 +353,18 @@ def print_table(rows, threads: int, mirror: str) -> None:
           f"test-time mirroring {mirror}")
     print("times in s: load = model, prep = nnU-Net preprocessing, window = sliding window, sig = sigmoid, "
           "dec = decode + write;\nper fold = predict() total (prep .. write, model load included); "
-          "wall = fresh process incl. imports\n")
+          "wall = fresh process incl. imports;\npeak RSS = the process's VmHWM; loadavg = 1-min load average when "
+          "the run started; runs: fastest time, largest peak\n")
     header = (f"{'plan':<12} {'spacing, patch':<30} {'L':>3} {'load':>5} {'prep':>5} {'window':>7} {'sig':>5} "
-              f"{'dec':>5} {'per fold':>9} {'wall':>6} {'peak RSS MB':>12} {'(time -f %M)':>13} {'loadavg':>8}")
+              f"{'dec':>5} {'per fold':>9} {'wall':>6} {'peak RSS MB':>12} {'(time -f %M)':>13} {'loadavg':>8} "
+              f"{'runs':>5}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['plan']:<12} {r['grid']:<30} {r['landmarks']:>3} {r['load']:>5.1f} {r['preprocess']:>5.1f} "
               f"{r['window']:>7.1f} {r['sigmoid']:>5.2f} {r['decode']:>5.2f} {r['predict']:>9.1f} "
-              f"{r['wall']:>6.1f} {r['peak']:>12.0f} {r['time_maxrss'] or float('nan'):>13.0f} {r['load_avg']:>8.2f}")
+              f"{r['wall']:>6.1f} {r['peak']:>12.0f} {r['time_maxrss'] or float('nan'):>13.0f} "
+              f"{r['load_avg']:>8.2f} {r['repeats']:>5}")
     print()
     for plan in dict.fromkeys(r["plan"] for r in rows):
         by_n = {r["landmarks"]: r for r in rows if r["plan"] == plan}

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", nargs="+", type=float, default=[2.0, 2.5, 3.0, 4.0])
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("evaluate-cv", help="predict each fold's validation cases and evaluate them together")
+    p = sub.add_parser("evaluate-cv", help="predict each fold's validation cases, evaluate them together, "
+                                            "calibrate presence thresholds")
     p.add_argument("project")
     p.add_argument("-m", "--model", help="model folder (default: the project's only model)")
     p.add_argument("-o", "--output", required=True)

@@ -36,3 +36,12 @@ def test_float32_logits_are_left_alone():
     assert heatmaps.dtype == torch.float16
     assert torch.equal(logits, before)
     assert torch.equal(heatmaps, torch.sigmoid(before).half())
+
+
+def test_every_float16_value_as_if_computed_in_float32():
+    # the in-place float16 sigmoid must round float32's sigmoid exactly once
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    expected = torch.sigmoid(every.float()).half()
+    heatmaps = sigmoid_in_place(every.clone())
+    same = (heatmaps == expected) | (torch.isnan(heatmaps) & torch.isnan(expected))
+    assert bool(same.all())

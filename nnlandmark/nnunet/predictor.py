@@ -157,15 +157,15 @@ class LandmarkPredictor(nnUNetPredictor):
 def sigmoid_in_place(logits: torch.Tensor) -> torch.Tensor:
     """Sigmoid heatmaps, float16, of (L, ...) logits; float16 logits are overwritten.
 
-    One channel at a time, computed in float32: the whole-array
-    ``sigmoid(logits.float()).half()`` held a float32 copy and a float16 result
-    beside the logits (8 bytes per voxel and landmark, 2.2 GB for 32 landmarks
-    on a 193x229x193 grid), so peak memory grew with the number of landmarks;
-    this holds one float32 channel extra.
+    The whole-array ``sigmoid(logits.float()).half()`` held a float32 copy and a
+    float16 result beside the logits (8 bytes per voxel and landmark, 1.5 GB
+    extra for 32 landmarks on a 193x229x193 grid), so peak memory grew with the
+    number of landmarks. PyTorch's float16 sigmoid computes in float32 and
+    rounds once, so in place it gives the same bits (checked on all 65536
+    float16 values) with no copy, and is faster than converting per channel.
     """
     if logits.dtype != torch.float16:
         # not what nnU-Net's sliding window returns (float16); kept exact for other callers
         return torch.sigmoid(logits.float()).half()
-    for channel in logits:  # views of logits, so copy_ writes the result in place
-        channel.copy_(torch.sigmoid_(channel.float()))
+    torch.sigmoid_(logits)
     return logits
