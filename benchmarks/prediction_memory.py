@@ -334,7 +334,7 @@ def main(argv=None) -> int:
                       + ", ".join(f"{k} {v:.0f}" for k, v in result["hwm"].items()), flush=True)
             best = min(runs, key=lambda r: r["predict"])
             best = dict(best, peak=max(r["peak"] for r in runs),
-                        time_maxrss=max((r["time_maxrss"] or float("nan") for r in runs), default=None))
+                        time_maxrss=max(r["time_maxrss"] or 0.0 for r in runs) or None)
             rows.append({"plan": plan, "grid": plan_summary(model), "landmarks": n, **best})
     # merged with earlier runs of other plans, so that the slow default plan can be measured separately
     results_file = out / "results.json"
