@@ -22,6 +22,18 @@ def fail(path, problem: str) -> LandmarkFileError:
     return LandmarkFileError(f"{path}: {problem}")
 
 
+def read_text(path) -> str:
+    """The text of a UTF-8 file (a byte-order mark is dropped); empty or undecodable files are rejected."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise fail(path, f"not UTF-8 text ({err})") from None
+    if not text.strip():
+        raise fail(path, "empty file")
+    return text
+
+
 def parse_coordinate_system(value, path, *, where: str = "") -> str:
     """Normalise a declared coordinate system to ``"LPS"`` or ``"RAS"``.
 

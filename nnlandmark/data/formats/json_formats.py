@@ -21,7 +21,7 @@ from pathlib import Path
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.data.formats._common import (
     build_landmarks, check_name, check_output_system, fail, from_lps, iter_states,
-    parse_coordinate_system, parse_point, to_lps,
+    parse_coordinate_system, parse_point, read_text, to_lps,
 )
 
 MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"
@@ -45,12 +45,7 @@ def _no_duplicate_keys(path):
 def load_json(path):
     """Parse a JSON file, rejecting empty files, invalid JSON and duplicate keys."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise fail(path, f"not UTF-8 text ({err})") from None
-    if not text.strip():
-        raise fail(path, "empty file")
+    text = read_text(path)
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
     except json.JSONDecodeError as err:

@@ -33,23 +33,12 @@ from pathlib import Path
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.data.formats._common import (
     build_landmarks, check_name, check_output_system, fail, format_float, from_lps,
-    iter_states, parse_coordinate_system, parse_point, to_lps,
+    iter_states, parse_coordinate_system, parse_point, read_text, to_lps,
 )
 
 FCSV_COLUMNS = ("id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock",
                 "label", "desc", "associatedNodeID")
 FCSV_VERSION = "4.11"
-
-
-def _read_text(path) -> str:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise fail(path, f"not UTF-8 text ({err})") from None
-    if not text.strip():
-        raise fail(path, "empty file")
-    return text
 
 
 def _split_header(text: str):
@@ -86,7 +75,7 @@ def read_fcsv(path) -> Landmarks:
     it Slicer's standard order is assumed. Landmarks are named by ``label``.
     """
     path = Path(path)
-    comments, data = _split_header(_read_text(path))
+    comments, data = _split_header(read_text(path))
     declared = _header_value(comments, "CoordinateSystem")
     system = "RAS" if declared is None else parse_coordinate_system(declared, path,
                                                                    where="CoordinateSystem header")
@@ -140,7 +129,7 @@ def write_fcsv(landmarks: Landmarks, path, coordinate_system: str = "LPS") -> No
 def _read_plain_table(path, key_columns):
     """Parse a plain CSV into ``[(keys tuple, status, lps point or None)]`` in file order."""
     path = Path(path)
-    comments, data = _split_header(_read_text(path))
+    comments, data = _split_header(read_text(path))
     declared = _header_value(comments, "coordinate_system")
     default = "LPS" if declared is None else parse_coordinate_system(
         declared, path, where="'# coordinate_system' comment")
