@@ -58,6 +58,19 @@ def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> di
     return planner_class(dataset_name, suppress_transpose=False, **kwargs).plan_experiment()
 
 
+def planned_spacing_xyz(plans: dict) -> list:
+    """The spacing (mm) the plans resample to, in ITK (x, y, z) order.
+
+    nnU-Net stores it in its transposed array order: entry ``a`` belongs to
+    array axis ``transpose_forward[a]``, and array axes are (z, y, x).
+    """
+    transposed = plans["configurations"][CONFIGURATION]["spacing"]
+    array_order = [0.0] * 3
+    for a, axis in enumerate(plans["transpose_forward"]):
+        array_order[axis] = float(transposed[a])
+    return array_order[::-1]
+
+
 def plans_identifier(planner: str) -> str:
     return PLANNERS[planner][1]
 

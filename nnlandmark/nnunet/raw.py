@@ -14,9 +14,19 @@ label value still names the landmark, whichever map holds it. All cases get
 the dataset's largest number of maps (nnU-Net batches need equal channel
 counts); a dataset without close landmarks keeps a single 3D label map.
 
-Overlap is judged in the voxels of the original image: with a target spacing
-much coarser than the image's, cubes a few voxels apart can still merge
-during nnU-Net's resampling.
+Cubes must survive nnU-Net's resampling to the target spacing, which
+interpolates each label's mask linearly and keeps voxels >= 0.5: a 3-voxel
+cube survives downsampling by up to 3x, but at 4x most vanish (measured: 32
+of 40 random cubes lost), and the landmark would silently drop out of
+training. So along an axis where the target spacing is ``f`` times the image's,
+the cube's half-width is ``max(1, floor(f))`` voxels (:func:`cube_half_widths`):
+at least about two target voxels wide. The target spacing is known when the
+user sets it; otherwise cases finer than nnU-Net's planned spacing get their
+label file rewritten after planning (``prepare`` does both).
+
+Overlap is judged in the voxels of the original image, with the case's cube
+size: with a target spacing much coarser than the image's, cubes a few voxels
+apart can still merge during nnU-Net's resampling.
 """
 from __future__ import annotations
 
@@ -30,10 +40,11 @@ from tqdm import tqdm
 from nnlandmark.data.dataset import LandmarkDataset
 from nnlandmark.geometry import itk_to_array_index, nearest_voxel, world_to_index
 
-CUBE_HALF_WIDTH = 1  # 3x3x3 cubes
+CUBE_HALF_WIDTH = 1  # 3x3x3 cubes at the target spacing or finer
 RAW_FILE_ENDING = ".mha"  # stores any direction matrix exactly, unlike NIfTI's float32 quaternions
 SIDECAR = "landmarks_world.json"
 LABEL_MAPS_KEY = "nnlandmark_label_maps"
+CUBE_SIZES_KEY = "nnlandmark_cube_half_widths"
 
 
 def cube_centres(dataset_case, names) -> dict:
@@ -43,17 +54,47 @@ def cube_centres(dataset_case, names) -> dict:
             for name in names if name in dataset_case.landmarks.points}
 
 
-def _cubes_overlap(a, b) -> bool:
-    return bool(np.max(np.abs(np.asarray(a) - np.asarray(b))) <= 2 * CUBE_HALF_WIDTH)
+def cube_half_widths(spacing, target_spacing=None) -> np.ndarray:
+    """Half-widths (k, j, i) in voxels of a case's landmark cubes.
+
+    Parameters
+    ----------
+    spacing : (x, y, z) mm
+        The case's voxel size (ITK order).
+    target_spacing : (x, y, z) mm, optional
+        The spacing nnU-Net resamples to; ``None`` gives 3x3x3 cubes.
+
+    Returns
+    -------
+    numpy.ndarray
+        int, array axis order (k, j, i): ``max(1, floor(target / spacing))``.
+
+    Examples
+    --------
+    >>> cube_half_widths((1.0, 1.0, 1.0), (4.0, 2.5, 1.0)).tolist()
+    [1, 2, 4]
+    >>> cube_half_widths((1.0, 1.0, 1.0)).tolist()
+    [1, 1, 1]
+    """
+    if target_spacing is None:
+        return np.full(3, CUBE_HALF_WIDTH)
+    # the small tolerance keeps an exact ratio such as 4.0 from rounding down to 3
+    factor = np.asarray(target_spacing, float) / np.asarray(spacing, float)
+    return np.maximum(CUBE_HALF_WIDTH, np.floor(factor + 1e-6)).astype(int)[::-1]
 
 
-def find_cube_collisions(centres: dict) -> list:
-    """Pairs of landmarks whose cubes would overlap (Chebyshev distance < cube size)."""
+def _cubes_overlap(a, b, half_widths=CUBE_HALF_WIDTH) -> bool:
+    return bool(np.all(np.abs(np.asarray(a) - np.asarray(b)) <= 2 * np.asarray(half_widths)))
+
+
+def find_cube_collisions(centres: dict, half_widths=CUBE_HALF_WIDTH) -> list:
+    """Pairs of landmarks whose cubes would overlap (closer than a cube's size along every axis)."""
     names = list(centres)
-    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if _cubes_overlap(centres[a], centres[b])]
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+            if _cubes_overlap(centres[a], centres[b], half_widths)]
 
 
-def assign_label_maps(centres: dict) -> dict:
+def assign_label_maps(centres: dict, half_widths=CUBE_HALF_WIDTH) -> dict:
     """Label map index per landmark such that no two overlapping cubes share a map.
 
     Greedy colouring in the order of ``centres``: each landmark takes the
@@ -67,31 +108,35 @@ def assign_label_maps(centres: dict) -> dict:
     """
     maps = {}
     for name, centre in centres.items():
-        taken = {maps[other] for other in maps if _cubes_overlap(centre, centres[other])}
+        taken = {maps[other] for other in maps if _cubes_overlap(centre, centres[other], half_widths)}
         maps[name] = next(m for m in range(len(taken) + 1) if m not in taken)
     return maps
 
 
-def label_maps_needed(dataset: LandmarkDataset) -> int:
+def label_maps_needed(dataset: LandmarkDataset, target_spacing=None) -> int:
     """The number of label maps the cases of ``dataset`` need (1 without collisions)."""
     names = dataset.spec.landmarks
-    return max([1] + [max(assign_label_maps(cube_centres(case, names)).values(), default=0) + 1
+    return max([1] + [max(assign_label_maps(cube_centres(case, names),
+                                            cube_half_widths(case.grid.spacing, target_spacing)).values(),
+                          default=0) + 1
                       for case in dataset.cases])
 
 
-def landmark_label_maps(case, names, n_maps: int) -> np.ndarray:
-    """Label arrays (n_maps, k, j, i): one 3x3x3 cube per present landmark, in the map
+def landmark_label_maps(case, names, n_maps: int, target_spacing=None) -> np.ndarray:
+    """Label arrays (n_maps, k, j, i): one cube per present landmark (3x3x3, larger
+    where ``target_spacing`` is coarser, see :func:`cube_half_widths`), in the map
     :func:`assign_label_maps` gives it."""
     size = case.grid.size[::-1]
     centres = cube_centres(case, names)
-    maps = assign_label_maps(centres)
+    half_widths = cube_half_widths(case.grid.spacing, target_spacing)
+    maps = assign_label_maps(centres, half_widths)
     if maps and max(maps.values()) >= n_maps:
         raise ValueError(f"{case.case_id}: landmark cubes overlap and need {max(maps.values()) + 1} "
                          f"label maps, not {n_maps}")
     labels = np.zeros((n_maps, *size), dtype=np.uint8 if len(names) < 255 else np.uint16)
     for name, centre in centres.items():
-        lo = np.maximum(centre - CUBE_HALF_WIDTH, 0)
-        hi = np.minimum(centre + CUBE_HALF_WIDTH + 1, size)
+        lo = np.maximum(centre - half_widths, 0)
+        hi = np.minimum(centre + half_widths + 1, size)
         labels[maps[name], lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = names.index(name) + 1
     return labels
 
@@ -116,14 +161,14 @@ def label_image(maps: np.ndarray, reference) -> "sitk.Image":
     return images[0] if len(images) == 1 else sitk.JoinSeries(images)
 
 
-def nnunet_dataset_json(dataset: LandmarkDataset, n_maps: int = 1) -> dict:
+def nnunet_dataset_json(dataset: LandmarkDataset, n_maps: int = 1, cube_sizes: dict | None = None) -> dict:
     labels = {"background": 0}
     labels.update({name: i + 1 for i, name in enumerate(dataset.spec.landmarks)})
     # nnU-Net ignores keys it does not know; LABEL_MAPS_KEY tells a resumed export what was written
     return {"channel_names": {str(i): c for i, c in enumerate(dataset.spec.channels)},
             "labels": labels, "numTraining": len(dataset.cases), "file_ending": RAW_FILE_ENDING,
-            "name": dataset.spec.name, "description": "landmarks as 3x3x3 cubes, written by nnlandmark",
-            LABEL_MAPS_KEY: n_maps}
+            "name": dataset.spec.name, "description": "landmarks as label cubes, written by nnlandmark",
+            LABEL_MAPS_KEY: n_maps, CUBE_SIZES_KEY: cube_sizes or {}}
 
 
 def _landmark_record(case, names) -> dict:
@@ -134,12 +179,14 @@ def _landmark_record(case, names) -> dict:
     return record
 
 
-def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, progress: bool = True) -> None:
+def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, target_spacing=None, progress: bool = True) -> None:
     """Write imagesTr/, labelsTr/, dataset.json and the world-coordinate sidecar.
 
-    Cases already written (image, label and sidecar entry present, same
-    number of label maps) are skipped, so an interrupted export resumes where
-    it stopped.
+    ``target_spacing`` (x, y, z mm; ``None`` = unknown yet) sizes the cubes, see
+    :func:`cube_half_widths`. Cases already written (image, label and sidecar
+    entry present, same number of label maps, same cube size) are skipped, so
+    an interrupted export resumes where it stopped and a second call with the
+    planned spacing rewrites only the labels whose cubes grow.
     """
     raw_dir = Path(raw_dir)
     (raw_dir / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -147,25 +194,32 @@ def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, progress: bool = 
     sidecar_path = raw_dir / SIDECAR
     sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
     names = dataset.spec.landmarks
-    n_maps = label_maps_needed(dataset)
+    n_maps = label_maps_needed(dataset, target_spacing)
     json_path = raw_dir / "dataset.json"
-    written_maps = json.loads(json_path.read_text()).get(LABEL_MAPS_KEY, 1) if json_path.exists() else None
+    written = json.loads(json_path.read_text()) if json_path.exists() else {}
+    written_maps = written.get(LABEL_MAPS_KEY, 1) if written else None
+    written_sizes = written.get(CUBE_SIZES_KEY, {})
+    cube_sizes = {case.case_id: cube_half_widths(case.grid.spacing, target_spacing).tolist()
+                  for case in dataset.cases}
     for case in tqdm(dataset.cases, desc="exporting cases", disable=not progress):
         label_file = raw_dir / "labelsTr" / f"{case.case_id}{RAW_FILE_ENDING}"
         image_files = [raw_dir / "imagesTr" / f"{case.case_id}_{c:04d}{RAW_FILE_ENDING}"
                        for c in range(len(case.image_files))]
         record = _landmark_record(case, names)
         same_record = sidecar.get(case.case_id) == record
-        if same_record and written_maps == n_maps and label_file.exists() and all(f.exists() for f in image_files):
+        same_cubes = written_sizes.get(case.case_id, [CUBE_HALF_WIDTH] * 3) == cube_sizes[case.case_id]
+        if same_record and same_cubes and written_maps == n_maps and label_file.exists() \
+                and all(f.exists() for f in image_files):
             continue
         if not (same_record and all(f.exists() for f in image_files)):
             for src, dst in zip(case.image_files, image_files):
                 _atomic_write_image(sitk.ReadImage(str(src)), dst)
         reference = sitk.ReadImage(str(image_files[0]))
-        _atomic_write_image(label_image(landmark_label_maps(case, names, n_maps), reference), label_file)
+        _atomic_write_image(label_image(landmark_label_maps(case, names, n_maps, target_spacing), reference),
+                            label_file)
         sidecar[case.case_id] = record
         _atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
-    _atomic_write_text(json_path, json.dumps(nnunet_dataset_json(dataset, n_maps), indent=2))
+    _atomic_write_text(json_path, json.dumps(nnunet_dataset_json(dataset, n_maps, cube_sizes), indent=2))
 
 
 def _atomic_write_image(image, path: Path) -> None:

@@ -166,10 +166,16 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
     project.save()
 
     folders = project.folders
-    write_raw_dataset(dataset, project.raw_dir(), progress=progress)
+    # cube sizes follow the spacing the cases will be resampled to, when it is known already
+    known_spacing = target_spacing if target_spacing is not None or not project.plans_file.exists() \
+        else planning.planned_spacing_xyz(project.plans())
+    write_raw_dataset(dataset, project.raw_dir(), known_spacing, progress=progress)
     with nnunet_environment(folders):
         planning.extract_fingerprint(project.dataset_name, num_processes)
         if not project.plans_file.exists():
             planning.plan(project.dataset_name, planner, target_spacing)
+        # cubes in cases much finer than the planned spacing would vanish in resampling: enlarge them
+        write_raw_dataset(dataset, project.raw_dir(), planning.planned_spacing_xyz(project.plans()),
+                          progress=False)
         planning.preprocess(folders, project.dataset_name, project.plans(), num_processes, progress)
     return project
