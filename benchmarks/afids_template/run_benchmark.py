@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))        # make_data.py lives next to this script, not in a package
@@ -221,6 +223,44 @@ def prediction_folders(method: str, timings: dict, folder: Path) -> dict:
     return decoders
 
 
+BASELINES = ("image centre", "mean position")
+
+
+def write_baselines(out: Path, data: dict) -> dict:
+    """Predictions made without learning, to read the methods' errors against.
+
+    ``image centre``: every landmark at the centre of the test image's field of
+    view. ``mean position``: every landmark at its mean world position over the
+    training cases (the cases' random poses make this a weak atlas). A method
+    that does not beat both has learned little.
+    """
+    import SimpleITK as sitk
+    from nnlandmark.data.formats import read_landmarks
+    from nnlandmark.data.formats.json_formats import write_prediction_json
+    from nnlandmark.data.landmarks import Landmarks
+    from nnlandmark.geometry import ImageGrid, index_to_world
+
+    train_points = [read_landmarks(f).points for f in sorted(Path(data["train"], "landmarks").glob("*.json"))]
+    mean_position = {n: np.mean([p[n] for p in train_points], axis=0) for n in train_points[0]}
+    folders = {}
+    for name in BASELINES:
+        folder = out / "baselines" / name.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        folders[name] = folder
+    for image_file in sorted(Path(data["test"], "images").glob("*.nii.gz")):
+        case = image_file.name.removesuffix(".nii.gz")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(image_file))
+        reader.ReadImageInformation()
+        grid = ImageGrid(size=reader.GetSize(), spacing=reader.GetSpacing(), origin=reader.GetOrigin(),
+                         direction=reader.GetDirection())
+        centre = index_to_world((np.asarray(grid.size) - 1) / 2.0, grid)
+        write_prediction_json(Landmarks(points={n: centre for n in mean_position}),
+                              folders["image centre"] / f"{case}.json")
+        write_prediction_json(Landmarks(points=dict(mean_position)), folders["mean position"] / f"{case}.json")
+    return folders
+
+
 def evaluate_methods(out: Path, config: dict, data: dict, budget_minutes: float) -> list:
     """Score every finished method run on this data config and budget; one row per (method, decoder)."""
     import nnlandmark as nl
@@ -255,6 +295,15 @@ def evaluate_methods(out: Path, config: dict, data: dict, budget_minutes: float)
                 "biometry": result.biometry_summary,
                 "per_landmark_mre_mm": {n: s["mre_mm"] for n, s in result.summary["per_landmark"].items()},
             })
+    for name, pred_dir in write_baselines(out, data).items():
+        result = nl.evaluate(pred_dir, data["test"], thresholds=THRESHOLDS_MM,
+                             output_dir=out / "evaluation" / f"baseline_{pred_dir.name}", overwrite=True)
+        overall = result.summary["overall"]
+        rows.append({"method": "baseline", "decoder": name, "predictions": str(pred_dir),
+                     "n_cases": len(result.case_ids), "mre_mm": overall["mre_mm"], "std_mm": overall["std_mm"],
+                     "median_mm": overall["median_mm"], "max_mm": overall["max_mm"],
+                     "mre_voxels": overall["mre_mm"] / config["voxel_mm"], "sdr": overall["sdr"],
+                     "n_valid": overall["n_valid"]})
     return rows
 
 
@@ -266,7 +315,7 @@ def write_report(out: Path, args, config: dict, data: dict, rows: list, started:
     """``results.json`` (everything) and ``results.md`` (the table and the configuration)."""
     floor = make_data.noise_floor(verbose=False)
     runs, timings = {}, {}
-    for method in dict.fromkeys(r["method"] for r in rows):     # the methods in the table, in order
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "baseline"):  # in table order
         runs[method] = json.loads((out / method / "run.json").read_text())
         timings[method] = json.loads((out / method / "timings.json").read_text())
     cpu_count = os.cpu_count()
@@ -297,11 +346,12 @@ def write_report(out: Path, args, config: dict, data: dict, rows: list, started:
         "|---|---|---|---|---|" + "---|" * len(sdr_cols) + "---|---|---|",
     ]
     for r in rows:
+        costs = ("| - | - | - |" if r["method"] == "baseline" else
+                 f"| {_minutes(r['train_seconds'])} ({r['iterations']} it) | {r['predict_seconds_per_case']:.1f} s "
+                 f"| {r['peak_rss_mb'] / 1024:.2f} GB |")
         lines.append(
             f"| {r['method']} | {r['decoder']} | {r['mre_mm']:.2f} +- {r['std_mm']:.2f} | {r['mre_voxels']:.2f} | "
-            f"{r['median_mm']:.2f} | " + " | ".join(f"{100 * r['sdr'][k]:.1f} %" for k in sdr_cols)
-            + f" | {_minutes(r['train_seconds'])} ({r['iterations']} it) | {r['predict_seconds_per_case']:.1f} s "
-              f"| {r['peak_rss_mb'] / 1024:.2f} GB |")
+            f"{r['median_mm']:.2f} | " + " | ".join(f"{100 * r['sdr'][k]:.1f} %" for k in sdr_cols) + " " + costs)
     lines += ["", f"Human noise floor (the template's two expert annotations): mean {floor['mean_mm']:.2f} mm, "
                   f"median {floor['median_mm']:.2f} mm, max {floor['max_mm']:.2f} mm.", ""]
     nn = [r for r in rows if r["method"] == "nnlandmark"]
