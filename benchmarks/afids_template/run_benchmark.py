@@ -2,7 +2,7 @@
 
 One command regenerates every accuracy number of the benchmark's README::
 
-    python benchmarks/afids_template/run_benchmark.py --out bench_output/afids --budget-minutes 35
+    python benchmarks/afids_template/run_benchmark.py --out bench_output/afids --budget-minutes 25
     python benchmarks/afids_template/run_benchmark.py --out bench_output/afids_smoke --smoke
 
 Steps
@@ -418,7 +418,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="output folder (data, runs, results)")
-    ap.add_argument("--budget-minutes", type=float, default=None, help="training wall time per method (35)")
+    ap.add_argument("--budget-minutes", type=float, default=None, help="training wall time per method (25)")
     ap.add_argument("--voxel-mm", type=float, default=None, help="isotropic voxel size of the data (2.5)")
     ap.add_argument("--n-train", type=int, default=None, help="training cases (24)")
     ap.add_argument("--n-test", type=int, default=None, help="test cases (8)")
@@ -437,7 +437,7 @@ def parse_args(argv=None):
     ap.add_argument("--smoke", action="store_true",
                     help="5 train / 1 test cases at 4 mm, 1 min per method, 1-iteration epochs: plumbing only")
     args = ap.parse_args(argv)
-    defaults = dict(n_train=24, n_test=8, voxel_mm=2.5, budget_minutes=35.0, iterations_per_epoch=5,
+    defaults = dict(n_train=24, n_test=8, voxel_mm=2.5, budget_minutes=25.0, iterations_per_epoch=5,
                     val_iterations=1)
     if args.smoke:
         defaults.update(SMOKE)

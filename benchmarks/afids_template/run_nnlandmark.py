@@ -38,7 +38,7 @@ Outputs (``--out``)
 Usage (main venv)::
 
     python benchmarks/afids_template/run_nnlandmark.py --train-data TRAIN --test-images TEST/images \\
-        --out OUT --budget-minutes 35 [--threads N] [--decoders argmax local-mean]
+        --out OUT --budget-minutes 25 [--threads N] [--decoders argmax local-mean]
 """
 from __future__ import annotations
 
