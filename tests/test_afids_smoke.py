@@ -56,7 +56,16 @@ def test_benchmark_runner_nnlandmark_smoke(bench, tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     assert results["data_config"] == {"n_train": 5, "n_test": 1, "voxel_mm": 8.0, "seed": 0}
-    (row,) = results["rows"]
+    (row,) = [r for r in results["rows"] if r["method"] == "nnlandmark"]
+    baselines = {r["decoder"]: r for r in results["rows"] if r["method"] == "baseline"}
+    assert sorted(baselines) == ["image centre", "mean position"]
+    assert all(r["n_valid"] == 32 and math.isfinite(r["mre_mm"]) for r in baselines.values())
+    # the mean-position baseline is the training cases' mean point, by hand
+    train = [json.loads(f.read_text())["landmarks"] for f in sorted((out / "data" / "train" / "landmarks").glob("*.json"))]
+    predicted = json.loads((out / "baselines" / "mean_position" / "test_000.json").read_text())
+    for name in ("AC", "PC"):
+        mean = [sum(t[name][a] for t in train) / len(train) for a in range(3)]
+        assert predicted[name]["world_lps_mm"] == pytest.approx(mean)
     assert (row["method"], row["decoder"], row["n_cases"]) == ("nnlandmark", "argmax", 1)
     assert row["n_valid"] == 32 and math.isfinite(row["mre_mm"])
     assert row["mre_voxels"] == pytest.approx(row["mre_mm"] / 8.0)

@@ -35,6 +35,19 @@ def test_calibrate_presence_by_hand(tmp_path):
     assert details["a"]["n_present"] == 2 and details["a"]["n_absent"] == 2 and details["a"]["f1"] == 1.0
 
 
+def test_calibrated_threshold_keeps_a_margin_below_the_lowest_score(tmp_path):
+    """When the best threshold is the lowest observed score (here the absent case scores higher than the
+    present one, so F1 keeps both present), it moves halfway to 0: a threshold equal to an observed
+    score would flip that case on a last-bit difference when the model predicts it again."""
+    for case, (score, ref) in {"c1": (0.4, [1, 2, 3]), "c2": (0.8, "absent")}.items():
+        _write_json(tmp_path / "pred" / f"{case}.json", {"a": {"world_lps_mm": [0, 0, 0], "score": score,
+                                                                "present": True}})
+        _write_json(tmp_path / "ref" / f"{case}.json", {"coordinate_system": "LPS", "landmarks": {"a": ref}})
+    thresholds, details = calibrate_presence(tmp_path / "pred", tmp_path / "ref", ["a"])
+    assert thresholds == {"a": pytest.approx(0.2)}
+    assert details["a"]["recall"] == 1.0 and details["a"]["precision"] == 0.5
+
+
 @pytest.fixture(scope="module")
 def absent_project(tmp_path_factory, synthetic_dataset, prepared_project, tiny_model):
     """Copies of the session dataset and project (with its tiny model) where, among fold 0's

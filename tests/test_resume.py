@@ -101,6 +101,25 @@ def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path
     assert (fold / "training_curves.png").stat().st_size > 0
 
 
+def test_run_resumed_in_the_same_second_appends_to_the_log(tmp_path):
+    """nnU-Net names a log by the second its trainer starts; moving the resumed run's log into the
+    fold must not replace the killed run's log of the same name."""
+    from types import SimpleNamespace
+    from nnlandmark.nnunet.trainer import LandmarkTrainer
+    model_dir = tmp_path / "model"
+    (model_dir / "fold_0").mkdir(parents=True)
+    (model_dir / "fold_0" / "training_log_1.txt").write_text("killed run: Epoch 0\n")
+    default_fold = tmp_path / "nnUNet_results" / "fold_0"  # where nnU-Net's __init__ started the new log
+    default_fold.mkdir(parents=True)
+    (default_fold / "training_log_1.txt").write_text("resumed run: header\n")
+    trainer = SimpleNamespace(output_folder=str(default_fold), log_file=str(default_fold / "training_log_1.txt"),
+                              fold=0, logger=SimpleNamespace(output_folder=None))
+    LandmarkTrainer._relocate(trainer, model_dir)
+    assert (model_dir / "fold_0" / "training_log_1.txt").read_text() == "killed run: Epoch 0\nresumed run: header\n"
+    assert trainer.log_file == str(model_dir / "fold_0" / "training_log_1.txt")
+    assert not default_fold.exists()
+
+
 def _case_files(folder: Path) -> dict:
     """mtime (ns) of every case file of a folder tree, keyed by relative path."""
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("case_*") if p.is_file()}

@@ -16,8 +16,9 @@ set right is worth as much as 19 present landmarks thrown away. F1 counts
 wrong answers instead: a landmark wrongly declared absent costs about as much
 as one wrongly declared present, which is what a user of the predictions sees.
 Among equally good thresholds the calibration keeps landmarks present, and the
-threshold is then moved down to halfway towards the next lower observed score
-(same decisions on the calibration data, a margin for new cases).
+threshold is then moved down to halfway towards the next lower observed score,
+or towards 0 when there is none (same decisions on the calibration data, a
+margin for new cases).
 
 Landmarks never annotated absent (or never present) get no threshold: there is
 nothing to calibrate against, and they stay always present. Unknown (``null``)
@@ -130,7 +131,9 @@ def calibrate_presence(prediction_dir, reference_dir, landmark_names) -> tuple[d
             continue
         best = calibrate_presence_threshold(scores, truth)
         below = scores[scores < best]
-        threshold = float((best + below.max()) / 2) if below.size else best
+        # sigmoid peaks are > 0, so 0 is the next lower score when none was observed; a threshold
+        # equal to an observed score would flip that case on a last-bit difference at prediction
+        threshold = float((best + (below.max() if below.size else 0.0)) / 2)
         m = presence_metrics((scores >= threshold)[:, None], truth[:, None])["overall"]
         thresholds[name] = threshold
         details[name] = {"threshold": threshold, "n_present": int(truth.sum()), "n_absent": int((~truth).sum()),

@@ -86,8 +86,15 @@ class LandmarkTrainer(nnUNetTrainer):
         self.output_folder = str(model_dir / f"fold_{self.fold}")
         os.makedirs(self.output_folder, exist_ok=True)
         new_log = os.path.join(self.output_folder, os.path.basename(self.log_file))
-        if os.path.exists(self.log_file):
-            shutil.move(self.log_file, new_log)
+        if os.path.exists(self.log_file) and os.path.abspath(self.log_file) != os.path.abspath(new_log):
+            if os.path.exists(new_log):
+                # logs are named by the second a trainer starts: a run resumed within the same
+                # second as the one it continues must append to that log, not replace it
+                with open(self.log_file) as header, open(new_log, "a") as log:
+                    log.write(header.read())
+                os.remove(self.log_file)
+            else:
+                shutil.move(self.log_file, new_log)
         self.log_file = new_log
         self.logger.output_folder = self.output_folder
         if os.path.abspath(default_fold_folder) != os.path.abspath(self.output_folder):
