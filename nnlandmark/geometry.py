@@ -155,15 +155,24 @@ class PreprocessedGrid:
         return np.asarray(self.cropped_shape, float) / np.asarray(self.preprocessed_shape, float)
 
 
+def untranspose(values, transpose_forward) -> np.ndarray:
+    """Values (..., 3) per transposed axis -> per array axis (k, j, i), e.g. nnU-Net's planned spacing.
+
+    >>> untranspose([1.0, 2.0, 3.0], (2, 0, 1)).tolist()
+    [2.0, 3.0, 1.0]
+    """
+    values = np.asarray(values, dtype=float)
+    array_order = np.empty_like(values)
+    # transposed axis a came from original array axis transpose_forward[a]
+    array_order[..., list(transpose_forward)] = values
+    return array_order
+
+
 def preprocessed_to_array_index(index, grid: PreprocessedGrid) -> np.ndarray:
     """Preprocessed index (..., 3) -> continuous array index (k, j, i) of the original image."""
     index = np.asarray(index, dtype=float)
     cropped = (index + 0.5) * grid.scale - 0.5
-    transposed = cropped + np.asarray(grid.crop_start, float)
-    array_index = np.empty_like(transposed)
-    # transposed axis a came from original array axis transpose_forward[a]
-    array_index[..., list(grid.transpose_forward)] = transposed
-    return array_index
+    return untranspose(cropped + np.asarray(grid.crop_start, float), grid.transpose_forward)
 
 
 def array_to_preprocessed_index(index, grid: PreprocessedGrid) -> np.ndarray:

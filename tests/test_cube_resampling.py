@@ -58,6 +58,13 @@ def test_half_widths_follow_each_axis():
     assert cube_half_widths((1.0, 1.0, 1.0)).tolist() == [1, 1, 1]
 
 
+def test_planned_spacing_is_read_back_through_nnunets_transpose():
+    from nnlandmark.nnunet.planning import planned_spacing_xyz
+    # array axes (z, y, x) spaced (3.0, 1.0, 0.5); nnU-Net's transpose (2, 0, 1) stores them as [0.5, 3.0, 1.0]
+    plans = {"transpose_forward": [2, 0, 1], "configurations": {"3d_fullres": {"spacing": [0.5, 3.0, 1.0]}}}
+    assert planned_spacing_xyz(plans) == [0.5, 1.0, 3.0]
+
+
 def _labels_per_case(project) -> dict:
     from nnlandmark.nnunet.planning import preprocessed_folder
     folder = preprocessed_folder(project.folders, project.dataset_name, project.plans())

@@ -234,11 +234,11 @@ def write_baselines(out: Path, data: dict) -> dict:
     training cases (the cases' random poses make this a weak atlas). A method
     that does not beat both has learned little.
     """
-    import SimpleITK as sitk
+    from nnlandmark.data.dataset import read_image_grid
     from nnlandmark.data.formats import read_landmarks
     from nnlandmark.data.formats.json_formats import write_prediction_json
     from nnlandmark.data.landmarks import Landmarks
-    from nnlandmark.geometry import ImageGrid, index_to_world
+    from nnlandmark.geometry import index_to_world
 
     train_points = [read_landmarks(f).points for f in sorted(Path(data["train"], "landmarks").glob("*.json"))]
     mean_position = {n: np.mean([p[n] for p in train_points], axis=0) for n in train_points[0]}
@@ -249,11 +249,7 @@ def write_baselines(out: Path, data: dict) -> dict:
         folders[name] = folder
     for image_file in sorted(Path(data["test"], "images").glob("*.nii.gz")):
         case = image_file.name.removesuffix(".nii.gz")
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(image_file))
-        reader.ReadImageInformation()
-        grid = ImageGrid(size=reader.GetSize(), spacing=reader.GetSpacing(), origin=reader.GetOrigin(),
-                         direction=reader.GetDirection())
+        grid = read_image_grid(image_file, read_pixels=False)
         centre = index_to_world((np.asarray(grid.size) - 1) / 2.0, grid)
         write_prediction_json(Landmarks(points={n: centre for n in mean_position}),
                               folders["image centre"] / f"{case}.json")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nnlandmark.geometry import array_to_itk_index, untranspose
+
 CONFIGURATION = "3d_fullres"
 
 #: planner preset -> (nnU-Net planner class path, plans identifier)
@@ -65,10 +67,7 @@ def planned_spacing_xyz(plans: dict) -> list:
     array axis ``transpose_forward[a]``, and array axes are (z, y, x).
     """
     transposed = plans["configurations"][CONFIGURATION]["spacing"]
-    array_order = [0.0] * 3
-    for a, axis in enumerate(plans["transpose_forward"]):
-        array_order[axis] = float(transposed[a])
-    return array_order[::-1]
+    return array_to_itk_index(untranspose(transposed, plans["transpose_forward"])).tolist()
 
 
 def plans_identifier(planner: str) -> str:

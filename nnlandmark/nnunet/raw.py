@@ -80,7 +80,7 @@ def cube_half_widths(spacing, target_spacing=None) -> np.ndarray:
         return np.full(3, CUBE_HALF_WIDTH)
     # the small tolerance keeps an exact ratio such as 4.0 from rounding down to 3
     factor = np.asarray(target_spacing, float) / np.asarray(spacing, float)
-    return np.maximum(CUBE_HALF_WIDTH, np.floor(factor + 1e-6)).astype(int)[::-1]
+    return itk_to_array_index(np.maximum(CUBE_HALF_WIDTH, np.floor(factor + 1e-6))).astype(int)
 
 
 def _cubes_overlap(a, b, half_widths=CUBE_HALF_WIDTH) -> bool:
