@@ -226,3 +226,22 @@ def preprocessed_image_grid(pgrid: PreprocessedGrid, grid: ImageGrid) -> ImageGr
     spacing = np.linalg.norm(columns, axis=0)
     return ImageGrid(size=tuple(pgrid.preprocessed_shape[::-1]), spacing=tuple(spacing), origin=tuple(origin),
                      direction=columns / spacing)
+
+
+def patch_start(centre, patch_size) -> np.ndarray:
+    """First voxel (int) of the patch of ``patch_size`` whose centre is nearest ``centre``.
+
+    ``centre`` is a continuous index (..., D) of the array the patch is cut
+    from; the patch's own index ``p`` is the array's ``start + p``. For an
+    even size the centre lies between the two middle voxels.
+
+    >>> patch_start([10.2, 3.0, 0.0], (4, 5, 16)).tolist()
+    [9, 1, -8]
+    """
+    half = (np.asarray(patch_size, dtype=float) - 1) / 2
+    return np.rint(np.asarray(centre, dtype=float) - half).astype(int)
+
+
+def patch_to_preprocessed(index, start) -> np.ndarray:
+    """Index (..., D) inside a patch -> index in the preprocessed array it was cut from at ``start``."""
+    return np.asarray(index, dtype=float) + np.asarray(start, dtype=float)

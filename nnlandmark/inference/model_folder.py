@@ -20,12 +20,27 @@ class ModelFolderError(ValueError):
     """A model folder that cannot be used; the message names what is missing."""
 
 
-def fold_checkpoint(model_dir: Path, fold: int) -> Path:
+def stage_dir(model_dir, fold: int, stage: str = "fullres") -> Path:
+    """Where a stage of a fold keeps its checkpoints: ``fold_N`` for a full-resolution
+    model, ``fold_N/global`` and ``fold_N/local`` for the cascade's stages."""
+    fold_dir = Path(model_dir) / f"fold_{fold}"
+    return fold_dir if stage == "fullres" else fold_dir / stage
+
+
+def model_stages(description: dict) -> dict:
+    """stage -> nnU-Net configuration of a model description (models written before the
+    cascade have one full-resolution stage)."""
+    return description.get("stages") or {"fullres": description["configuration"]}
+
+
+def fold_checkpoint(model_dir: Path, fold: int, stage: str = "fullres") -> Path:
+    folder = stage_dir(model_dir, fold, stage)
     for name in CHECKPOINT_PREFERENCE:
-        path = Path(model_dir) / f"fold_{fold}" / name
+        path = folder / name
         if path.is_file():
             return path
-    raise ModelFolderError(f"{Path(model_dir) / f'fold_{fold}'}: no checkpoint for fold {fold} "
+    raise ModelFolderError(f"{folder}: no checkpoint for fold {fold}"
+                           f"{'' if stage == 'fullres' else f' ({stage} stage)'} "
                            f"(looked for {', '.join(CHECKPOINT_PREFERENCE)})")
 
 
@@ -37,9 +52,15 @@ def check_model_folder(model_dir: Path, folds) -> dict:
     for name in ("plans.json", "dataset.json", "nnlandmark.json"):
         if not (model_dir / name).is_file():
             raise ModelFolderError(f"{model_dir}: {name} missing; not a complete nnlandmark model folder")
+    try:
+        description = json.loads((model_dir / MODEL_FILE).read_text())
+        stages = model_stages(description)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelFolderError(f"{model_dir / MODEL_FILE}: not a valid model description ({e})") from e
     for fold in folds:
-        fold_checkpoint(model_dir, fold)
-    return json.loads((model_dir / "nnlandmark.json").read_text())
+        for stage in stages:
+            fold_checkpoint(model_dir, fold, stage)
+    return description
 
 
 def list_models(project_dir) -> list:
@@ -80,9 +101,10 @@ def export_model(model_dir, zip_path) -> Path:
             if (model_dir / name).is_file():
                 z.write(model_dir / name, name)
         for fold in folds:
-            for name in _EXPORTED_PER_FOLD:
-                if (fold / name).is_file():
-                    z.write(fold / name, f"{fold.name}/{name}")
+            for folder in (fold, fold / "global", fold / "local"):
+                for name in _EXPORTED_PER_FOLD:
+                    if (folder / name).is_file():
+                        z.write(folder / name, (folder / name).relative_to(model_dir).as_posix())
     tmp.replace(zip_path)
     return zip_path
 

@@ -1,12 +1,26 @@
 """Predict landmarks of new images in world coordinates.
 
-For each case: nnU-Net preprocessing, sliding-window heatmaps averaged over
-folds (and, for a model trained with left-right mirroring, over the image and
-its mirror image with paired landmarks swapped), decoding *in the
-preprocessed grid*, then the exact map back to the original voxel index and
-to world LPS millimetres (:mod:`nnlandmark.geometry`).
+For each case: nnU-Net preprocessing, heatmaps averaged over folds (and, for a
+model trained with left-right mirroring, over the image and its mirror image
+with paired landmarks swapped), decoding *in the preprocessed grid*, then the
+exact map back to the original voxel index and to world LPS millimetres
+(:mod:`nnlandmark.geometry`).
 
-Presence: the score of a landmark is its heatmap peak (a sigmoid value). When
+A cascade model (the default) predicts in two steps: its global stage sees
+the whole scan at a coarse spacing and gives every landmark a first position;
+its local stage then sees one full-resolution patch per landmark, centred
+there, and places the landmark within it. Only these patches are ever
+computed at full resolution. A ``fullres`` model (the MIDL method) runs
+nnU-Net's sliding window over the whole scan at full resolution.
+
+The network's output is read as the preset says: a ``softmax`` model's
+channels become probability distributions over the voxels (softmax over each
+channel), a ``cone``/``v1`` model's sigmoid heatmaps.
+
+Presence: the score of a landmark is what its decoder reports: for the
+default ``mass`` decoder of a softmax model, the probability that the
+landmark lies within 2 voxels of the peak; for the other decoders, the
+heatmap peak (a sigmoid value for cone/v1 models). When
 the model folder's ``nnlandmark.json`` has ``presence_thresholds`` (written by
 ``nnlandmark evaluate-cv``, see :mod:`nnlandmark.evaluation.cross_validation`),
 a landmark scoring below its threshold is written as absent: ``present: false``,
@@ -41,7 +55,8 @@ from nnlandmark.data.dataset import DatasetError, IMAGE_SUFFIXES, discover_image
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats import write_landmarks
 from nnlandmark.data.landmarks import Landmarks
-from nnlandmark.geometry import ImageGrid, preprocessed_image_grid, preprocessed_to_world, world_to_index
+from nnlandmark.geometry import (ImageGrid, patch_start, patch_to_preprocessed, preprocessed_image_grid,
+                                 preprocessed_to_world, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
 
 SUMMARY_FILE = "predictions.csv"
@@ -109,8 +124,81 @@ def decode_case(heatmaps, pgrid, grid: ImageGrid, names, decoder: str = "argmax"
     """Decode heatmaps of one case into ``{name: (world LPS point, ITK index, score)}``."""
     points, scores = decode(heatmaps, decoder)
     world = preprocessed_to_world(points, pgrid, grid)
+    return _decoded(world, scores, grid, names)
+
+
+def _decoded(world, scores, grid: ImageGrid, names) -> dict:
     index = world_to_index(world, grid)
     return {name: (world[i], index[i], float(scores[i])) for i, name in enumerate(names)}
+
+
+def default_decoder(description: dict) -> str:
+    """``mass`` for a softmax model (its channels are distributions), else ``argmax``."""
+    return "mass" if _output(description) == "softmax" else "argmax"
+
+
+def _output(description: dict) -> str:
+    from nnlandmark.training.presets import PRESETS
+    return PRESETS[description["settings"]["preset"]]["output"]
+
+
+def _maps(logits, output: str):
+    """What the decoders read: per-channel softmax distributions, or sigmoid heatmaps (in place)."""
+    from nnlandmark.nnunet.predictor import sigmoid_in_place, softmax_in_place
+    return softmax_in_place(logits) if output == "softmax" else sigmoid_in_place(logits)
+
+
+def crop_patches(data, starts, patch_size):
+    """Patches (N, C, *patch_size) of ``data`` (C, *spatial) from integer ``starts`` (N, D);
+    the parts outside ``data`` are 0 (the mean intensity after nnU-Net's normalisation).
+
+    >>> import torch
+    >>> crop_patches(torch.arange(5.0)[None], [[-1], [3]], (3,)).tolist()
+    [[[0.0, 0.0, 1.0]], [[3.0, 4.0, 0.0]]]
+    """
+    import torch
+    patch_size = tuple(int(p) for p in patch_size)
+    out = torch.zeros((len(starts), data.shape[0], *patch_size), dtype=data.dtype)
+    shape = data.shape[1:]
+    for n, start in enumerate(np.asarray(starts, dtype=int)):
+        lo = np.maximum(start, 0)
+        hi = np.minimum(start + patch_size, shape)
+        if np.any(hi <= lo):
+            continue  # entirely outside: an all-zero patch
+        source = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        target = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start))
+        out[(n, slice(None), *target)] = data[(slice(None), *source)]
+    return out
+
+
+def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str, output: str,
+                  mirror: bool) -> tuple[dict, tuple]:
+    """``{name: (world, index, score)}`` of one case, plus (maps, pgrid) of the first stage for saving."""
+    first = predictors.get("global") or predictors["fullres"]
+    data, pgrid = first.preprocess(files)
+    axis = left_right_axis(grid.direction, pgrid.transpose_forward) if mirror else None
+    maps = _maps(first.logits(data, mirror_axis=axis), output)
+    del data
+    points, scores = decode(maps, decoder)
+    world = preprocessed_to_world(points, pgrid, grid)
+    if "local" in predictors:
+        world, scores = _refine_locally(files, grid, world, predictors["local"], decoder, output, mirror)
+    return _decoded(world, scores, grid, names), (maps, pgrid)
+
+
+def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: str, mirror: bool):
+    """The local stage: one full-resolution patch per landmark, centred at its global estimate."""
+    import torch
+    data, pgrid = local.preprocess(files)
+    axis = left_right_axis(grid.direction, pgrid.transpose_forward) if mirror else None
+    patch_size = tuple(local.configuration_manager.patch_size)
+    starts = patch_start(world_to_preprocessed(world, pgrid, grid), patch_size)
+    patches = crop_patches(data, starts, patch_size)
+    del data
+    logits = local.patch_logits(patches, mirror_axis=axis)  # (L patches, L channels, *patch)
+    own = logits[torch.arange(len(starts)), torch.arange(len(starts))]  # landmark l from its own patch
+    points, scores = decode(_maps(own, output), decoder)
+    return preprocessed_to_world(patch_to_preprocessed(points, starts), pgrid, grid), scores
 
 
 def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict) -> None:
@@ -138,8 +226,8 @@ def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
 
 
 def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
-            decoder: str = "argmax", save_heatmaps: bool = False, overwrite: bool = False, resume: bool = False,
-            progress: bool = True, mirror: bool | None = None) -> Path:
+            decoder: str | None = None, save_heatmaps: bool = False, overwrite: bool = False,
+            resume: bool = False, progress: bool = True, mirror: bool | None = None) -> Path:
     """Predict every landmark of each input image; returns ``output_dir``.
 
     Parameters
@@ -152,8 +240,9 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         A model folder written by ``nnlandmark train``.
     folds : sequence of int
         Folds whose checkpoints are averaged (logits).
-    decoder : {'argmax', 'local-mean', 'quadratic'}
-        How a point is read from each heatmap (see :mod:`nnlandmark.inference.decoding`).
+    decoder : {'mass', 'argmax', 'local-mean', 'quadratic'}, optional
+        How a point is read from each heatmap (see :mod:`nnlandmark.inference.decoding`);
+        default :func:`default_decoder`: ``mass`` for softmax models, else ``argmax``.
     overwrite, resume : bool
         Replace existing outputs, or skip cases already predicted. Without
         either, existing outputs are refused before any work starts.
@@ -162,12 +251,14 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         landmarks swapped (twice the compute). Default: on when the model was
         trained with mirroring (``"mirror"`` in its ``nnlandmark.json``).
     """
-    from nnlandmark.inference.model_folder import check_model_folder
+    from nnlandmark.inference.model_folder import check_model_folder, model_stages
     from nnlandmark.nnunet.predictor import LandmarkPredictor
-    if decoder not in DECODERS:
+    if decoder is not None and decoder not in DECODERS:
         raise ValueError(f"unknown decoder '{decoder}', choose from {sorted(DECODERS)}")
     folds = [int(f) for f in folds]
     description = check_model_folder(model_dir, folds)
+    decoder = decoder or default_decoder(description)
+    output = _output(description)
     names = description["landmarks"]
     n_channels = len(description["channels"])
     cases = _images_by_case(inputs, n_channels)
@@ -177,18 +268,17 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
 
     thresholds = description.get("presence_thresholds") or {}
     mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
-    predictor = LandmarkPredictor(model_dir, folds, device=device, step_size=step_size,
-                                  mirror_swap=swap_permutation(names, description.get("pairs") or []))
+    swap = swap_permutation(names, description.get("pairs") or [])
+    predictors = {stage: LandmarkPredictor(model_dir, folds, device=device, step_size=step_size, mirror_swap=swap,
+                                           stage=stage)
+                  for stage in model_stages(description)}
     for case in tqdm(todo, desc="predicting", disable=not progress):
-        data, pgrid = predictor.preprocess(cases[case])
-        axis = left_right_axis(grids[case].direction, pgrid.transpose_forward) if mirror else None
-        heatmaps = predictor.heatmaps(data, mirror_axis=axis)
-        del data
-        decoded = decode_case(heatmaps, pgrid, grids[case], names, decoder)
+        decoded, (maps, pgrid) = _predict_case(cases[case], grids[case], predictors, names, decoder, output,
+                                               mirror)
         if save_heatmaps:  # before the case JSON, which marks the case done for --continue
-            _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", heatmaps, pgrid, grids[case])
+            _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grids[case])
         _write_case(output_dir, case, decoded, thresholds)
-        del heatmaps
+        del maps
     _write_summary(output_dir, list(cases))
     return output_dir
 

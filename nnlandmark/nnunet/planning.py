@@ -15,6 +15,7 @@ import multiprocessing
 import shutil
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from nnlandmark.geometry import array_to_itk_index, untranspose
@@ -60,13 +61,13 @@ def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> di
     return planner_class(dataset_name, suppress_transpose=False, **kwargs).plan_experiment()
 
 
-def planned_spacing_xyz(plans: dict) -> list:
+def planned_spacing_xyz(plans: dict, configuration: str = CONFIGURATION) -> list:
     """The spacing (mm) the plans resample to, in ITK (x, y, z) order.
 
     nnU-Net stores it in its transposed array order: entry ``a`` belongs to
     array axis ``transpose_forward[a]``, and array axes are (z, y, x).
     """
-    transposed = plans["configurations"][CONFIGURATION]["spacing"]
+    transposed = plans["configurations"][configuration]["spacing"]
     return array_to_itk_index(untranspose(transposed, plans["transpose_forward"])).tolist()
 
 
@@ -74,16 +75,18 @@ def plans_identifier(planner: str) -> str:
     return PLANNERS[planner][1]
 
 
-def preprocessed_folder(folders, dataset_name: str, plans: dict) -> Path:
-    return Path(folders.preprocessed) / dataset_name / plans["configurations"][CONFIGURATION]["data_identifier"]
+def preprocessed_folder(folders, dataset_name: str, plans: dict, configuration: str = CONFIGURATION) -> Path:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    identifier = PlansManager(plans).get_configuration(configuration).data_identifier
+    return Path(folders.preprocessed) / dataset_name / identifier
 
 
 def _preprocess_one(args) -> str:
-    case_id, image_files, label_file, plans, dataset_json, out_dir = args
+    case_id, image_files, label_file, plans, dataset_json, out_dir, configuration_name = args
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     plans_manager = PlansManager(plans)
-    configuration = plans_manager.get_configuration(CONFIGURATION)
+    configuration = plans_manager.get_configuration(configuration_name)
     out_dir = Path(out_dir)
     tmp = out_dir / f".tmp_{case_id}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -97,27 +100,32 @@ def _preprocess_one(args) -> str:
     return case_id
 
 
-def preprocess(folders, dataset_name: str, plans: dict, num_processes: int = 2, progress: bool = True) -> Path:
-    """Preprocess every raw case not yet done; returns the preprocessed folder."""
+def preprocess(folders, dataset_name: str, plans: dict, num_processes: int = 2, progress: bool = True,
+               configuration: str = CONFIGURATION, labels: str = "labelsTr") -> Path:
+    """Preprocess every raw case not yet done for ``configuration``; returns the preprocessed folder.
+
+    ``labels`` names the raw label folder (the global stage has its own, with
+    cubes sized for its coarser spacing).
+    """
     raw = Path(folders.raw) / dataset_name
     dataset_json = json.loads((raw / "dataset.json").read_text())
     shutil.copyfile(raw / "dataset.json", Path(folders.preprocessed) / dataset_name / "dataset.json")
-    out_dir = preprocessed_folder(folders, dataset_name, plans)
+    out_dir = preprocessed_folder(folders, dataset_name, plans, configuration)
     out_dir.mkdir(parents=True, exist_ok=True)
     ending = dataset_json["file_ending"]
     n_channels = len(dataset_json["channel_names"])
     jobs = []
-    for label_file in sorted((raw / "labelsTr").glob(f"*{ending}")):
+    for label_file in sorted((raw / labels).glob(f"*{ending}")):
         case_id = label_file.name[: -len(ending)]
         images = [str(raw / "imagesTr" / f"{case_id}_{c:04d}{ending}") for c in range(n_channels)]
         done = out_dir / f"{case_id}.pkl"
         # done, unless the raw case was re-exported since (a corrected landmark file)
         if done.exists() and done.stat().st_mtime >= max(Path(f).stat().st_mtime for f in [label_file, *images]):
             continue
-        jobs.append((case_id, images, str(label_file), plans, dataset_json, str(out_dir)))
+        jobs.append((case_id, images, str(label_file), plans, dataset_json, str(out_dir), configuration))
     if not jobs:
         return out_dir
-    bar = tqdm(total=len(jobs), desc="preprocessing", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"preprocessing {configuration}", disable=not progress)
     if num_processes <= 1:
         for job in jobs:
             _preprocess_one(job)
@@ -133,3 +141,132 @@ def preprocess(folders, dataset_name: str, plans: dict, num_processes: int = 2, 
 def read_case_properties(preprocessed_dir: Path, case_id: str) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
     return load_pickle(str(Path(preprocessed_dir) / f"{case_id}.pkl"))
+
+
+# --- the coarse-to-fine cascade ------------------------------------------------------------
+GLOBAL_CONFIGURATION = "3d_global"
+LOCAL_CONFIGURATION = "3d_local"
+#: the global stage sees the median scan whole in about this many voxels (48^3) ...
+GLOBAL_VOXELS = 48 ** 3
+#: ... and no axis longer than this
+GLOBAL_MAX_EDGE = 64
+#: local patches are centred this many global voxels (at most, per axis) away from the landmark in
+#: training, about twice the error a global stage makes once it localises (half a voxel to one voxel)
+LOCAL_REACH = 2.0
+#: half the local patch's edge, in global voxels: the reach plus as much again for context
+LOCAL_HALF_WIDTH = 4.0
+LOCAL_MIN_EDGE = 16
+LOCAL_MAX_BATCH = 8
+MIN_BATCH = 2  # nnU-Net's smallest batch
+DATASET_FRACTION = 0.05  # nnU-Net's rule: one batch holds at most 5 % of the dataset's voxels
+
+
+def _global_spacing(spacing, median_shape) -> np.ndarray:
+    """Coarse enough that the median scan fits in about GLOBAL_VOXELS, never finer than ``spacing``.
+
+    One isotropic spacing ``(volume / GLOBAL_VOXELS) ** (1/3)`` for the median scan's
+    extent, raised per axis where the scan is long (at most GLOBAL_MAX_EDGE voxels)
+    or where the full-resolution spacing is coarser already (thick slices stay thick;
+    their voxel budget is not re-spread over the other axes).
+
+    >>> _global_spacing([1.0, 1.0, 1.0], [192, 192, 192]).tolist()
+    [4.0, 4.0, 4.0]
+    >>> _global_spacing([5.0, 0.5, 0.5], [20, 512, 512]).tolist()
+    [5.0, 4.0, 4.0]
+    >>> _global_spacing([2.0, 2.0, 2.0], [48, 48, 48]).tolist()
+    [2.0, 2.0, 2.0]
+    """
+    spacing, median_shape = np.asarray(spacing, float), np.asarray(median_shape, float)
+    extent = spacing * median_shape
+    isotropic = (np.prod(extent) / GLOBAL_VOXELS) ** (1 / 3)
+    return np.round(np.maximum.reduce([spacing, np.full(3, isotropic), extent / GLOBAL_MAX_EDGE]), 6)
+
+
+def _stage_architecture(template: dict, spacing, patch_size, base_features: int) -> tuple[dict, tuple]:
+    """nnU-Net's topology rules (pooling, kernel sizes) for a stage's spacing and patch.
+
+    Returns the ``architecture`` entry of a configuration (the network class of
+    ``template``, nnU-Net's planned one, with per-stage lists re-sized) and the
+    patch size padded to what the network can divide.
+    """
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+    _, pool, conv, patch, _ = get_pool_and_conv_props(list(spacing), list(patch_size), 4, 999999)
+    n_stages = len(pool)
+    kwargs = dict(template["arch_kwargs"])
+    full_stages = kwargs["n_stages"]
+    max_features = max(kwargs["features_per_stage"])
+    kwargs.update(n_stages=n_stages, kernel_sizes=[list(k) for k in conv], strides=[list(p) for p in pool],
+                  features_per_stage=[min(base_features * 2 ** i, max_features) for i in range(n_stages)])
+    for key, value in template["arch_kwargs"].items():
+        # per-stage lists (convs or residual blocks per stage; the decoder has one entry fewer)
+        if key in ("features_per_stage", "kernel_sizes", "strides") or not isinstance(value, (list, tuple)):
+            continue
+        if len(value) == full_stages:
+            kwargs[key] = [value[min(i, full_stages - 1)] for i in range(n_stages)]
+        elif len(value) == full_stages - 1:
+            kwargs[key] = [value[min(i, full_stages - 2)] for i in range(n_stages - 1)]
+    return {**template, "arch_kwargs": kwargs}, tuple(int(p) for p in patch)
+
+
+def plan_cascade(plans: dict, n_cases: int) -> dict:
+    """Add the cascade's two configurations to nnU-Net's plans (returns a new dict).
+
+    Both are derived from nnU-Net's ``3d_fullres`` plan of the dataset, by
+    rules, with no per-dataset numbers:
+
+    ``3d_global``
+        The whole cropped scan in one patch at a coarse spacing
+        (:func:`_global_spacing`): the median scan, padded to what the network
+        divides, is the patch. Its own preprocessed data (``data_identifier``).
+    ``3d_local``
+        ``3d_fullres``'s spacing and preprocessed data, a small patch of
+        ``2 * LOCAL_HALF_WIDTH`` global voxels per axis (at least
+        LOCAL_MIN_EDGE voxels), sampled around landmarks with random offsets
+        of up to ``LOCAL_REACH`` global voxels (``nnlandmark_max_offset``, in
+        local voxels per axis): wide enough to hold the global stage's error
+        twice over, and to see the landmark with context.
+
+    Networks follow nnU-Net's topology rules for each patch and spacing, with
+    ``3d_fullres``'s network class, feature widths and block counts. Batch
+    sizes follow nnU-Net's rule that one batch holds at most 5 % of the
+    dataset's voxels, at least 2; the local stage takes at most LOCAL_MAX_BATCH.
+    Spacings and shapes are in nnU-Net's transposed array order, as in its plans.
+    """
+    plans = json.loads(json.dumps(plans))  # a deep copy that also turns tuples into lists
+    full = plans["configurations"][CONFIGURATION]
+    spacing = np.asarray(full["spacing"], float)
+    median = np.asarray(full["median_image_size_in_voxels"], float)
+    base = int(full["architecture"]["arch_kwargs"]["features_per_stage"][0])
+    dataset_voxels = n_cases * float(np.prod(median))
+
+    g_spacing = _global_spacing(spacing, median)
+    g_shape = np.maximum(np.ceil(median * spacing / g_spacing), 1)
+    g_arch, g_patch = _stage_architecture(full["architecture"], g_spacing, g_shape, base)
+    plans["configurations"][GLOBAL_CONFIGURATION] = {
+        "inherits_from": CONFIGURATION, "data_identifier": f"{plans['plans_name']}_{GLOBAL_CONFIGURATION}",
+        "spacing": g_spacing.tolist(), "patch_size": list(g_patch),
+        "median_image_size_in_voxels": g_shape.tolist(), "batch_size": MIN_BATCH, "architecture": g_arch}
+
+    l_edge = np.maximum(np.ceil(2 * LOCAL_HALF_WIDTH * g_spacing / spacing), LOCAL_MIN_EDGE)
+    l_arch, l_patch = _stage_architecture(full["architecture"], spacing, l_edge, base)
+    l_batch = int(np.clip(DATASET_FRACTION * dataset_voxels / np.prod(l_patch), MIN_BATCH, LOCAL_MAX_BATCH))
+    plans["configurations"][LOCAL_CONFIGURATION] = {
+        "inherits_from": CONFIGURATION, "patch_size": list(l_patch), "batch_size": l_batch,
+        "architecture": l_arch, "nnlandmark_max_offset": np.round(LOCAL_REACH * g_spacing / spacing, 3).tolist()}
+    return plans
+
+
+GLOBAL_LABELS = "labelsTr_global"  # raw label cubes sized for the global stage's spacing
+
+
+def ensure_cascade(plans_file: Path, n_cases: int) -> dict:
+    """The plans in ``plans_file``, with the cascade's configurations added (and saved) if missing."""
+    plans_file = Path(plans_file)
+    plans = json.loads(plans_file.read_text())
+    if GLOBAL_CONFIGURATION in plans["configurations"] and LOCAL_CONFIGURATION in plans["configurations"]:
+        return plans
+    plans = plan_cascade(plans, n_cases)
+    tmp = plans_file.with_name(f".tmp_{plans_file.name}")
+    tmp.write_text(json.dumps(plans, indent=4))
+    tmp.replace(plans_file)
+    return plans

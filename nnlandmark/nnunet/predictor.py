@@ -25,7 +25,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnlandmark.geometry import PreprocessedGrid
-from nnlandmark.inference.model_folder import check_model_folder, fold_checkpoint
+from nnlandmark.inference.model_folder import check_model_folder, fold_checkpoint, model_stages
 from nnlandmark.nnunet.networks import build_network
 
 GAUSSIAN_FLOOR = 1e-3  # smallest sliding-window weight, relative to the tile centre's
@@ -64,7 +64,7 @@ class LandmarkPredictor(nnUNetPredictor):
     """
 
     def __init__(self, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
-                 mirror_swap=None, progress: bool = False):
+                 mirror_swap=None, progress: bool = False, stage: str = "fullres"):
         device = torch.device(device)
         super().__init__(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
                          perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
@@ -74,11 +74,11 @@ class LandmarkPredictor(nnUNetPredictor):
         plans = json.loads((self.model_dir / "plans.json").read_text())
         dataset_json = json.loads((self.model_dir / "dataset.json").read_text())
         plans_manager = PlansManager(plans)
-        configuration = plans_manager.get_configuration(self.description["configuration"])
+        configuration = plans_manager.get_configuration(model_stages(self.description)[stage])
         n_landmarks = len(self.description["landmarks"])
         network = build_network(self.description["settings"]["architecture"], configuration,
                                 len(dataset_json["channel_names"]), n_landmarks)
-        parameters = [torch.load(fold_checkpoint(self.model_dir, f), map_location="cpu",
+        parameters = [torch.load(fold_checkpoint(self.model_dir, f, stage), map_location="cpu",
                                  weights_only=False)["network_weights"] for f in folds]
         self.manual_initialization(network, plans_manager, configuration, parameters, dataset_json,
                                    "LandmarkTrainer", None)
@@ -140,6 +140,32 @@ class LandmarkPredictor(nnUNetPredictor):
         return torch.from_numpy(np.ascontiguousarray(data)), grid
 
     @torch.inference_mode()
+    def logits(self, data: torch.Tensor, mirror_axis: int | None = None) -> torch.Tensor:
+        """Logits (L, *preprocessed shape), float16 on the CPU, sliding window, folds averaged."""
+        self.mirror_axis = None if mirror_axis is None else int(mirror_axis)
+        return self.predict_logits_from_preprocessed_data(data)
+
+    @torch.inference_mode()
+    def patch_logits(self, patches: torch.Tensor, mirror_axis: int | None = None,
+                     batch_size: int = 8) -> torch.Tensor:
+        """Logits (N, L, *patch) of whole patches (N, C, *patch), folds averaged, float32 on the CPU.
+
+        For the cascade's local stage: each patch is one network input (no
+        sliding window), optionally also predicted mirrored along ``mirror_axis``
+        with channels swapped, as :meth:`heatmaps` does per tile.
+        """
+        self.mirror_axis = None if mirror_axis is None else int(mirror_axis)
+        total = None
+        for parameters in self.list_of_parameters:
+            self.network.load_state_dict(parameters)
+            self.network.eval()
+            outputs = [self._internal_maybe_mirror_and_predict(chunk.to(self.device)).float().cpu()
+                       for chunk in patches.split(batch_size)]
+            fold = torch.cat(outputs)
+            total = fold if total is None else total.add_(fold)
+        return total.div_(len(self.list_of_parameters))
+
+    @torch.inference_mode()
     def heatmaps(self, data: torch.Tensor, mirror_axis: int | None = None) -> torch.Tensor:
         """Sigmoid heatmaps (L, *preprocessed shape), float16 on the CPU, folds averaged in logit space.
 
@@ -148,9 +174,7 @@ class LandmarkPredictor(nnUNetPredictor):
         is also predicted flipped along it, channels swapped by
         ``mirror_swap``, and the two logits are averaged.
         """
-        self.mirror_axis = None if mirror_axis is None else int(mirror_axis)
-        logits = self.predict_logits_from_preprocessed_data(data)
-        return sigmoid_in_place(logits)
+        return sigmoid_in_place(self.logits(data, mirror_axis))
 
 
 @torch.inference_mode()
@@ -168,4 +192,18 @@ def sigmoid_in_place(logits: torch.Tensor) -> torch.Tensor:
         # not what nnU-Net's sliding window returns (float16); kept exact for other callers
         return torch.sigmoid(logits.float()).half()
     torch.sigmoid_(logits)
+    return logits
+
+
+@torch.inference_mode()
+def softmax_in_place(logits: torch.Tensor) -> torch.Tensor:
+    """Per-channel softmax over all voxels of (L, ...) logits, in place, channel by channel.
+
+    Each channel becomes a probability distribution over the voxels (the
+    ``softmax`` preset's output); it is computed in float32 one channel at a
+    time, so memory does not grow with the number of landmarks.
+    """
+    for c in range(logits.shape[0]):
+        channel = logits[c]
+        channel.copy_(torch.softmax(channel.float().reshape(-1), dim=0).reshape(channel.shape))
     return logits

@@ -43,6 +43,7 @@ from nnlandmark.geometry import itk_to_array_index, nearest_voxel, world_to_inde
 CUBE_HALF_WIDTH = 1  # 3x3x3 cubes at the target spacing or finer
 RAW_FILE_ENDING = ".mha"  # stores any direction matrix exactly, unlike NIfTI's float32 quaternions
 SIDECAR = "landmarks_world.json"
+LABELS_FOLDER = "labelsTr"
 LABEL_MAPS_KEY = "nnlandmark_label_maps"
 CUBE_SIZES_KEY = "nnlandmark_cube_half_widths"
 
@@ -179,7 +180,8 @@ def _landmark_record(case, names) -> dict:
     return record
 
 
-def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, target_spacing=None, progress: bool = True) -> None:
+def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, target_spacing=None, progress: bool = True,
+                      labels: str = LABELS_FOLDER) -> None:
     """Write imagesTr/, labelsTr/, dataset.json and the world-coordinate sidecar.
 
     ``target_spacing`` (x, y, z mm; ``None`` = unknown yet) sizes the cubes, see
@@ -187,39 +189,50 @@ def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, target_spacing=No
     entry present, same number of label maps, same cube size) are skipped, so
     an interrupted export resumes where it stopped and a second call with the
     planned spacing rewrites only the labels whose cubes grow.
+
+    With another ``labels`` folder (the cascade's global stage, whose coarser
+    spacing needs larger cubes) only label files are written there, after the
+    images have been exported; what they hold is recorded in ``<labels>.json``
+    beside them, as ``dataset.json`` records it for ``labelsTr``.
     """
     raw_dir = Path(raw_dir)
+    main_labels = labels == LABELS_FOLDER
     (raw_dir / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (raw_dir / "labelsTr").mkdir(parents=True, exist_ok=True)
+    (raw_dir / labels).mkdir(parents=True, exist_ok=True)
     sidecar_path = raw_dir / SIDECAR
     sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
     names = dataset.spec.landmarks
     n_maps = label_maps_needed(dataset, target_spacing)
-    json_path = raw_dir / "dataset.json"
+    json_path = raw_dir / ("dataset.json" if main_labels else f"{labels}.json")
     written = json.loads(json_path.read_text()) if json_path.exists() else {}
     written_maps = written.get(LABEL_MAPS_KEY, 1) if written else None
     written_sizes = written.get(CUBE_SIZES_KEY, {})
+    written_records = dict(written.get("records", {}))
     cube_sizes = {case.case_id: cube_half_widths(case.grid.spacing, target_spacing).tolist()
                   for case in dataset.cases}
-    for case in tqdm(dataset.cases, desc="exporting cases", disable=not progress):
-        label_file = raw_dir / "labelsTr" / f"{case.case_id}{RAW_FILE_ENDING}"
+    for case in tqdm(dataset.cases, desc=f"exporting cases ({labels})", disable=not progress):
+        label_file = raw_dir / labels / f"{case.case_id}{RAW_FILE_ENDING}"
         image_files = [raw_dir / "imagesTr" / f"{case.case_id}_{c:04d}{RAW_FILE_ENDING}"
                        for c in range(len(case.image_files))]
         record = _landmark_record(case, names)
-        same_record = sidecar.get(case.case_id) == record
+        same_record = (sidecar if main_labels else written_records).get(case.case_id) == record
         same_cubes = written_sizes.get(case.case_id, [CUBE_HALF_WIDTH] * 3) == cube_sizes[case.case_id]
         if same_record and same_cubes and written_maps == n_maps and label_file.exists() \
                 and all(f.exists() for f in image_files):
             continue
-        if not (same_record and all(f.exists() for f in image_files)):
+        if main_labels and not (same_record and all(f.exists() for f in image_files)):
             for src, dst in zip(case.image_files, image_files):
                 _atomic_write_image(sitk.ReadImage(str(src)), dst)
         reference = sitk.ReadImage(str(image_files[0]))
         _atomic_write_image(label_image(landmark_label_maps(case, names, n_maps, target_spacing), reference),
                             label_file)
-        sidecar[case.case_id] = record
-        _atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
-    _atomic_write_text(json_path, json.dumps(nnunet_dataset_json(dataset, n_maps, cube_sizes), indent=2))
+        if main_labels:
+            sidecar[case.case_id] = record
+            _atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
+        written_records[case.case_id] = record
+    record = nnunet_dataset_json(dataset, n_maps, cube_sizes) if main_labels \
+        else {LABEL_MAPS_KEY: n_maps, CUBE_SIZES_KEY: cube_sizes, "records": written_records}
+    _atomic_write_text(json_path, json.dumps(record, indent=2))
 
 
 def _atomic_write_image(image, path: Path) -> None:

@@ -17,18 +17,30 @@ checkpoints. We change only what landmarks need:
   nnU-Net's own mirroring, the flip follows the spatial augmentation;
 - validation reports the loss only; the best checkpoint is the one with the
   lowest validation loss; the latest checkpoint is written atomically every
-  ``save_every`` epochs so a killed run resumes.
+  ``save_every`` epochs so a killed run resumes;
+- a stage of the cascade (see :func:`nnlandmark.nnunet.planning.plan_cascade`)
+  is a configuration of the plans: the global stage takes whole scans (no
+  foreground oversampling), the local stage takes every patch around a
+  randomly chosen landmark, shifted by a random offset (:class:`OffsetLoader`),
+  so that the landmark is anywhere within the global stage's error of the
+  patch centre, as it will be at prediction;
+- with a time budget, the number of epochs is fitted to the wall clock after
+  every epoch (the learning-rate schedule follows).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from time import time
 
 import numpy as np
 import torch
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
@@ -37,7 +49,7 @@ from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.planning import read_case_properties
 from nnlandmark.training.presets import TrainingSettings
-from nnlandmark.training.targets import mirror_samples, points_from_label_patch
+from nnlandmark.training.targets import inside_patch, mirror_samples, points_from_label_patch
 
 
 class StepDecay:
@@ -51,18 +63,45 @@ class StepDecay:
             group["lr"] = self.initial_lr * self.gamma ** (epoch // self.step_epochs)
 
 
+class OffsetLoader(nnUNetDataLoader):
+    """nnU-Net's data loader, every patch centred near a landmark: on a random
+    voxel of a random landmark's cube (nnU-Net's foreground sampling), then
+    shifted by a uniform random offset of up to ``max_offset`` voxels per axis."""
+
+    def __init__(self, *args, max_offset=(0, 0, 0), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_offset = np.asarray(max_offset, dtype=float)
+
+    def get_bbox(self, data_shape, force_fg, class_locations, overwrite_class=None, verbose=False):
+        lbs, ubs = super().get_bbox(data_shape, True, class_locations, overwrite_class, verbose)
+        shift = np.rint(np.random.uniform(-self.max_offset, self.max_offset)).astype(int)
+        return [lo + int(d) for lo, d in zip(lbs, shift)], [hi + int(d) for hi, d in zip(ubs, shift)]
+
+
 class LandmarkTrainer(nnUNetTrainer):
     """Call :meth:`configure` right after construction (nnU-Net's ``__init__``
     records its own arguments by introspection, so ours cannot take more)."""
 
     def configure(self, settings: TrainingSettings, landmark_names: list, model_dir: Path,
-                  unknown_landmarks: dict, pairs=()) -> None:
-        """Apply ``settings`` and write into ``model_dir/fold_N``.
+                  unknown_landmarks: dict, pairs=(), stage: str = "fullres",
+                  time_budget_s: float | None = None, output_folder: Path | None = None) -> None:
+        """Apply ``settings``; write shared files into ``model_dir``, checkpoints into
+        ``output_folder`` (default ``model_dir/fold_N``).
 
         ``unknown_landmarks`` maps case id -> names left unannotated in that
-        case; ``pairs`` are the dataset's left/right pairs (mirroring swaps them).
+        case; ``pairs`` are the dataset's left/right pairs (mirroring swaps them);
+        ``stage`` is ``fullres``, or ``global``/``local`` of the cascade (the
+        trainer's configuration must be that stage's); ``time_budget_s`` fits
+        the number of epochs to the wall clock.
         """
         self.settings = settings
+        self.stage = stage
+        self.time_budget_s = time_budget_s
+        if stage == "global":
+            self.oversample_foreground_percent = 0.0  # the patch holds the whole scan
+        elif stage == "local":
+            self.oversample_foreground_percent = 1.0  # every patch around a landmark
+        self._max_offset = self.configuration_manager.configuration.get("nnlandmark_max_offset", [0, 0, 0])
         self.landmark_names = list(landmark_names)
         self.num_epochs = settings.epochs
         self.num_iterations_per_epoch = settings.iterations_per_epoch
@@ -76,14 +115,15 @@ class LandmarkTrainer(nnUNetTrainer):
         self.mirror = settings.mirroring(pairs)
         self._swap = swap_permutation(self.landmark_names, pairs)
         self._lr_axes = {}  # case id -> left-right axis of its preprocessed array, read on first use
-        self._relocate(Path(model_dir))
+        model_dir = Path(model_dir)
+        self._relocate(model_dir, Path(output_folder) if output_folder else model_dir / f"fold_{self.fold}")
 
-    def _relocate(self, model_dir: Path) -> None:
+    def _relocate(self, model_dir: Path, output_folder: Path) -> None:
         # nnU-Net's __init__ already made <results>/<dataset>/<class>__<plans>__<config>/fold_N
         # and started a log there; move both into our model folder and drop the empty default.
         default_fold_folder = self.output_folder
         self.output_folder_base = str(model_dir)
-        self.output_folder = str(model_dir / f"fold_{self.fold}")
+        self.output_folder = str(output_folder)
         os.makedirs(self.output_folder, exist_ok=True)
         new_log = os.path.join(self.output_folder, os.path.basename(self.log_file))
         if os.path.exists(self.log_file) and os.path.abspath(self.log_file) != os.path.abspath(new_log):
@@ -122,8 +162,30 @@ class LandmarkTrainer(nnUNetTrainer):
     def configure_optimizers(self):
         if self.settings.optimizer == "adam":
             optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-            return optimizer, StepDecay(optimizer, self.initial_lr, max(1, self.num_epochs // 4))
-        return super().configure_optimizers()
+            if self.settings.schedule == "step":
+                return optimizer, StepDecay(optimizer, self.initial_lr, max(1, self.num_epochs // 4))
+            from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+            return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return super().configure_optimizers()  # nnU-Net's SGD with poly decay
+
+    def _set_num_epochs(self, n: int) -> None:
+        """Change the schedule's length mid-run (time budget); the learning-rate decay follows."""
+        self.num_epochs = int(n)
+        if hasattr(self.lr_scheduler, "max_steps"):
+            self.lr_scheduler.max_steps = max(1, self.num_epochs)
+        elif isinstance(self.lr_scheduler, StepDecay):
+            self.lr_scheduler.step_epochs = max(1, self.num_epochs // 4)
+
+    def get_dataloaders(self):
+        if self.stage != "local":
+            return super().get_dataloaders()
+        # nnU-Net builds its loaders by the module-level name; ours differs only in where patches are centred
+        original = trainer_module.nnUNetDataLoader
+        trainer_module.nnUNetDataLoader = partial(OffsetLoader, max_offset=self._max_offset)
+        try:
+            return super().get_dataloaders()
+        finally:
+            trainer_module.nnUNetDataLoader = original
 
     def _build_loss(self):
         return self.loss_fn
@@ -162,6 +224,9 @@ class LandmarkTrainer(nnUNetTrainer):
             flip = (torch.rand(len(batch["keys"])) < 0.5).tolist()
             axes = [self.left_right_axis(key) if f else 0 for key, f in zip(batch["keys"], flip)]
             data, points, mask = mirror_samples(data, points, mask, flip, axes, self._swap)
+        if self.settings.output == "softmax":
+            # a distribution over the patch's voxels cannot say "outside": such landmarks are not supervised
+            mask &= inside_patch(points, seg.shape[2:])
         return data, self.settings.make_targets(points, seg.shape[2:]), mask
 
     def _loss(self, batch: dict, augment: bool = False) -> torch.Tensor:
@@ -234,15 +299,35 @@ class LandmarkTrainer(nnUNetTrainer):
         except ImportError:
             pass
 
+    def _epoch_seconds(self) -> list:
+        starts = self.logger.local_logger.my_fantastic_logging["epoch_start_timestamps"]
+        ends = self.logger.local_logger.my_fantastic_logging["epoch_end_timestamps"]
+        return [e - s for s, e in zip(starts, ends)]
+
+    def _fit_to_budget(self) -> None:
+        """Epochs that fit the time budget, from the mean epoch time so far (a resumed
+        run counts the epochs it already trained)."""
+        seconds = self._epoch_seconds()
+        if self.time_budget_s is None or not seconds:
+            return
+        recent = float(np.mean(seconds[-5:]))
+        left = self.time_budget_s - float(np.sum(seconds))
+        fitted = self.current_epoch + math.floor(left / recent)
+        self._set_num_epochs(min(self.settings.epochs, max(self.current_epoch, fitted)))
+
     def run_training(self, progress: bool = True):
         self.on_train_start()
-        epochs = tqdm(range(self.current_epoch, self.num_epochs), desc=f"fold {self.fold} epochs",
-                      disable=not progress, initial=self.current_epoch, total=self.num_epochs)
-        for _ in epochs:
+        self._fit_to_budget()  # a resumed run
+        its = self.num_iterations_per_epoch
+        bar = tqdm(total=self.num_epochs * its, initial=self.current_epoch * its, disable=not progress,
+                   desc=f"fold {self.fold} {self.stage}", unit="it", dynamic_ncols=True)
+        while self.current_epoch < self.num_epochs:
             self.on_epoch_start()
             self.on_train_epoch_start()
-            train_outputs = [self.train_step(next(self.dataloader_train))
-                             for _ in range(self.num_iterations_per_epoch)]
+            train_outputs = []
+            for _ in range(its):
+                train_outputs.append(self.train_step(next(self.dataloader_train)))
+                bar.update()
             self.on_train_epoch_end(train_outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
@@ -250,6 +335,10 @@ class LandmarkTrainer(nnUNetTrainer):
                                for _ in range(self.num_val_iterations_per_epoch)]
                 self.on_validation_epoch_end(val_outputs)
             self.on_epoch_end()
-            epochs.set_postfix(train=f"{self.logger.get_value('train_losses', -1):.4f}",
-                               val=f"{self.logger.get_value('val_losses', -1):.4f}")
+            self._fit_to_budget()
+            bar.total = self.num_epochs * its
+            bar.set_postfix(epoch=f"{self.current_epoch}/{self.num_epochs}",
+                            train=f"{self.logger.get_value('train_losses', -1):.4f}",
+                            val=f"{self.logger.get_value('val_losses', -1):.4f}")
+        bar.close()
         self.on_train_end()

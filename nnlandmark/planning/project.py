@@ -174,8 +174,14 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
         planning.extract_fingerprint(project.dataset_name, num_processes)
         if not project.plans_file.exists():
             planning.plan(project.dataset_name, planner, target_spacing)
+        plans = planning.ensure_cascade(project.plans_file, len(case_ids))
         # cubes in cases much finer than the planned spacing would vanish in resampling: enlarge them
-        write_raw_dataset(dataset, project.raw_dir(), planning.planned_spacing_xyz(project.plans()),
-                          progress=False)
-        planning.preprocess(folders, project.dataset_name, project.plans(), num_processes, progress)
+        write_raw_dataset(dataset, project.raw_dir(), planning.planned_spacing_xyz(plans), progress=False)
+        # the cascade's global stage has its own, coarser spacing, hence its own (larger) cubes
+        write_raw_dataset(dataset, project.raw_dir(),
+                          planning.planned_spacing_xyz(plans, planning.GLOBAL_CONFIGURATION), progress=False,
+                          labels=planning.GLOBAL_LABELS)
+        planning.preprocess(folders, project.dataset_name, plans, num_processes, progress)
+        planning.preprocess(folders, project.dataset_name, plans, num_processes, progress,
+                            configuration=planning.GLOBAL_CONFIGURATION, labels=planning.GLOBAL_LABELS)
     return project

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["points_from_label_patch", "mirror_samples", "cone_heatmaps", "gaussian_heatmaps"]
+__all__ = ["points_from_label_patch", "mirror_samples", "inside_patch", "cone_heatmaps", "gaussian_heatmaps"]
 
 
 def points_from_label_patch(seg: torch.Tensor, num_landmarks: int) -> torch.Tensor:
@@ -273,3 +273,15 @@ def _zero_invalid(out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Zero the channels of NaN points in place (one broadcast multiply)."""
     shape = (*valid.shape, *([1] * (out.ndim - 2)))
     return out.mul_(valid.reshape(shape).to(out.dtype))
+
+
+def inside_patch(points: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """``(B, L)`` bool: which points lie within the patch's voxel centres (NaN: no).
+
+    Examples
+    --------
+    >>> inside_patch(torch.tensor([[[0.0, 3.0], [-0.5, 1.0], [float("nan"), 0.0]]]), (4, 4)).tolist()
+    [[True, False, False]]
+    """
+    upper = torch.as_tensor([s - 1 for s in spatial_shape], dtype=points.dtype, device=points.device)
+    return ((points >= 0) & (points <= upper)).all(dim=-1)

@@ -6,23 +6,25 @@ from pathlib import Path
 
 import torch
 
-from nnlandmark.inference.model_folder import MODEL_FILE
+from nnlandmark.inference.model_folder import MODEL_FILE, stage_dir
 from nnlandmark.nnunet.paths import nnunet_environment
-from nnlandmark.nnunet.planning import CONFIGURATION
+from nnlandmark.nnunet.planning import CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION
 from nnlandmark.planning.project import Project
-from nnlandmark.training.presets import TrainingSettings
+from nnlandmark.training.presets import STAGE_BUDGET_SHARE, TrainingSettings
+
+#: the nnU-Net configuration each stage trains
+STAGE_CONFIGURATIONS = {"fullres": CONFIGURATION, "global": GLOBAL_CONFIGURATION, "local": LOCAL_CONFIGURATION}
 
 NUM_FOLDS = 5
 
 
 def model_dir_for(project: Project, settings: TrainingSettings) -> Path:
-    return project.folders.results / project.dataset_name / settings.model_name(project.plans_identifier,
-                                                                                 CONFIGURATION)
+    return project.folders.results / project.dataset_name / settings.model_name(project.plans_identifier)
 
 
-def saved_settings(project_dir, preset: str, architecture: str) -> dict:
+def saved_settings(project_dir, preset: str, architecture: str, configuration: str = "cascade") -> dict:
     """The settings an earlier run of this model saved in its ``nnlandmark.json`` ({} if none)."""
-    probe = TrainingSettings(preset=preset, architecture=architecture)
+    probe = TrainingSettings(preset=preset, architecture=architecture, configuration=configuration)
     path = model_dir_for(Project.load(project_dir), probe) / MODEL_FILE
     return json.loads(path.read_text())["settings"] if path.is_file() else {}
 
@@ -36,16 +38,23 @@ def resolve_device(device: str) -> torch.device:
 
 
 def write_model_description(project: Project, settings: TrainingSettings, model_dir: Path) -> None:
-    """The part of a model folder nnU-Net does not write: what the channels mean."""
-    import nnunetv2
+    """The part of a model folder nnU-Net does not write: what the channels mean.
+
+    What other commands stored there (``evaluate-cv``'s presence thresholds)
+    is kept; the file is replaced atomically.
+    """
+    stages = {stage: STAGE_CONFIGURATIONS[stage] for stage in settings.stages}
     description = {"landmarks": project.landmarks, "pairs": project.pairs, "biometry": project.biometry,
                    "channels": project.channels, "planner": project.planner,
-                   "plans_identifier": project.plans_identifier, "configuration": CONFIGURATION,
-                   "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
-                   "nnunetv2_version": nnunetv2.__version__ if hasattr(
-                       nnunetv2, "__version__") else _package_version("nnunetv2")}
+                   "plans_identifier": project.plans_identifier, "configuration": stages[settings.stages[-1]],
+                   "stages": stages, "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
+                   "nnunetv2_version": _package_version("nnunetv2")}
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / MODEL_FILE).write_text(json.dumps(description, indent=2))
+    path = model_dir / MODEL_FILE
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    tmp = model_dir / f".tmp_{MODEL_FILE}"
+    tmp.write_text(json.dumps({**kept, **description}, indent=2))
+    tmp.replace(path)
 
 
 def _package_version(name: str) -> str:
@@ -58,7 +67,7 @@ def _unknown_landmarks(project: Project) -> dict:
     return {case: [n for n, v in record.items() if v == "unknown"] for case, record in sidecar.items()}
 
 
-def check_folds(project: Project, folds) -> None:
+def check_folds(project: Project, folds, settings: TrainingSettings | None = None) -> None:
     """Refuse, before any work, folds that nnU-Net's cross-validation cannot make.
 
     Without a ``splits_final.json`` nnU-Net splits the prepared cases into five
@@ -70,8 +79,16 @@ def check_folds(project: Project, folds) -> None:
     if not project.plans_file.is_file():
         raise FileNotFoundError(f"{project.root}: not fully prepared ({project.plans_file.name} missing); "
                                 "rerun 'nnlandmark prepare' to finish it")
-    folder = preprocessed_folder(project.folders, project.dataset_name, project.plans())
-    prepared = {p.name[:-len(".pkl")] for p in folder.glob("*.pkl")} if folder.is_dir() else set()
+    plans = project.plans()
+    prepared = None
+    for stage in (settings or TrainingSettings()).stages:
+        configuration = STAGE_CONFIGURATIONS[stage]
+        if configuration not in plans["configurations"]:
+            raise FileNotFoundError(f"{project.plans_file}: has no '{configuration}' configuration (prepared by an "
+                                    "older nnlandmark); rerun 'nnlandmark prepare' on the project to add it")
+        folder = preprocessed_folder(project.folders, project.dataset_name, plans, configuration)
+        found = {p.name[:-len(".pkl")] for p in folder.glob("*.pkl")} if folder.is_dir() else set()
+        prepared = found if prepared is None else prepared & found
     splits_file = project.folders.preprocessed / project.dataset_name / "splits_final.json"
     if splits_file.is_file():
         splits = json.loads(splits_file.read_text())
@@ -103,7 +120,7 @@ def train(project_dir, fold=0, settings: TrainingSettings | None = None, device:
     for f in folds:
         if not 0 <= f < NUM_FOLDS:
             raise ValueError(f"fold must be 0-{NUM_FOLDS - 1} or 'all', got {f}")
-    check_folds(project, folds)
+    check_folds(project, folds, settings)
     torch_device = resolve_device(device)  # before anything is written
     for f in folds:
         fold_dir = model_dir / f"fold_{f}"
@@ -117,20 +134,28 @@ def train(project_dir, fold=0, settings: TrainingSettings | None = None, device:
 
 
 def _train_fold(project, fold, settings, device, model_dir, continue_training, progress) -> None:
+    for stage in settings.stages:
+        _train_stage(project, fold, stage, settings, device, model_dir, continue_training, progress)
+
+
+def _train_stage(project, fold, stage, settings, device, model_dir, continue_training, progress) -> None:
     from nnlandmark.nnunet.trainer import LandmarkTrainer
-    fold_dir = model_dir / f"fold_{fold}"
+    fold_dir = stage_dir(model_dir, fold, stage)
     if continue_training and (fold_dir / "checkpoint_final.pth").exists():
         print(f"{fold_dir}: already finished")
         return
     workers = settings.augmentation_workers
     if workers is None:
         workers = 0 if device.type == "cpu" else 4  # on CPU, augmentation workers compete with the model for cores
+    budget = None if settings.time_budget_minutes is None \
+        else 60 * settings.time_budget_minutes * STAGE_BUDGET_SHARE[stage]
     with nnunet_environment(project.folders, augmentation_workers=workers):
         plans = project.plans()
         plans["continue_training"] = continue_training  # nnunetv2 2.8 reads (and pops) this from the plans
         dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
-        trainer = LandmarkTrainer(plans, CONFIGURATION, fold, dataset_json, device)
-        trainer.configure(settings, project.landmarks, model_dir, _unknown_landmarks(project), project.pairs)
+        trainer = LandmarkTrainer(plans, STAGE_CONFIGURATIONS[stage], fold, dataset_json, device)
+        trainer.configure(settings, project.landmarks, model_dir, _unknown_landmarks(project), project.pairs,
+                          stage=stage, time_budget_s=budget, output_folder=fold_dir)
         if continue_training:
             # latest is written every save_every epochs; best may be the only one when a run
             # was killed between two of those
