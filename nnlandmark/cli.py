@@ -10,16 +10,31 @@ import sys
 from pathlib import Path
 
 
+# registries, each defined once, mirrored here so that --help needs no torch import
+PRESET_CHOICES = ("softmax", "cone", "v1")
+CONFIGURATION_CHOICES = ("cascade", "fullres")
+ARCHITECTURE_CHOICES = ("unet", "h3de")
+DECODER_CHOICES = ("mass", "argmax", "local-mean", "quadratic")
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cone", choices=["cone", "v1"],
-                   help="cone: EDT cone r=15 + top-20%% BCE + SGD (default); v1: Gaussian s=4 + MSE + Adam")
-    p.add_argument("--architecture", default="unet", choices=["unet", "h3de"],
+    p.add_argument("--preset", default="softmax", choices=PRESET_CHOICES,
+                   help="softmax: Gaussian s=1.5 as a distribution over voxels + softmax cross-entropy + Adam "
+                        "(default, learns in minutes); cone: the MIDL method, EDT cone r=15 + top-20%% BCE + SGD; "
+                        "v1: Gaussian s=4 + MSE + Adam")
+    p.add_argument("--configuration", default="cascade", choices=CONFIGURATION_CHOICES,
+                   help="cascade: whole scan at a coarse spacing, then full-resolution patches around each "
+                        "landmark (default); fullres: full-resolution sliding window (the MIDL method)")
+    p.add_argument("--architecture", default="unet", choices=ARCHITECTURE_CHOICES,
                    help="unet: the U-Net nnU-Net planned (plain or ResEnc); h3de: H3DE-style hybrid attention net")
-    p.add_argument("--epochs", type=int, default=None, help="default 1000, or the resumed run's")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="fit the schedule to this wall-clock time per fold (all stages together)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default 1000 (the upper limit with --time-budget), or the resumed run's")
     p.add_argument("--iterations", type=int, default=None,
-                   help="training iterations per epoch (default 250, or the resumed run's)")
+                   help="training iterations per epoch (default 250, 25 with --time-budget, or the resumed run's)")
     p.add_argument("--val-iterations", type=int, default=None,
-                   help="validation iterations per epoch (default 50, or the resumed run's)")
+                   help="validation iterations per epoch (default 50, 3 with --time-budget, or the resumed run's)")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the preset's)")
     p.add_argument("--mirror", default="auto", choices=["auto", "on", "off"],
                    help="left-right mirroring augmentation, pairs swapped (auto: on when the dataset has pairs)")
@@ -32,11 +47,12 @@ def _settings(args):
     """Settings from the options; a resumed run keeps its saved schedule unless overridden."""
     from nnlandmark.training.presets import TrainingSettings
     from nnlandmark.training.train import saved_settings
-    given = {"preset": args.preset, "architecture": args.architecture, "epochs": args.epochs,
-             "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
-             "learning_rate": args.lr, "mirror": _MIRROR[args.mirror]}
+    given = {"preset": args.preset, "architecture": args.architecture, "configuration": args.configuration,
+             "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
+             "time_budget_minutes": args.time_budget, "learning_rate": args.lr, "mirror": _MIRROR[args.mirror]}
     given = {k: v for k, v in given.items() if v is not None}
-    saved = saved_settings(args.project, args.preset, args.architecture) if args.continue_training else {}
+    saved = saved_settings(args.project, args.preset, args.architecture, args.configuration) \
+        if args.continue_training else {}
     return TrainingSettings(**{**saved, **given})
 
 
@@ -83,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", nargs="+", type=int, default=[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step, fraction of the patch")
-    p.add_argument("--decoder", default="argmax", choices=["argmax", "local-mean", "quadratic"])
-    p.add_argument("--save-heatmaps", action="store_true")
+    p.add_argument("--decoder", default=None, choices=DECODER_CHOICES,
+                   help="how a point is read from each heatmap (default: mass for softmax models, else argmax)")
+    p.add_argument("--save-heatmaps", action="store_true",
+                   help="also write the (first stage's) heatmaps, placed in world space")
     p.add_argument("--mirror", default="auto", choices=["auto", "on", "off"],
                    help="left-right test-time mirroring (auto: when the model was trained with mirroring)")
     group = p.add_mutually_exclusive_group()
@@ -104,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", help="model folder (default: the project's only model)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--decoder", default="argmax", choices=["argmax", "local-mean", "quadratic"])
+    p.add_argument("--decoder", default=None, choices=DECODER_CHOICES,
+                   help="default: mass for softmax models, else argmax")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("export-model", help="zip a model folder (plans, landmark names, checkpoints)")
@@ -129,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic data -> prepare -> short CPU training -> predict -> evaluate")
     p.add_argument("-o", "--output", default="demo_output")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="training time of fold 0 (default 3 minutes)")
+    p.add_argument("--epochs", type=int, default=None, help="a fixed schedule instead of the time budget")
     p.add_argument("--iterations", type=int, default=None)
     return parser
 
@@ -179,7 +200,8 @@ def run(args) -> int:
         print(api.qc_report(args.predictions, args.reference, args.output, overwrite=args.overwrite))
     elif args.command == "demo":
         from nnlandmark.demo import run_demo
-        run_demo(args.output, device=args.device, epochs=args.epochs, iterations=args.iterations)
+        run_demo(args.output, device=args.device, budget_minutes=args.time_budget, epochs=args.epochs,
+                 iterations=args.iterations)
     return 0
 
 

@@ -113,14 +113,10 @@ def _coordinate_channels(image: sitk.Image, box_lo, box_hi):
     return channels
 
 
-def test_preprocessed_grid_matches_nnunet_preprocessing_exactly(prepared_project, tmp_path):
-    """Transpose + crop + resampling by nnU-Net's own preprocessor, inverted by geometry to 1e-3 mm.
-
-    Also checks the full decoding path: a heatmap peak placed at a preprocessed
-    voxel decodes to that voxel's world point.
-    """
+def _preprocessed_coordinates(prepared_project, tmp_path):
+    """An oblique, anisotropic image whose three channels hold each voxel's world point,
+    preprocessed by nnU-Net (transposed, cropped, resampled): ``(data, pgrid, grid)``."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnlandmark.inference.predict import decode_case
     from nnlandmark.nnunet.predictor import preprocess_case
     from nnlandmark.planning.project import Project
 
@@ -144,13 +140,27 @@ def test_preprocessed_grid_matches_nnunet_preprocessing_exactly(prepared_project
         sitk.WriteImage(ch, str(files[-1]))
     data, pgrid = preprocess_case(files, plans_manager, plans_manager.get_configuration("3d_fullres"),
                                   dataset_json)
-    assert pgrid.crop_start == (4, 5, 3)  # array box (3,4,5) after transpose [1, 2, 0]
-    assert pgrid.preprocessed_shape != pgrid.cropped_shape  # really resampled
+    return data, pgrid, ImageGrid.from_image(image)
 
-    grid = ImageGrid.from_image(image)
+
+def _interior(data, pgrid):
     # cubic splines reproduce linear data exactly once ~8 input voxels away from the crop border
     margins = np.ceil(8 / pgrid.scale).astype(int)
-    interior = [np.arange(m, s - m) for m, s in zip(margins, data.shape[1:])]
+    return [np.arange(m, s - m) for m, s in zip(margins, data.shape[1:])]
+
+
+def test_preprocessed_grid_matches_nnunet_preprocessing_exactly(prepared_project, tmp_path):
+    """Transpose + crop + resampling by nnU-Net's own preprocessor, inverted by geometry to 1e-3 mm.
+
+    Also checks the full decoding path: a heatmap peak placed at a preprocessed
+    voxel decodes to that voxel's world point.
+    """
+    from nnlandmark.inference.predict import decode_case
+
+    data, pgrid, grid = _preprocessed_coordinates(prepared_project, tmp_path)
+    assert pgrid.crop_start == (4, 5, 3)  # array box (3,4,5) after transpose [1, 2, 0]
+    assert pgrid.preprocessed_shape != pgrid.cropped_shape  # really resampled
+    interior = _interior(data, pgrid)
     rng = np.random.default_rng(3)
     for _ in range(25):
         p = np.array([rng.choice(ax) for ax in interior], dtype=float)
@@ -162,3 +172,32 @@ def test_preprocessed_grid_matches_nnunet_preprocessing_exactly(prepared_project
         world, index, score = decode_case(heatmaps, pgrid, grid, ["a"])["a"]
         assert np.allclose(world, expected, atol=1e-3) and score == 1.0
         assert np.allclose(index_to_world(index, grid), world, atol=1e-6)
+
+
+def test_point_in_a_local_patch_maps_to_its_world_point(prepared_project, tmp_path):
+    """The cascade's local step: a patch cut around a world estimate (nnU-Net-preprocessed,
+    oblique, anisotropic, transposed image); every voxel of the patch holds its own world
+    point, and the patch index maps back to it through geometry to 1e-3 mm."""
+    import torch
+    from nnlandmark.geometry import patch_start, patch_to_preprocessed
+    from nnlandmark.inference.predict import crop_patches
+
+    data, pgrid, grid = _preprocessed_coordinates(prepared_project, tmp_path)
+    interior = _interior(data, pgrid)
+    patch_size = (6, 5, 8)
+    rng = np.random.default_rng(5)
+    estimates = [preprocessed_to_world([rng.uniform(ax[0] + 4, ax[-1] - 4) for ax in interior], pgrid, grid)
+                 for _ in range(6)]
+    starts = patch_start(world_to_preprocessed(np.array(estimates), pgrid, grid), patch_size)
+    patches = crop_patches(torch.from_numpy(data), starts, patch_size).numpy()
+    for n, estimate in enumerate(estimates):
+        found = 0
+        for q in np.ndindex(*patch_size):
+            expected = patches[(n, slice(None), *q)] - 1000.0
+            world = preprocessed_to_world(patch_to_preprocessed(q, starts[n]), pgrid, grid)
+            assert np.allclose(world, expected, atol=1e-3)
+            found += 1
+        centre = preprocessed_to_world(patch_to_preprocessed((np.array(patch_size) - 1) / 2, starts[n]), pgrid, grid)
+        # the patch is centred on the estimate to within half a voxel per axis
+        offset = world_to_preprocessed(estimate, pgrid, grid) - world_to_preprocessed(centre, pgrid, grid)
+        assert np.all(np.abs(offset) <= 0.5 + 1e-9) and found == np.prod(patch_size)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from nnlandmark.training.losses import mse_on_sigmoid, topk_bce_with_logits
+from nnlandmark.training.losses import mse_on_sigmoid, spatial_softmax_cross_entropy, topk_bce_with_logits
 from nnlandmark.training.targets import cone_heatmaps, gaussian_heatmaps, points_from_label_patch
 
 NAN = float("nan")
@@ -191,3 +191,37 @@ def test_mse_on_sigmoid_values_mask_and_grad():
     loss = mse_on_sigmoid(logits, target, channel_mask=torch.zeros(2, 2, dtype=torch.bool))
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+def test_spatial_softmax_cross_entropy_equals_hand_computation_with_masked_channel():
+    # two samples, two landmarks, 3 voxels each
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [5.0, 0.0, 0.0]],
+                           [[1.0, 1.0, 1.0], [0.0, 0.0, 3.0]]], requires_grad=True)
+    target = torch.tensor([[[0.0, 1.0, 1.0], [2.0, 0.0, 0.0]],
+                           [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])  # (1, 1): absent, nothing to learn
+    mask = torch.tensor([[True, False], [True, True]])  # (0, 1) unknown
+    loss = spatial_softmax_cross_entropy(logits, target, channel_mask=mask)
+
+    def ce(row, q):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        q = [v / sum(q) for v in q]
+        return -sum(qi * (v - log_z) for qi, v in zip(q, row))
+
+    # kept pairs: (0, 0) and (1, 0); (0, 1) is masked and (1, 1) has an all-zero target
+    expected = (ce([0.0, 1.0, 2.0], [0.0, 1.0, 1.0]) + ce([1.0, 1.0, 1.0], [1.0, 0.0, 0.0])) / 2
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert torch.all(logits.grad[0, 1] == 0) and torch.all(logits.grad[1, 1] == 0)
+    assert torch.any(logits.grad[0, 0] != 0)
+
+
+def test_spatial_softmax_cross_entropy_minimum_is_the_target_entropy():
+    target = gaussian_heatmaps(torch.tensor([[[3.3, 4.0]]]), (8, 8), sigma=1.5)
+    q = target / target.sum()
+    best = spatial_softmax_cross_entropy(torch.log(q), target)
+    entropy = -(q * torch.log(q)).sum()
+    assert float(best) == pytest.approx(float(entropy), rel=1e-5)
+    uniform = spatial_softmax_cross_entropy(torch.zeros_like(target), target)
+    assert float(uniform) == pytest.approx(math.log(64), rel=1e-6)
+    everything_masked = spatial_softmax_cross_entropy(torch.zeros_like(target), target, torch.tensor([[False]]))
+    assert float(everything_masked) == 0.0

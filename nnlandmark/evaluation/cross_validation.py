@@ -35,7 +35,7 @@ import numpy as np
 PRESENCE_KEY = "presence_thresholds"
 
 
-def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", decoder: str = "argmax",
+def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", decoder: str | None = None,
                 overwrite: bool = False, progress: bool = True, calibrate: bool = True):
     """Predict every fold's validation cases with that fold, then evaluate all of them.
 

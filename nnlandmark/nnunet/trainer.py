@@ -325,9 +325,16 @@ class LandmarkTrainer(nnUNetTrainer):
             self.on_epoch_start()
             self.on_train_epoch_start()
             train_outputs = []
-            for _ in range(its):
+            started = time()
+            for i in range(its):
                 train_outputs.append(self.train_step(next(self.dataloader_train)))
                 bar.update()
+                if self.time_budget_s is not None and not self._epoch_seconds():
+                    # first epoch of a budgeted run: show the total it will come to, not 1000 epochs
+                    per_iteration = (time() - started) / (i + 1)
+                    epochs = self.time_budget_s / (per_iteration * (its + self.num_val_iterations_per_epoch))
+                    bar.total = max(its, int(min(self.settings.epochs, epochs)) * its)
+                    bar.refresh()
             self.on_train_epoch_end(train_outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
