@@ -21,13 +21,17 @@ memory instead of its own. ``/usr/bin/time`` is a small process, so the
 
 Configurations
 --------------
-Two plans, each for 3 and 32 landmarks:
+Three plans, each for 3 and 32 landmarks:
 
 ``cpu-2.5mm``
     nnU-Net's default planner with ``target_spacing=2.5`` mm: what a CPU user
     runs (``nnlandmark prepare --spacing 2.5``).
 ``default-1mm``
     nnU-Net's default plan, at the data's own 1 mm: a large patch, slow on a CPU.
+``cascade-1mm``
+    the default model (softmax preset, cascade): the global stage on the whole
+    scan at its coarse spacing, then one full-resolution (1 mm) patch per
+    landmark. (The two plans above are the ``cone`` preset, full resolution.)
 
 Data
 ----
@@ -61,7 +65,9 @@ SHAPE = (193, 229, 193)  # ITK order (i, j, k)
 SPACING = (1.0, 1.0, 1.0)
 N_TRAIN_CASES = 5
 TEST_SEED = 900_001  # far from the training seeds' Cantor codes
-PLANS = {"cpu-2.5mm": 2.5, "default-1mm": None}
+#: plan -> (target spacing, configuration, preset)
+PLANS = {"cpu-2.5mm": (2.5, "fullres", "cone"), "default-1mm": (None, "fullres", "cone"),
+         "cascade-1mm": (None, "cascade", "softmax")}
 LANDMARK_COUNTS = (3, 32)
 MIN_SEPARATION_VOXELS = 4.0
 # Grid points in the canonical phantom frame, units of the head size H: well inside
@@ -139,7 +145,7 @@ def make_data(out: Path) -> dict:
         sitk.WriteImage(image, str(test_image.with_name(".tmp_" + test_image.name)))
         os.replace(test_image.with_name(".tmp_" + test_image.name), test_image)
 
-    coarsest = max(s for s in PLANS.values() if s is not None)
+    coarsest = max(s for s, _, _ in PLANS.values() if s is not None)
     datasets = {}
     for n in LANDMARK_COUNTS:
         ds = out / "data" / f"landmarks{n}"
@@ -173,13 +179,15 @@ def make_data(out: Path) -> dict:
     return {"datasets": datasets, "test": test}
 
 
-def prepare_and_train(dataset: Path, project: Path, spacing, threads: int) -> Path:
+def prepare_and_train(dataset: Path, project: Path, plan, threads: int) -> Path:
     """Plan, preprocess and train fold 0 briefly; returns the model folder (reused when trained)."""
     import torch
     import nnlandmark as nl
+    spacing, configuration, preset = plan
     torch.set_num_threads(threads)
     nl.prepare(dataset, project, num_processes=threads, target_spacing=spacing, progress=False)
-    settings = nl.TrainingSettings(epochs=1, iterations_per_epoch=2, val_iterations=1)
+    settings = nl.TrainingSettings(preset=preset, configuration=configuration, epochs=1, iterations_per_epoch=2,
+                                   val_iterations=1)
     return nl.train(project, 0, settings, device="cpu", continue_training=True, progress=False)
 
 
@@ -228,8 +236,8 @@ def measure_child(model: str, test: str, output: str, threads: int, mirror: str)
     timed(LandmarkPredictor, "__init__", "load model")
     timed(LandmarkPredictor, "preprocess", "preprocess")
     timed(LandmarkPredictor, "predict_logits_from_preprocessed_data", "sliding window")
-    timed(LandmarkPredictor, "heatmaps", "heatmaps (window + sigmoid)")
-    timed(predict_module, "decode_case", "decode")
+    timed(LandmarkPredictor, "patch_logits", "local patches")
+    timed(predict_module, "_predict_case", "case")
     timed(predict_module, "_write_case", "write")
     t = time.perf_counter()
     rc = cli.main(["predict", "-i", test, "-o", output, "-m", model, "--folds", "0", "--overwrite",
@@ -265,19 +273,22 @@ def run_measurement(model: Path, test: Path, output: Path, threads: int, mirror:
     return result
 
 
-def _phase(result: dict, name: str) -> dict:
-    return next(p for p in result["phases"] if p["phase"] == name)
+def _seconds(result: dict, name: str) -> float:
+    """Seconds of a phase, summed over its calls (a cascade preprocesses twice, loads two stages)."""
+    return sum(p["seconds"] for p in result["phases"] if p["phase"] == name)
 
 
 def summarise(result: dict) -> dict:
-    window = _phase(result, "sliding window")["seconds"]
-    heatmaps = _phase(result, "heatmaps (window + sigmoid)")["seconds"]
+    window, patches = _seconds(result, "sliding window"), _seconds(result, "local patches")
+    preprocess = _seconds(result, "preprocess")
     return {
-        "load": _phase(result, "load model")["seconds"],
-        "preprocess": _phase(result, "preprocess")["seconds"],
+        "load": _seconds(result, "load model"),
+        "preprocess": preprocess,
         "window": window,
-        "sigmoid": heatmaps - window,
-        "decode": _phase(result, "decode")["seconds"] + _phase(result, "write")["seconds"],
+        "patches": patches,
+        # what the case took besides preprocessing and the networks: softmax/sigmoid, cropping, decoding
+        "sigmoid": _seconds(result, "case") - preprocess - window - patches,
+        "decode": _seconds(result, "write"),
         "predict": _phase(result, "predict total")["seconds"],
         "wall": result["wall_s"],
         "peak": result["peak_rss_mb"],
@@ -287,11 +298,18 @@ def summarise(result: dict) -> dict:
 
 
 def plan_summary(model: Path) -> str:
+    """Spacing and patch of each stage the model predicts with."""
+    from nnlandmark.inference.model_folder import model_stages
     plans = json.loads((model / "plans.json").read_text())
-    configuration = plans["configurations"]["3d_fullres"]
-    spacing = "x".join(f"{s:g}" for s in configuration["spacing"])
-    patch = "x".join(str(p) for p in configuration["patch_size"])
-    return f"{spacing} mm, patch {patch}"
+    stages = model_stages(json.loads((model / "nnlandmark.json").read_text()))
+    parts = []
+    for configuration_name in stages.values():
+        configuration = plans["configurations"][configuration_name]
+        full = plans["configurations"]["3d_fullres"]
+        spacing = "x".join(f"{s:g}" for s in configuration.get("spacing", full["spacing"]))
+        patch = "x".join(str(p) for p in configuration["patch_size"])
+        parts.append(f"{spacing} mm, patch {patch}")
+    return " + ".join(parts)
 
 
 def main(argv=None) -> int:
@@ -328,7 +346,8 @@ def main(argv=None) -> int:
                 runs.append(result)
                 print(f"[{plan}, {n} landmarks] run {r + 1} (load avg {load:.2f}): predict {result['predict']:.1f} s "
                       f"(load {result['load']:.1f}, preprocess {result['preprocess']:.1f}, window "
-                      f"{result['window']:.1f}, sigmoid {result['sigmoid']:.2f}, decode+write {result['decode']:.2f}), "
+                      f"{result['window']:.1f}, local patches {result['patches']:.1f}, activation+decode "
+                      f"{result['sigmoid']:.2f}, write {result['decode']:.2f}), "
                       f"peak {result['peak']:.0f} MB (time: {result['time_maxrss'] or float('nan'):.0f}); "
                       "high-water after each phase (MB): "
                       + ", ".join(f"{k} {v:.0f}" for k, v in result["hwm"].items()), flush=True)
@@ -351,18 +370,19 @@ def main(argv=None) -> int:
 def print_table(rows, threads: int, mirror: str) -> None:
     print(f"\nPrediction of one {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} case at 1 mm, 1 fold, CPU, {threads} threads, "
           f"test-time mirroring {mirror}")
-    print("times in s: load = model, prep = nnU-Net preprocessing, window = sliding window, sig = sigmoid, "
-          "dec = decode + write;\nper fold = predict() total (prep .. write, model load included); "
+    print("times in s: load = model, prep = nnU-Net preprocessing, window = sliding window (cascade: global "
+          "stage), patches = cascade's local patches, sig = activation + decode, dec = write;\nper fold = predict() total (prep .. write, model load included); "
           "wall = fresh process incl. imports;\npeak RSS = the process's VmHWM; loadavg = 1-min load average when "
           "the run started; runs: fastest time, largest peak\n")
-    header = (f"{'plan':<12} {'spacing, patch':<30} {'L':>3} {'load':>5} {'prep':>5} {'window':>7} {'sig':>5} "
+    header = (f"{'plan':<12} {'spacing, patch':<58} {'L':>3} {'load':>5} {'prep':>5} {'window':>7} "
+              f"{'patches':>7} {'sig':>5} "
               f"{'dec':>5} {'per fold':>9} {'wall':>6} {'peak RSS MB':>12} {'(time -f %M)':>13} {'loadavg':>8} "
               f"{'runs':>5}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['plan']:<12} {r['grid']:<30} {r['landmarks']:>3} {r['load']:>5.1f} {r['preprocess']:>5.1f} "
-              f"{r['window']:>7.1f} {r['sigmoid']:>5.2f} {r['decode']:>5.2f} {r['predict']:>9.1f} "
+        print(f"{r['plan']:<12} {r['grid']:<58} {r['landmarks']:>3} {r['load']:>5.1f} {r['preprocess']:>5.1f} "
+              f"{r['window']:>7.1f} {r.get('patches', 0.0):>7.1f} {r['sigmoid']:>5.2f} {r['decode']:>5.2f} {r['predict']:>9.1f} "
               f"{r['wall']:>6.1f} {r['peak']:>12.0f} {r['time_maxrss'] or float('nan'):>13.0f} "
               f"{r['load_avg']:>8.2f} {r['repeats']:>5}")
     print()

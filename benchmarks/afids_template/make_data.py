@@ -83,6 +83,8 @@ DEFAULT_CACHE = HERE / "work" / "cache"
 AUTOAFIDS_VERSION = "0.1.4"
 _RESOURCES = "autoafids/resources"
 TEMPLATE_IMAGE = f"{_RESOURCES}/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"
+#: the same template in T2w contrast (same grid, same anatomy): test cases in a contrast never trained on
+TEMPLATE_IMAGES = {"T1w": TEMPLATE_IMAGE, "T2w": f"{_RESOURCES}/tpl-MNI152NLin2009cAsym_res-01_T2w.nii.gz"}
 TEMPLATE_GROUND_TRUTH = f"{_RESOURCES}/tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv"
 TEMPLATE_SECOND_RATER = f"{_RESOURCES}/tpl-MNI152NLin2009cAsym_res-01_T1w.fcsv"
 
@@ -105,7 +107,7 @@ def fetch_autoafids(cache_dir: Path | str = DEFAULT_CACHE) -> Path:
     """
     cache_dir = Path(cache_dir)
     root = cache_dir / f"autoafids-{AUTOAFIDS_VERSION}"
-    members = (TEMPLATE_IMAGE, TEMPLATE_GROUND_TRUTH, TEMPLATE_SECOND_RATER)
+    members = (*TEMPLATE_IMAGES.values(), TEMPLATE_GROUND_TRUTH, TEMPLATE_SECOND_RATER)
     if all((root / m).is_file() for m in members):
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -259,8 +261,8 @@ def _world_bounds(grid: ImageGrid) -> np.ndarray:
 class TemplateSource:
     """The template image (pre-smoothed for one voxel size) and its ground-truth AFIDs."""
 
-    def __init__(self, root: Path, voxel_mm: float):
-        image = sitk.ReadImage(str(root / TEMPLATE_IMAGE), sitk.sitkFloat32)
+    def __init__(self, root: Path, voxel_mm: float, contrast: str = "T1w"):
+        image = sitk.ReadImage(str(root / TEMPLATE_IMAGES[contrast]), sitk.sitkFloat32)
         self.grid = ImageGrid.from_image(image)
         self.grid.validate()
         spacing = np.asarray(self.grid.spacing)
@@ -440,8 +442,12 @@ def _sha256(path: Path) -> str:
 
 def build_dataset(out_dir: Path | str, n_train: int = 24, n_test: int = 8, voxel_mm: float = 2.5,
                   seed: int = 0, params: GenerationParams | None = None,
-                  cache_dir: Path | str = DEFAULT_CACHE, verbose: bool = True) -> GeneratedDataset:
+                  cache_dir: Path | str = DEFAULT_CACHE, verbose: bool = True,
+                  contrast: str = "T1w") -> GeneratedDataset:
     """Generate the dataset into ``out_dir`` (created; existing case files are overwritten).
+
+    ``contrast`` picks the template image (``T1w`` or ``T2w``); with the same seed, the
+    cases of both contrasts have the same poses, deformations and intensity changes.
 
     ``voxel_mm`` overrides ``params.voxel_mm``. Case ``i`` of split ``s`` draws all its randomness from
     ``SeedSequence(seed, spawn_key=(stream[s], i))``, so a case does not depend on how
@@ -451,7 +457,7 @@ def build_dataset(out_dir: Path | str, n_train: int = 24, n_test: int = 8, voxel
     # voxel_mm always wins over params.voxel_mm; the caller's params are not modified
     params = replace(params or GenerationParams(), voxel_mm=float(voxel_mm))
     root = fetch_autoafids(cache_dir)
-    source = TemplateSource(root, params.voxel_mm)
+    source = TemplateSource(root, params.voxel_mm, contrast)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "landmarks").mkdir(parents=True, exist_ok=True)
@@ -474,13 +480,13 @@ def build_dataset(out_dir: Path | str, n_train: int = 24, n_test: int = 8, voxel
 
     pairs = [list(p) for p in PAIRS]
     dataset = {"name": "AFIDsTemplate", "landmarks": source.names, "pairs": pairs,
-               "biometry": dict(BIOMETRY), "channels": ["T1w"]}
+               "biometry": dict(BIOMETRY), "channels": [contrast]}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
     (out / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
     max_rt = max((r.round_trip_max_mm for r in records), default=0.0)
     generation = {
-        "source": {"package": f"autoafids=={AUTOAFIDS_VERSION}", "image": TEMPLATE_IMAGE,
-                   "image_sha256": _sha256(root / TEMPLATE_IMAGE),
+        "source": {"package": f"autoafids=={AUTOAFIDS_VERSION}", "image": TEMPLATE_IMAGES[contrast],
+                   "image_sha256": _sha256(root / TEMPLATE_IMAGES[contrast]),
                    "landmarks": TEMPLATE_GROUND_TRUTH,
                    "landmarks_sha256": _sha256(root / TEMPLATE_GROUND_TRUTH)},
         "note": "every case is the same anatomy under a random pose, deformation and contrast",

@@ -6,23 +6,11 @@ that its peak memory and CPU time are measured apart from the landmarker baselin
 
 Fitting a time budget
 ---------------------
-nnlandmark (like nnU-Net) trains for a number of epochs, and its learning-rate schedule
-(poly decay) is laid out over that number, so a run cannot simply be stopped when the time
-is up. The first epoch is therefore also the timing run:
-
-1. fold 0 is trained for 1 epoch. Its duration gives the seconds per epoch (a slight
-   overestimate, as it includes the warm-up of the first iterations), and the call's time
-   outside the epoch the start-up and shutdown cost of one ``train`` call.
-2. ``N = round((budget - 2 x start-up) / epoch seconds)`` epochs fit the budget (at least 1).
-   When ``N > 1`` the fold is extended to ``N`` epochs with ``continue_training=True``.
-   Poly decay gives epoch 0 the initial learning rate whatever the total, so the two calls
-   train exactly as one ``N``-epoch run would. ``train`` leaves a finished fold as it is,
-   so the 1-epoch run's ``checkpoint_final.pth`` is deleted first; training then resumes
-   from its ``checkpoint_best.pth``, which after one epoch is the same state (weights,
-   optimiser, log).
-
-The reported training time is the wall time of both calls together; it can differ from the
-budget by about half an epoch (the rounding) plus the error of the estimate.
+``train(..., TrainingSettings(time_budget_minutes=B))`` fits the number of epochs to the
+wall clock as it trains (after every epoch, from the mean epoch time so far; the
+learning-rate schedule follows), for all stages of the fold together (the cascade
+gives each of its two stages half). The reported training time is the wall time of the
+``train`` call; it exceeds the budget by the start-up and by up to about one epoch.
 
 nnU-Net's 5-fold cross-validation holds about 20 % of the training cases out of fold 0
 (they give the validation loss that picks ``checkpoint_best.pth``, which prediction uses),
@@ -47,7 +35,6 @@ import json
 import resource
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,10 +46,16 @@ from nnlandmark.planning.project import Project
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def _epoch_durations(checkpoint: Path) -> list:
-    """Seconds of every epoch recorded in an nnU-Net checkpoint's log."""
-    log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
-    return [end - start for start, end in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
+def _epoch_durations(fold_dir: Path) -> dict:
+    """Seconds of every epoch of each stage, from the training curves' stage folders."""
+    out = {}
+    for folder in [fold_dir, fold_dir / "global", fold_dir / "local"]:
+        final = folder / "checkpoint_final.pth"
+        if final.is_file():
+            log = torch.load(final, map_location="cpu", weights_only=False)["logging"]
+            out[folder.name if folder != fold_dir else "fullres"] = [
+                end - start for start, end in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
+    return out
 
 
 def _peak_rss_mb() -> dict:
@@ -70,35 +63,6 @@ def _peak_rss_mb() -> dict:
     to_mb = 1 / 1024.0  # ru_maxrss is in kilobytes on Linux
     return {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb,
             "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mb}
-
-
-def train_for_budget(project_dir: Path, settings: nl.TrainingSettings, budget_seconds: float,
-                     device: str) -> tuple[Path, dict]:
-    """Train fold 0 for as many epochs as fit ``budget_seconds`` (see the module docstring)."""
-    t0 = time.perf_counter()
-    model_dir = nl.train(project_dir, 0, replace(settings, epochs=1), device=device, progress=False)
-    first_call = time.perf_counter() - t0
-    fold_dir = model_dir / "fold_0"
-    (epoch_seconds,) = _epoch_durations(fold_dir / "checkpoint_final.pth")
-    startup = max(0.0, first_call - epoch_seconds)
-    epochs = max(1, round((budget_seconds - 2 * startup) / epoch_seconds))
-    print(f"  first epoch: {epoch_seconds:.1f} s for {settings.iterations_per_epoch} iterations, start-up "
-          f"{startup:.1f} s -> {epochs} epochs in the {budget_seconds / 60:g} min budget", flush=True)
-    second_call = 0.0
-    if epochs > 1:
-        # train() leaves a finished fold alone; without checkpoint_final.pth it resumes from
-        # checkpoint_best.pth, which after a single epoch is that epoch's end state
-        (fold_dir / "checkpoint_final.pth").unlink()
-        t0 = time.perf_counter()
-        nl.train(project_dir, 0, replace(settings, epochs=epochs), device=device, continue_training=True,
-                 progress=False)
-        second_call = time.perf_counter() - t0
-    durations = _epoch_durations(fold_dir / "checkpoint_final.pth")
-    if len(durations) != epochs:
-        raise RuntimeError(f"{fold_dir}: {len(durations)} epochs in the final checkpoint, expected {epochs}")
-    return model_dir, {"epochs": epochs, "first_epoch_seconds": epoch_seconds, "startup_seconds": startup,
-                       "calls_seconds": [first_call, second_call], "train_seconds": first_call + second_call,
-                       "epoch_seconds": durations}
 
 
 def main(argv=None) -> int:
@@ -109,9 +73,11 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-minutes", type=float, required=True, help="wall-clock training time of fold 0")
     ap.add_argument("--iterations-per-epoch", type=int, default=5,
                     help="training batches per epoch: few, so that the budget holds several epochs "
-                         "even at a minute per batch on a CPU (the budget is met to about half an epoch)")
+                         "even at a minute per batch on a CPU (the budget is met to about one epoch)")
     ap.add_argument("--val-iterations", type=int, default=1,
                     help="validation batches per epoch (about nnU-Net's 1:5 ratio to training batches)")
+    ap.add_argument("--preset", default="cone", help="training preset (cone: the MIDL method)")
+    ap.add_argument("--configuration", default="fullres", help="fullres or cascade")
     ap.add_argument("--planner", default="default")
     ap.add_argument("--target-spacing", type=float, default=None,
                     help="isotropic spacing (mm) to plan for instead of the data's (coarser = faster on a CPU)")
@@ -127,7 +93,9 @@ def main(argv=None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     project_dir = out / "project"
-    settings = nl.TrainingSettings(epochs=1, iterations_per_epoch=args.iterations_per_epoch,
+    settings = nl.TrainingSettings(preset=args.preset, configuration=args.configuration,
+                                   time_budget_minutes=args.budget_minutes,
+                                   iterations_per_epoch=args.iterations_per_epoch,
                                    val_iterations=args.val_iterations)
     budget = args.budget_minutes * 60.0
     print(f"nnlandmark: budget {args.budget_minutes:g} min, {threads} threads, device {args.device}", flush=True)
@@ -141,16 +109,17 @@ def main(argv=None) -> int:
     print(f"  prepared in {prepare_seconds:.0f} s: patch {plan['patch_size']}, batch {plan['batch_size']}, "
           f"spacing {plan['spacing']}", flush=True)
 
-    model_dir, schedule = train_for_budget(project_dir, settings, budget, args.device)
-    epochs, train_seconds = schedule["epochs"], schedule["train_seconds"]
-    settings = replace(settings, epochs=epochs)
+    t0 = time.perf_counter()
+    model_dir = nl.train(project_dir, 0, settings, device=args.device, progress=False)
+    train_seconds = time.perf_counter() - t0
+    schedule = {stage: {"epochs": len(seconds), "epoch_seconds": seconds}
+                for stage, seconds in _epoch_durations(model_dir / "fold_0").items()}
+    epochs = sum(s["epochs"] for s in schedule.values())
     iterations = epochs * args.iterations_per_epoch
-    best = torch.load(model_dir / "fold_0" / "checkpoint_best.pth", map_location="cpu", weights_only=False)
-    best_after = int(best["current_epoch"])  # nnU-Net stores the number of finished epochs here
     split = json.loads((project.folders.preprocessed / project.dataset_name / "splits_final.json").read_text())[0]
-    print(f"  trained {epochs} epochs ({iterations} iterations) in {train_seconds:.0f} s on "
-          f"{len(split['train'])} cases ({len(split['val'])} held out for validation); "
-          f"best validation loss after epoch {best_after}", flush=True)
+    print(f"  trained {', '.join(f'{k}: {v['epochs']} epochs' for k, v in schedule.items())} "
+          f"({iterations} iterations) in {train_seconds:.0f} s on "
+          f"{len(split['train'])} cases ({len(split['val'])} held out for validation)", flush=True)
 
     n_test = len([p for p in args.test_images.iterdir() if p.name.endswith(IMAGE_SUFFIXES)])
     predictions = {}
@@ -172,13 +141,13 @@ def main(argv=None) -> int:
         "epochs": epochs, "iterations_per_epoch": args.iterations_per_epoch,
         "val_iterations": args.val_iterations, "iterations": iterations,
         "seconds_per_iteration": train_seconds / iterations,
-        "best_after_epochs": best_after,
         "checkpoint_used": "checkpoint_best.pth",
         "predictions": predictions,
         "predict_seconds_mean": predictions[args.decoders[0]]["seconds_per_case"],
         "peak_rss_mb": _peak_rss_mb(),
         "threads": threads, "device": args.device,
-        "plans": {"planner": args.planner, "configuration": CONFIGURATION, "target_spacing": args.target_spacing,
+        "plans": {"planner": args.planner, "configuration": args.configuration,
+                  "target_spacing": args.target_spacing,
                   "patch_size": plan["patch_size"], "batch_size": plan["batch_size"],
                   "spacing": plan["spacing"]},
         "settings": settings.to_dict(),
