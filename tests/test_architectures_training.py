@@ -179,7 +179,8 @@ def test_short_training_lowers_loss_and_predicts(project_for, small_data, planne
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    settings = TrainingSettings(architecture=architecture, cone_radius=CONE_RADIUS_VOXELS, **SCHEDULE)
+    settings = TrainingSettings(preset="cone", configuration="fullres", architecture=architecture,
+                                cone_radius=CONE_RADIUS_VOXELS, **SCHEDULE)
     model = train(project, 0, settings, device="cpu", progress=False)
 
     # the model folder says which planner, plans and architecture it was trained with

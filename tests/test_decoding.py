@@ -8,6 +8,7 @@ from nnlandmark.inference.decoding import (
     decode,
     decode_argmax,
     decode_local_mean,
+    decode_mass,
     decode_quadratic,
 )
 
@@ -22,7 +23,7 @@ def _gaussian(centre, sigma, shape=SHAPE, scale=1.0, dtype=np.float32):
 
 
 def test_registry_and_dispatch():
-    assert set(DECODERS) == {"argmax", "local-mean", "quadratic"}
+    assert set(DECODERS) == {"argmax", "local-mean", "quadratic", "mass"}
     hm = np.zeros((1, 3, 3, 3))
     hm[0, 1, 2, 0] = 1.0
     np.testing.assert_array_equal(decode(hm)[0], [[1, 2, 0]])
@@ -166,3 +167,31 @@ def test_torch_and_float16_inputs_match_numpy():
     bf16 = decode_local_mean(torch.from_numpy(hm).to(torch.bfloat16))[0]
     assert np.all(np.isfinite(bf16))
     assert np.abs(bf16 - decode_local_mean(hm)[0]).max() < 0.1
+
+
+def test_mass_decoder_on_a_softmax_distribution():
+    """The softmax preset's channels are distributions: the window's centre of mass is sub-voxel
+    and its mass says how sure the network is; a flat distribution gives a low score."""
+    sharp = _gaussian(CENTRE, 1.5, dtype=np.float64)
+    sharp /= sharp.sum()
+    flat = np.full(SHAPE, 1.0 / np.prod(SHAPE))
+    flat[3, 4, 5] *= 1.5  # a faint peak
+    points, scores = decode_mass(np.stack([sharp, flat]), radius=2)
+    assert np.abs(points[0] - CENTRE).max() < 0.15  # argmax is 0.45 voxel off
+    assert np.abs(decode_argmax(sharp[None])[0][0] - CENTRE).max() == pytest.approx(0.45)
+    assert 0.5 < scores[0] < 1.0  # most of a sigma-1.5 Gaussian lies within +-2 voxels
+    np.testing.assert_allclose(points[1], [3, 4, 5], atol=0.5)
+    assert scores[1] < 0.01
+    with pytest.raises(ValueError):
+        decode_mass(sharp[None], radius=-1)
+
+
+def test_cli_choices_are_the_registries():
+    """The CLI lists choices without importing torch (fast --help); they must stay the registries."""
+    from nnlandmark import cli
+    from nnlandmark.nnunet.networks import ARCHITECTURES
+    from nnlandmark.training.presets import CONFIGURATIONS, PRESETS
+    assert set(cli.PRESET_CHOICES) == set(PRESETS)
+    assert set(cli.CONFIGURATION_CHOICES) == set(CONFIGURATIONS)
+    assert set(cli.ARCHITECTURE_CHOICES) == set(ARCHITECTURES)
+    assert set(cli.DECODER_CHOICES) == set(DECODERS)

@@ -127,29 +127,44 @@ def _mirrored_copy(image: sitk.Image) -> sitk.Image:
 
 
 def test_test_time_mirroring_is_equivariant_with_swapped_pairs(tiny_model, synthetic_dataset, tmp_path):
-    """A mirrored input gives the mirrored prediction with left and right landmarks exchanged."""
+    """A mirrored input gives the mirrored prediction with left and right landmarks exchanged,
+    in each stage of the model: the whole-scan sliding window and the local patches."""
     from nnlandmark.data.dataset import read_image_grid
+    from nnlandmark.geometry import patch_start
+    from nnlandmark.inference.model_folder import model_stages
+    from nnlandmark.inference.predict import crop_patches
     from nnlandmark.nnunet.predictor import LandmarkPredictor
     description = json.loads((tiny_model / "nnlandmark.json").read_text())
     assert description["mirror"] is True  # the synthetic dataset has pairs
+    assert list(model_stages(description)) == ["global", "local"]
     names = description["landmarks"]
     swap = swap_permutation(names, description["pairs"])
     original = next((synthetic_dataset / "images").iterdir())
     mirrored = tmp_path / "mirrored.nii.gz"
     sitk.WriteImage(_mirrored_copy(sitk.ReadImage(str(original))), str(mirrored))
 
-    predictor = LandmarkPredictor(tiny_model, [0], mirror_swap=swap)
-    x, pgrid = predictor.preprocess([original])
-    xm, _ = predictor.preprocess([mirrored])
-    axis = left_right_axis(read_image_grid(original, read_pixels=False).direction, pgrid.transpose_forward)
-    # the left-right axis found from the geometry is the axis nnU-Net's array is mirrored along
-    np.testing.assert_allclose(xm.numpy(), torch.flip(x, (axis + 1,)).numpy(), atol=1e-4)
-
-    h = predictor.heatmaps(x, mirror_axis=axis).float()
-    hm = predictor.heatmaps(xm, mirror_axis=axis).float()
-    expected = torch.flip(h, (axis + 1,))[swap]
-    np.testing.assert_allclose(hm.numpy(), expected.numpy(), atol=2e-3)
-    # without the swap the mirrored prediction would put left landmarks in right channels
-    left, right = names.index("left_eye"), names.index("right_eye")
-    assert not torch.allclose(hm[left], torch.flip(h, (axis + 1,))[left], atol=2e-3)
-    assert not torch.allclose(h[left], h[right], atol=2e-3)
+    for stage in model_stages(description):
+        predictor = LandmarkPredictor(tiny_model, [0], mirror_swap=swap, stage=stage)
+        x, pgrid = predictor.preprocess([original])
+        xm, _ = predictor.preprocess([mirrored])
+        axis = left_right_axis(read_image_grid(original, read_pixels=False).direction, pgrid.transpose_forward)
+        # the left-right axis found from the geometry is the axis nnU-Net's array is mirrored along
+        np.testing.assert_allclose(xm.numpy(), torch.flip(x, (axis + 1,)).numpy(), atol=1e-4)
+        if stage == "local":
+            patch = tuple(predictor.configuration_manager.patch_size)
+            start = patch_start([s / 3 for s in x.shape[1:]], patch)  # off-centre, so mirroring moves it
+            start_m = start.copy()
+            start_m[axis] = x.shape[axis + 1] - start[axis] - patch[axis]  # the same patch, mirrored
+            h = predictor.patch_logits(crop_patches(x, [start], patch), mirror_axis=axis)[0]
+            hm = predictor.patch_logits(crop_patches(xm, [start_m], patch), mirror_axis=axis)[0]
+            atol = 2e-4
+        else:
+            h = predictor.heatmaps(x, mirror_axis=axis).float()
+            hm = predictor.heatmaps(xm, mirror_axis=axis).float()
+            atol = 2e-3
+        expected = torch.flip(h, (axis + 1,))[swap]
+        np.testing.assert_allclose(hm.numpy(), expected.numpy(), atol=atol, err_msg=stage)
+        # without the swap the mirrored prediction would put left landmarks in right channels
+        left, right = names.index("left_eye"), names.index("right_eye")
+        assert not torch.allclose(hm[left], torch.flip(h, (axis + 1,))[left], atol=atol), stage
+        assert not torch.allclose(h[left], h[right], atol=atol), stage

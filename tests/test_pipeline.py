@@ -48,20 +48,37 @@ def test_preprocessed_cubes_sit_on_the_world_landmarks(prepared_project, synthet
 
 
 def test_tiny_model_folder_is_self_contained(tiny_model):
+    """Each stage's checkpoint rebuilds, from the folder's own plans, a network with one output
+    channel per landmark of the description; nothing outside the folder is needed."""
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnlandmark.inference.model_folder import model_stages, stage_dir
+    from nnlandmark.nnunet.networks import build_network
     description = json.loads((tiny_model / "nnlandmark.json").read_text())
     assert description["landmarks"][0] == "nose_tip"
-    for name in ("plans.json", "dataset.json", "fold_0/checkpoint_final.pth", "fold_0/checkpoint_best.pth",
-                 "fold_0/training_curves.json"):
-        assert (tiny_model / name).is_file(), name
+    plans = PlansManager(json.loads((tiny_model / "plans.json").read_text()))
+    stages = model_stages(description)
+    assert stages == {"global": "3d_global", "local": "3d_local"}
+    for stage, configuration in stages.items():
+        folder = stage_dir(tiny_model, 0, stage)
+        assert (folder / "training_curves.json").is_file()
+        network = build_network("unet", plans.get_configuration(configuration), 1, len(description["landmarks"]))
+        weights = torch.load(folder / "checkpoint_best.pth", map_location="cpu", weights_only=False)
+        network.load_state_dict(weights["network_weights"])  # raises on any mismatch
+        patch = plans.get_configuration(configuration).patch_size
+        with torch.no_grad():
+            assert network(torch.zeros(1, 1, *patch)).shape == (1, len(description["landmarks"]), *patch)
 
 
-def test_export_import_round_trip_predicts(tiny_model, synthetic_dataset, tmp_path):
+def test_export_import_round_trip_predicts_the_same(tiny_model, synthetic_dataset, tmp_path):
     from nnlandmark import export_model, import_model, predict
     zip_path = export_model(tiny_model, tmp_path / "model.zip")
     imported = import_model(zip_path, tmp_path / "imported")
     image = sorted((synthetic_dataset / "images").iterdir())[0]
     out = predict([image], tmp_path / "pred", imported, progress=False)
+    original = predict([image], tmp_path / "pred_original", tiny_model, progress=False)
     record = json.loads((out / f"{image.name[:-7]}.json").read_text())
+    assert record == json.loads((original / f"{image.name[:-7]}.json").read_text())
     assert set(record) == set(json.loads((tiny_model / "nnlandmark.json").read_text())["landmarks"])
     assert all(np.isfinite(r["world_lps_mm"]).all() for r in record.values())
     assert (out / f"{image.name[:-7]}.mrk.json").is_file() and (out / "predictions.csv").is_file()

@@ -78,7 +78,7 @@ def test_absent_trains_to_zero_and_unknown_is_masked(absent_project, tmp_path):
     from nnlandmark.nnunet.trainer import LandmarkTrainer
     from nnlandmark.planning.project import Project
     from nnlandmark.training.presets import TrainingSettings
-    from nnlandmark.training.train import _unknown_landmarks
+    from nnlandmark.training.train import _landmark_records, _unknown_landmarks
 
     project = Project.load(absent_project.project)
     names = project.landmarks
@@ -93,7 +93,7 @@ def test_absent_trains_to_zero_and_unknown_is_masked(absent_project, tmp_path):
               for c in (a, u)}
     assert not (labels[a] == ear + 1).any() and (labels[a] == vertex + 1).sum() == 27
     assert not (labels[u] == vertex + 1).any() and (labels[u] == ear + 1).sum() == 27
-    unknown = _unknown_landmarks(project)
+    unknown = _unknown_landmarks(_landmark_records(project))
     assert unknown[u] == ["vertex"] and unknown[a] == []
 
     with nnunet_environment(project.folders):
@@ -101,7 +101,8 @@ def test_absent_trains_to_zero_and_unknown_is_masked(absent_project, tmp_path):
         plans["continue_training"] = False
         dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
         trainer = LandmarkTrainer(plans, CONFIGURATION, 0, dataset_json, torch.device("cpu"))
-        trainer.configure(TrainingSettings(epochs=1), names, tmp_path / "model", unknown, project.pairs)
+        trainer.configure(TrainingSettings(preset="cone", epochs=1), names, tmp_path / "model", unknown,
+                          project.pairs)
     seg = torch.from_numpy(np.stack([labels[a], labels[u]])[:, None].astype(np.int16))
     batch = {"data": torch.zeros(2, 1, *seg.shape[2:]), "target": seg, "keys": [a, u]}
     _, target, mask = trainer._inputs(batch)

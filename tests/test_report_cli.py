@@ -77,9 +77,10 @@ def test_report_cli(predictions, synthetic_dataset, tmp_path, capsys, monkeypatc
                  "--overwrite"]) == 0
 
 
-def test_training_writes_curves_per_fold(tiny_model):
+@pytest.mark.parametrize("stage", ["global", "local"])
+def test_training_writes_curves_per_fold_and_stage(tiny_model, stage):
     from conftest import TINY_SETTINGS
-    fold = tiny_model / "fold_0"
+    fold = tiny_model / "fold_0" / stage
     curves = json.loads((fold / "training_curves.json").read_text())
     assert set(curves) >= {"train_loss", "val_loss", "lr"}
     assert all(len(v) == TINY_SETTINGS["epochs"] for v in curves.values())

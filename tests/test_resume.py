@@ -23,7 +23,8 @@ import torch
 from nnlandmark.cli import main
 
 EPOCHS = 4
-SCHEDULE = ["--epochs", str(EPOCHS), "--iterations", "2", "--val-iterations", "1"]
+# the full-resolution model: one stage, so the kill lands in the stage being resumed
+SCHEDULE = ["--epochs", str(EPOCHS), "--iterations", "2", "--val-iterations", "1", "--configuration", "fullres"]
 
 
 def _project_copy(prepared_project: Path, dst: Path) -> Path:
@@ -62,7 +63,7 @@ def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path
 
     project = _project_copy(prepared_project, tmp_path / "project")
     _shrink_plans(project)
-    fold = model_dir_for(Project.load(project), TrainingSettings()) / "fold_0"
+    fold = model_dir_for(Project.load(project), TrainingSettings(configuration="fullres")) / "fold_0"
 
     with open(tmp_path / "killed_run.txt", "w") as console:
         run = subprocess.Popen([sys.executable, "-m", "nnlandmark.cli", "train", str(project), *SCHEDULE],
@@ -74,7 +75,7 @@ def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path
         run.wait()
     console_text = (tmp_path / "killed_run.txt").read_text()
     assert run.returncode == -signal.SIGKILL, console_text  # still running: killed, not finished or crashed
-    assert "fold 0 epochs" in console_text  # the epoch progress bar
+    assert "fold 0 fullres" in console_text  # the progress bar
     assert not (fold / "checkpoint_final.pth").exists()
     killed = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
     done = killed["current_epoch"]  # nnU-Net stores the next epoch to run
@@ -82,7 +83,7 @@ def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path
 
     capsys.readouterr()
     assert main(["train", str(project), "--continue", *SCHEDULE]) == 0
-    assert "fold 0 epochs" in capsys.readouterr().err
+    assert "fold 0 fullres" in capsys.readouterr().err
 
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == EPOCHS
@@ -114,7 +115,7 @@ def test_run_resumed_in_the_same_second_appends_to_the_log(tmp_path):
     (default_fold / "training_log_1.txt").write_text("resumed run: header\n")
     trainer = SimpleNamespace(output_folder=str(default_fold), log_file=str(default_fold / "training_log_1.txt"),
                               fold=0, logger=SimpleNamespace(output_folder=None))
-    LandmarkTrainer._relocate(trainer, model_dir)
+    LandmarkTrainer._relocate(trainer, model_dir, model_dir / "fold_0")
     assert (model_dir / "fold_0" / "training_log_1.txt").read_text() == "killed run: Epoch 0\nresumed run: header\n"
     assert trainer.log_file == str(model_dir / "fold_0" / "training_log_1.txt")
     assert not default_fold.exists()

@@ -192,7 +192,8 @@ def run_method(method: str, args, data: dict, out: Path) -> None:
                "--test-images", Path(data["test"]) / "images", "--out", folder,
                "--budget-minutes", args.budget_minutes, "--threads", args.threads,
                "--iterations-per-epoch", args.iterations_per_epoch, "--val-iterations", args.val_iterations,
-               "--decoders", *args.nnlandmark_decoders]
+               "--decoders", *args.nnlandmark_decoders, "--preset", args.nnlandmark_preset,
+               "--configuration", args.nnlandmark_configuration]
         if args.nnlandmark_target_spacing:
             cmd += ["--target-spacing", args.nnlandmark_target_spacing]
         versions = _versions(python, ["nnlandmark", "nnunetv2", "torch"])
@@ -223,38 +224,16 @@ def prediction_folders(method: str, timings: dict, folder: Path) -> dict:
     return decoders
 
 
-BASELINES = ("image centre", "mean position")
 
 
 def write_baselines(out: Path, data: dict) -> dict:
-    """Predictions made without learning, to read the methods' errors against.
-
-    ``image centre``: every landmark at the centre of the test image's field of
-    view. ``mean position``: every landmark at its mean world position over the
-    training cases (the cases' random poses make this a weak atlas). A method
-    that does not beat both has learned little.
+    """Predictions made without learning, to read the methods' errors against
+    (:mod:`nnlandmark.evaluation.baselines`): ``image centre`` and ``mean position``
+    (every landmark at its mean world position over the training cases; the cases'
+    random poses make this a weak atlas). A method that does not beat both has learned little.
     """
-    from nnlandmark.data.dataset import read_image_grid
-    from nnlandmark.data.formats import read_landmarks
-    from nnlandmark.data.formats.json_formats import write_prediction_json
-    from nnlandmark.data.landmarks import Landmarks
-    from nnlandmark.geometry import index_to_world
-
-    train_points = [read_landmarks(f).points for f in sorted(Path(data["train"], "landmarks").glob("*.json"))]
-    mean_position = {n: np.mean([p[n] for p in train_points], axis=0) for n in train_points[0]}
-    folders = {}
-    for name in BASELINES:
-        folder = out / "baselines" / name.replace(" ", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        folders[name] = folder
-    for image_file in sorted(Path(data["test"], "images").glob("*.nii.gz")):
-        case = image_file.name.removesuffix(".nii.gz")
-        grid = read_image_grid(image_file, read_pixels=False)
-        centre = index_to_world((np.asarray(grid.size) - 1) / 2.0, grid)
-        write_prediction_json(Landmarks(points={n: centre for n in mean_position}),
-                              folders["image centre"] / f"{case}.json")
-        write_prediction_json(Landmarks(points=dict(mean_position)), folders["mean position"] / f"{case}.json")
-    return folders
+    from nnlandmark.evaluation.baselines import write_baseline_predictions
+    return write_baseline_predictions(data["train"], Path(data["test"]) / "images", out / "baselines")
 
 
 def evaluate_methods(out: Path, config: dict, data: dict, budget_minutes: float) -> list:
@@ -372,20 +351,20 @@ def write_report(out: Path, args, config: dict, data: dict, rows: list, started:
                      f"over {_minutes(run['wall_seconds'])}")
     if "nnlandmark" in timings:
         t, run = timings["nnlandmark"], runs["nnlandmark"]
-        sched = t["schedule"]
         lines.append(
             f"- nnlandmark {run['versions'].get('nnlandmark', '?')} (nnunetv2 {run['versions'].get('nnunetv2', '?')}, "
             f"torch {run['versions'].get('torch', '?')}): {t['plans']['planner']} planner"
             + (f" with target spacing {t['plans']['target_spacing']:g} mm" if t["plans"].get("target_spacing") else "")
             + f", patch "
             f"{t['plans']['patch_size']}, batch {t['plans']['batch_size']}, spacing {t['plans']['spacing']} mm; "
-            f"preset `{t['settings']['preset']}`; {t['epochs']} epochs x {t['iterations_per_epoch']} iterations "
-            f"(+ {t['val_iterations']} validation batches per epoch), the number set by the first epoch's "
-            f"{sched['first_epoch_seconds']:.1f} s (and {sched['startup_seconds']:.0f} s start-up per train call); "
+            f"preset `{t['settings']['preset']}`, configuration `{t['plans']['configuration']}`; "
+            f"{t['epochs']} epochs x {t['iterations_per_epoch']} iterations "
+            f"(+ {t['val_iterations']} validation batches per epoch), the number fitted to the budget as it "
+            f"trained; "
             f"preparation ({t['prepare_seconds']:.0f} s) not counted as training; fold 0 trains on "
             f"{len(t['fold0_train_cases'])} of the {config['n_train']} training cases, nnU-Net holds out "
-            f"{len(t['fold0_val_cases'])} for the validation loss that picks `{t['checkpoint_used']}` "
-            f"(after epoch {t['best_after_epochs']}); prediction time per case includes reading, "
+            f"{len(t['fold0_val_cases'])} for the validation loss that picks `{t['checkpoint_used']}`; "
+            f"prediction time per case includes reading, "
             f"preprocessing, left-right test-time mirroring, writing and the model loading, per decoder pass")
     if "landmarker" in timings:
         t, run = timings["landmarker"], runs["landmarker"]
@@ -423,6 +402,10 @@ def parse_args(argv=None):
     ap.add_argument("--iterations-per-epoch", type=int, default=None, help="nnlandmark's epoch size (5)")
     ap.add_argument("--val-iterations", type=int, default=None, help="nnlandmark's validation batches per epoch (1)")
     ap.add_argument("--nnlandmark-decoders", nargs="+", default=["argmax", "local-mean"])
+    ap.add_argument("--nnlandmark-preset", default="cone", help="nnlandmark's preset (cone: the MIDL method)")
+    ap.add_argument("--nnlandmark-configuration", default="fullres",
+                    help="fullres (the MIDL method) or cascade; the softmax cascade has its own script, "
+                         "run_cascade.py")
     ap.add_argument("--nnlandmark-target-spacing", type=float, default=None,
                     help="plan nnlandmark for this isotropic spacing (mm) instead of the data's; "
                          "coarser means smaller patches and more iterations in the budget")

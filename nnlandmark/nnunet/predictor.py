@@ -27,6 +27,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnlandmark.geometry import PreprocessedGrid
 from nnlandmark.inference.model_folder import check_model_folder, fold_checkpoint, model_stages
 from nnlandmark.nnunet.networks import build_network
+from nnlandmark.nnunet.planning import case_grids
 
 GAUSSIAN_FLOOR = 1e-3  # smallest sliding-window weight, relative to the tile centre's
 
@@ -38,10 +39,7 @@ def preprocess_case(image_files, plans_manager: PlansManager, configuration_mana
     """
     data, _, properties = DefaultPreprocessor(verbose=False).run_case(
         [str(f) for f in image_files], None, plans_manager, configuration_manager, dataset_json)
-    grid = PreprocessedGrid(transpose_forward=plans_manager.transpose_forward,
-                            crop_start=[b[0] for b in properties["bbox_used_for_cropping"]],
-                            cropped_shape=properties["shape_after_cropping_and_before_resampling"],
-                            preprocessed_shape=data.shape[1:])
+    grid, _ = case_grids(properties, plans_manager.transpose_forward, data.shape[1:])
     return data, grid
 
 

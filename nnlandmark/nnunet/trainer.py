@@ -84,7 +84,8 @@ class LandmarkTrainer(nnUNetTrainer):
 
     def configure(self, settings: TrainingSettings, landmark_names: list, model_dir: Path,
                   unknown_landmarks: dict, pairs=(), stage: str = "fullres",
-                  time_budget_s: float | None = None, output_folder: Path | None = None) -> None:
+                  time_budget_s: float | None = None, output_folder: Path | None = None,
+                  world_points: dict | None = None) -> None:
         """Apply ``settings``; write shared files into ``model_dir``, checkpoints into
         ``output_folder`` (default ``model_dir/fold_N``).
 
@@ -92,7 +93,9 @@ class LandmarkTrainer(nnUNetTrainer):
         case; ``pairs`` are the dataset's left/right pairs (mirroring swaps them);
         ``stage`` is ``fullres``, or ``global``/``local`` of the cascade (the
         trainer's configuration must be that stage's); ``time_budget_s`` fits
-        the number of epochs to the wall clock.
+        the number of epochs to the wall clock; ``world_points`` (case id ->
+        {name: world LPS point}) makes targets sub-voxel exact (see
+        :meth:`subvoxel_offsets`).
         """
         self.settings = settings
         self.stage = stage
@@ -102,6 +105,8 @@ class LandmarkTrainer(nnUNetTrainer):
         elif stage == "local":
             self.oversample_foreground_percent = 1.0  # every patch around a landmark
         self._max_offset = self.configuration_manager.configuration.get("nnlandmark_max_offset", [0, 0, 0])
+        self._world_points = world_points or {}
+        self._offsets = {}  # case id -> (L, 3) tensor, computed on first use
         self.landmark_names = list(landmark_names)
         self.num_epochs = settings.epochs
         self.num_iterations_per_epoch = settings.iterations_per_epoch
@@ -204,6 +209,41 @@ class LandmarkTrainer(nnUNetTrainer):
             self._lr_axes[case_id] = left_right_axis(direction, self.plans_manager.transpose_forward)
         return self._lr_axes[case_id]
 
+    def subvoxel_offsets(self, case_id: str) -> torch.Tensor:
+        """``(L, 3)``: exact landmark point minus its label cube's centroid, in preprocessed voxels.
+
+        A cube sits on the voxel nearest its landmark, and nnU-Net's resampling
+        moves its centroid a little more: up to half a voxel per axis of label
+        noise (0.75 mm on average at 1.5 mm, measured). The exact point is known
+        (the world point through :mod:`nnlandmark.geometry`), so the difference is
+        added to the centroid found in each augmented patch. It is exact for a
+        patch that was only shifted, cropped, mirrored (applied after) or
+        intensity-augmented, and approximate under rotation and scaling (the
+        offset, at most about a voxel, is not rotated with the patch). Zero for
+        landmarks without a world point.
+        """
+        if case_id not in self._offsets:
+            from nnlandmark.geometry import world_to_preprocessed
+            from nnlandmark.nnunet.planning import case_grids
+            n = len(self.landmark_names)
+            offsets = torch.zeros(n, 3)
+            points = self._world_points.get(case_id, {})
+            if points:
+                if self.dataset_class is None:
+                    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+                    self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+                _, seg, _, properties = self.dataset_class(self.preprocessed_dataset_folder,
+                                                           identifiers=[case_id]).load_case(case_id)
+                seg = torch.from_numpy(np.asarray(seg[:]).astype(np.int16))
+                centroids = points_from_label_patch(seg[None], n)[0].double().numpy()
+                pgrid, grid = case_grids(properties, self.plans_manager.transpose_forward, seg.shape[1:])
+                for i, name in enumerate(self.landmark_names):
+                    if name in points and np.all(np.isfinite(centroids[i])):
+                        exact = world_to_preprocessed(np.asarray(points[name], float), pgrid, grid)
+                        offsets[i] = torch.from_numpy(exact - centroids[i])
+            self._offsets[case_id] = offsets
+        return self._offsets[case_id]
+
     def _inputs(self, batch: dict, augment: bool = False):
         """Network input, heatmap targets and loss mask (B, L) of a batch.
 
@@ -217,6 +257,8 @@ class LandmarkTrainer(nnUNetTrainer):
         seg = seg[0] if isinstance(seg, list) else seg
         seg = seg.to(self.device, non_blocking=True)
         points = points_from_label_patch(seg, len(self.landmark_names))
+        if self._world_points:  # before mirroring, which flips the offsets with the points
+            points = points + torch.stack([self.subvoxel_offsets(k) for k in batch["keys"]]).to(points)
         mask = torch.ones(points.shape[:2], dtype=torch.bool, device=self.device)
         for b, key in enumerate(batch["keys"]):
             mask[b, self._unknown.get(key, [])] = False

@@ -43,6 +43,10 @@ class TrainingSettings:
     of epochs to the wall clock as training goes, with short epochs (25
     iterations, 3 validation iterations, unless given).
 
+    ``exact_targets``: targets centred on each landmark's exact, sub-voxel
+    position, not on its label cube's voxel (see
+    :meth:`nnlandmark.nnunet.trainer.LandmarkTrainer.subvoxel_offsets`).
+
     ``mirror``: flip training patches along the patient's left-right axis
     (half of them, paired landmarks swapped) and average the prediction with
     its mirror image at test time. Mirroring assumes roughly symmetric
@@ -66,6 +70,7 @@ class TrainingSettings:
     save_every: int = 1
     augmentation_workers: int | None = None
     mirror: bool | None = None
+    exact_targets: bool = True
 
     def __post_init__(self):
         if self.preset not in PRESETS:

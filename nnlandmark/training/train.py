@@ -62,9 +62,17 @@ def _package_version(name: str) -> str:
     return version(name)
 
 
-def _unknown_landmarks(project: Project) -> dict:
-    sidecar = json.loads((project.raw_dir() / "landmarks_world.json").read_text())
-    return {case: [n for n, v in record.items() if v == "unknown"] for case, record in sidecar.items()}
+def _landmark_records(project: Project) -> dict:
+    """case id -> {name: world LPS point, or "absent"/"unknown"}, as exported for nnU-Net."""
+    return json.loads((project.raw_dir() / "landmarks_world.json").read_text())
+
+
+def _unknown_landmarks(records: dict) -> dict:
+    return {case: [n for n, v in record.items() if v == "unknown"] for case, record in records.items()}
+
+
+def _world_points(records: dict) -> dict:
+    return {case: {n: v for n, v in record.items() if isinstance(v, list)} for case, record in records.items()}
 
 
 def check_folds(project: Project, folds, settings: TrainingSettings | None = None) -> None:
@@ -154,8 +162,10 @@ def _train_stage(project, fold, stage, settings, device, model_dir, continue_tra
         plans["continue_training"] = continue_training  # nnunetv2 2.8 reads (and pops) this from the plans
         dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
         trainer = LandmarkTrainer(plans, STAGE_CONFIGURATIONS[stage], fold, dataset_json, device)
-        trainer.configure(settings, project.landmarks, model_dir, _unknown_landmarks(project), project.pairs,
-                          stage=stage, time_budget_s=budget, output_folder=fold_dir)
+        records = _landmark_records(project)
+        trainer.configure(settings, project.landmarks, model_dir, _unknown_landmarks(records), project.pairs,
+                          stage=stage, time_budget_s=budget, output_folder=fold_dir,
+                          world_points=_world_points(records) if settings.exact_targets else None)
         if continue_training:
             # latest is written every save_every epochs; best may be the only one when a run
             # was killed between two of those
