@@ -131,7 +131,8 @@ def run_row(name, planner, architecture, args, train_data, test_data, out: Path)
     prepare_s = time.time() - started
     configuration = project.plans()["configurations"]["3d_fullres"]
     spacing = min(configuration["spacing"])
-    settings = TrainingSettings(architecture=architecture, epochs=args.epochs, iterations_per_epoch=args.iterations,
+    settings = TrainingSettings(preset="cone", configuration="fullres", architecture=architecture,
+                                epochs=args.epochs, iterations_per_epoch=args.iterations,
                                 val_iterations=args.val_iterations, cone_radius=args.cone_radius_mm / spacing,
                                 save_every=args.epochs)
     seed_everything(args.seed)

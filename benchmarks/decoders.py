@@ -77,7 +77,8 @@ def main(argv=None) -> dict:
     if not (test_data / "dataset.json").exists():
         nl.make_synthetic_dataset(test_data, n_cases=args.test_cases, seed=1)  # disjoint seeds: held out
     nl.prepare(train_data, out / "project", num_processes=1, target_spacing=args.spacing, progress=False)
-    settings = nl.TrainingSettings(preset=args.preset, epochs=args.epochs, iterations_per_epoch=args.iterations,
+    settings = nl.TrainingSettings(preset=args.preset, configuration="fullres", epochs=args.epochs,
+                                   iterations_per_epoch=args.iterations,
                                    val_iterations=1,
                                    mirror={"auto": None, "on": True, "off": False}[args.mirror])
     model = nl.train(out / "project", 0, settings, device=args.device, continue_training=True, progress=True)

@@ -9,19 +9,31 @@ The pipeline, one function per step (the CLI ``nnlandmark <command>`` calls the 
     nl.predict("new_images/", "predictions/", model)      # world LPS mm, Slicer .mrk.json
     print(nl.evaluate("predictions/", "MyTestSet").format_table())
 """
-from nnlandmark.data.dataset import DatasetError, LandmarkDataset, load_dataset
-from nnlandmark.data.landmarks import Landmarks
-from nnlandmark.data.formats import read_landmarks, write_landmarks
-from nnlandmark.data.synthetic import make_synthetic_dataset
-from nnlandmark.planning.project import Project, prepare
-from nnlandmark.training.presets import TrainingSettings
-from nnlandmark.training.train import train
-from nnlandmark.inference.predict import predict
-from nnlandmark.inference.model_folder import export_model, import_model, resolve_model
-from nnlandmark.evaluation.evaluate import evaluate
-from nnlandmark.evaluation.cross_validation import evaluate_cv
-from nnlandmark.report.qc import qc_report
+import importlib
 
-__all__ = ["DatasetError", "LandmarkDataset", "Landmarks", "Project", "TrainingSettings", "evaluate",
-           "evaluate_cv", "export_model", "import_model", "load_dataset", "make_synthetic_dataset", "predict",
-           "prepare", "qc_report", "read_landmarks", "resolve_model", "train", "write_landmarks"]
+#: public name -> the module defining it. Imported on first use (PEP 562), so that
+#: ``nnlandmark --help`` and argument errors answer without importing torch and nnunetv2.
+_EXPORTS = {
+    "DatasetError": "nnlandmark.data.dataset", "LandmarkDataset": "nnlandmark.data.dataset",
+    "load_dataset": "nnlandmark.data.dataset", "Landmarks": "nnlandmark.data.landmarks",
+    "read_landmarks": "nnlandmark.data.formats", "write_landmarks": "nnlandmark.data.formats",
+    "make_synthetic_dataset": "nnlandmark.data.synthetic", "Project": "nnlandmark.planning.project",
+    "prepare": "nnlandmark.planning.project", "TrainingSettings": "nnlandmark.training.presets",
+    "train": "nnlandmark.training.train", "predict": "nnlandmark.inference.predict",
+    "export_model": "nnlandmark.inference.model_folder", "import_model": "nnlandmark.inference.model_folder",
+    "resolve_model": "nnlandmark.inference.model_folder", "evaluate": "nnlandmark.evaluation.evaluate",
+    "evaluate_cv": "nnlandmark.evaluation.cross_validation", "qc_report": "nnlandmark.report.qc",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nnlandmark' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

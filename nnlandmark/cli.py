@@ -36,6 +36,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-iterations", type=int, default=None,
                    help="validation iterations per epoch (default 50, 3 with --time-budget, or the resumed run's)")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the preset's)")
+    p.add_argument("--contrast-augmentation", type=float, default=None, metavar="P",
+                   help="share of training patches whose intensities are remapped through a random curve, for "
+                        "models that must work on other contrasts (default 0: off)")
     p.add_argument("--mirror", default="auto", choices=["auto", "on", "off"],
                    help="left-right mirroring augmentation, pairs swapped (auto: on when the dataset has pairs)")
 
@@ -49,7 +52,8 @@ def _settings(args):
     from nnlandmark.training.train import saved_settings
     given = {"preset": args.preset, "architecture": args.architecture, "configuration": args.configuration,
              "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
-             "time_budget_minutes": args.time_budget, "learning_rate": args.lr, "mirror": _MIRROR[args.mirror]}
+             "time_budget_minutes": args.time_budget, "learning_rate": args.lr, "mirror": _MIRROR[args.mirror],
+             "contrast_augmentation": args.contrast_augmentation}
     given = {k: v for k, v in given.items() if v is not None}
     saved = saved_settings(args.project, args.preset, args.architecture, args.configuration) \
         if args.continue_training else {}

@@ -129,7 +129,7 @@ def test_quadratic_near_flat_denominator_gives_zero_offset():
     np.testing.assert_array_equal(decode_quadratic(hm)[0], [[2, 0, 0]])
 
 
-@pytest.mark.parametrize("method", sorted(DECODERS))
+@pytest.mark.parametrize("method", sorted(set(DECODERS) - {"mass"}))  # mass: its own test below
 def test_degenerate_heatmaps_give_finite_points(method):
     hm = np.zeros((5,) + (9, 8, 7), dtype=np.float32)
     # 0: all zero, 1: constant, 2: saturated plateau, 3: large values, 4: NaN voxels
@@ -177,7 +177,7 @@ def test_mass_decoder_on_a_softmax_distribution():
     flat = np.full(SHAPE, 1.0 / np.prod(SHAPE))
     flat[3, 4, 5] *= 1.5  # a faint peak
     points, scores = decode_mass(np.stack([sharp, flat]), radius=2)
-    assert np.abs(points[0] - CENTRE).max() < 0.15  # argmax is 0.45 voxel off
+    assert np.abs(points[0] - CENTRE).max() < 0.01  # argmax is 0.45 voxel off
     assert np.abs(decode_argmax(sharp[None])[0][0] - CENTRE).max() == pytest.approx(0.45)
     assert 0.5 < scores[0] < 1.0  # most of a sigma-1.5 Gaussian lies within +-2 voxels
     np.testing.assert_allclose(points[1], [3, 4, 5], atol=0.5)
@@ -195,3 +195,18 @@ def test_cli_choices_are_the_registries():
     assert set(cli.CONFIGURATION_CHOICES) == set(CONFIGURATIONS)
     assert set(cli.ARCHITECTURE_CHOICES) == set(ARCHITECTURES)
     assert set(cli.DECODER_CHOICES) == set(DECODERS)
+
+
+def test_mass_decoder_on_degenerate_channels():
+    p = np.zeros((3, 9, 8, 7), dtype=np.float32)
+    p[1] = 0.5                               # constant: the first voxel, the mass of its clipped window
+    p[2, 5, 5, 5] = 1.0
+    p[2, 0, 0, 0] = p[2, 5, 4, 5] = np.nan   # NaN voxels weigh nothing
+    points, scores = decode_mass(p, radius=1)
+    assert np.all(np.isfinite(points)) and np.all(np.isfinite(scores))
+    np.testing.assert_array_equal(points[0], [0, 0, 0])  # no mass: the argmax
+    assert scores[0] == 0.0
+    np.testing.assert_array_equal(points[1], [0, 0, 0])  # flat: no parabola to fit
+    assert scores[1] == pytest.approx(0.5 * 8)
+    np.testing.assert_allclose(points[2], [5, 5, 5])
+    assert scores[2] == pytest.approx(1.0)

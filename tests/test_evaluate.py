@@ -146,3 +146,27 @@ def test_duplicate_case_files_are_refused(tmp_path):
     (tmp_path / "x.csv").write_text("name,x,y,z\na,0,0,0\n")
     with pytest.raises(ValueError, match="two landmark files"):
         list_case_files(tmp_path)
+
+
+def test_no_case_in_common_or_empty_predictions_is_an_error_naming_the_folder(dataset, tmp_path):
+    ds, _ = dataset
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other = tmp_path / "other"
+    other.mkdir()
+    _write(other / "zz.json", _pred(a=[0, 0, 0]))
+    for folder in (empty, other):
+        with pytest.raises(ValueError, match=str(folder)):
+            evaluate(folder, ds)
+
+
+@pytest.mark.parametrize("thresholds", [[-1.0], [float("nan")], [0.0], [float("inf")], []])
+def test_bad_sdr_thresholds_are_refused_before_anything_is_written(dataset, tmp_path, thresholds, capsys):
+    from nnlandmark.cli import main
+    ds, pred = dataset
+    with pytest.raises(ValueError, match="--thresholds"):
+        evaluate(pred, ds, thresholds=thresholds, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    if thresholds:
+        assert main(["evaluate", "-p", str(pred), "-r", str(ds), "--thresholds", *map(str, thresholds)]) == 2
+        assert "--thresholds" in capsys.readouterr().err

@@ -157,3 +157,21 @@ def test_calibrated_thresholds_make_predictions_absent_and_evaluation_reports_pr
     column = result.landmark_names.index("left_ear")
     assert np.isnan(result.errors[result.case_ids.index(a), column])
     assert "presence" in result.format_table()
+
+
+def test_training_another_fold_keeps_the_stored_presence_thresholds(prepared_project, tmp_path):
+    """evaluate-cv stores thresholds in nnlandmark.json; training (another fold, or continuing)
+    rewrites the description and must keep them."""
+    from nnlandmark.evaluation.cross_validation import store_presence_thresholds
+    from nnlandmark.planning.project import Project
+    from nnlandmark.training.presets import TrainingSettings
+    from nnlandmark.training.train import write_model_description
+    project = Project.load(prepared_project)
+    model = tmp_path / "model"
+    write_model_description(project, TrainingSettings(), model)
+    store_presence_thresholds(model, {"vertex": 0.25}, {"folds": [0]})
+    write_model_description(project, TrainingSettings(epochs=7), model)
+    description = json.loads((model / "nnlandmark.json").read_text())
+    assert description["presence_thresholds"] == {"vertex": 0.25}
+    assert description["presence_calibration"] == {"folds": [0]}
+    assert description["settings"]["epochs"] == 7 and description["landmarks"] == project.landmarks

@@ -25,7 +25,10 @@ subset first, and the learning curves as numbers) and ``learning_curve.png``.
 Usage (main venv, from the repository root)::
 
     python benchmarks/afids_template/run_cascade.py --out bench_output/afids_cascade \\
-        --budgets 4 10 30 [--methods softmax:cascade cone:fullres]
+        --budgets 4 10 30 [--methods softmax:cascade cone:fullres softmax:cascade:0.5]
+
+A second invocation with the same ``--out`` adds its rows to the report (rows of the same
+method and budget are replaced).
 """
 from __future__ import annotations
 
@@ -77,11 +80,13 @@ def _row(result, **fields) -> dict:
 
 def train_and_predict(project: Path, method: str, budget: float, subsets: dict, decoders, out: Path,
                       threads: int) -> list:
+    """``method`` is ``preset:configuration``, optionally ``:P`` for contrast augmentation P."""
     import nnlandmark as nl
     from nnlandmark.evaluation.evaluate import evaluate
-    preset, configuration = method.split(":")
-    settings = nl.TrainingSettings(preset=preset, configuration=configuration, time_budget_minutes=budget)
-    name = f"{preset}_{configuration}_{budget:g}min"
+    preset, configuration, *contrast = method.split(":")
+    settings = nl.TrainingSettings(preset=preset, configuration=configuration, time_budget_minutes=budget,
+                                   contrast_augmentation=float(contrast[0]) if contrast else 0.0)
+    name = f"{preset}_{configuration}_c{settings.contrast_augmentation:g}_{budget:g}min"
     kept = out / "models" / name
     if kept.exists():
         shutil.rmtree(kept)
@@ -140,7 +145,7 @@ def write_report(out: Path, rows: list, args, started: float, load_start) -> Non
              f"{args.seed}), fold 0 (nnU-Net holds out a fifth of the training cases for validation), "
              f"{args.threads} threads; load average before the run "
              f"{' / '.join(f'{v:.2f}' for v in load_start)}; the whole run took "
-             f"{(time.time() - started) / 60:.0f} min. Command: `python benchmarks/afids_template/run_cascade.py "
+             f"{(time.time() - started) / 60:.0f} min. Last command: `python benchmarks/afids_template/run_cascade.py "
              f"--out {args.out} --budgets {' '.join(f'{b:g}' for b in args.budgets)} --methods "
              f"{' '.join(args.methods)}`.", ""]
     for subset in worst_first:
@@ -187,7 +192,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budgets", type=float, nargs="+", default=[4.0, 10.0, 30.0], help="training minutes")
-    ap.add_argument("--methods", nargs="+", default=["softmax:cascade"], help="preset:configuration")
+    ap.add_argument("--methods", nargs="+", default=["softmax:cascade"],
+                    help="preset:configuration, or preset:configuration:P with contrast augmentation P")
     ap.add_argument("--decoders", nargs="+", default=["mass", "argmax"])
     ap.add_argument("--n-train", type=int, default=24)
     ap.add_argument("--n-test", type=int, default=8)
@@ -209,6 +215,12 @@ def main(argv=None) -> int:
     nl.prepare(data["train"], out / "project", num_processes=min(2, args.threads), progress=False)
     print(f"prepared in {time.perf_counter() - t0:.0f} s", flush=True)
     rows = baseline_rows(Path(data["train"]), subsets, out)
+    # runs of other methods or budgets from an earlier invocation on the same data stay in the report
+    earlier = out / "results.json"
+    planned = {(m, float(b)) for m in args.methods for b in args.budgets}
+    if earlier.is_file():
+        rows += [r for r in json.loads(earlier.read_text()) if not r["method"].startswith("no learning")
+                 and (r["method"], float(r["budget_minutes"])) not in planned]
     for method in args.methods:
         for budget in args.budgets:
             rows += train_and_predict(out / "project", method, budget, subsets, args.decoders, out, args.threads)

@@ -27,7 +27,6 @@ references are left out.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -143,11 +142,8 @@ def calibrate_presence(prediction_dir, reference_dir, landmark_names) -> tuple[d
 
 def store_presence_thresholds(model_dir, thresholds: dict, record: dict | None = None) -> None:
     """Replace ``presence_thresholds`` (and ``presence_calibration``) in the model's ``nnlandmark.json``."""
-    path = Path(model_dir) / "nnlandmark.json"
-    description = json.loads(path.read_text())
-    description[PRESENCE_KEY] = {name: float(t) for name, t in thresholds.items()}
+    from nnlandmark.inference.model_folder import update_description
+    fields = {PRESENCE_KEY: {name: float(t) for name, t in thresholds.items()}}
     if record is not None:
-        description["presence_calibration"] = record
-    tmp = path.with_name(f".tmp_{path.name}")
-    tmp.write_text(json.dumps(description, indent=2))
-    os.replace(tmp, path)
+        fields["presence_calibration"] = record
+    update_description(model_dir, fields)

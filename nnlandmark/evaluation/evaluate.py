@@ -382,6 +382,19 @@ def _status_and_points(landmarks: Landmarks, names: list) -> tuple[np.ndarray, l
     return landmarks.as_array(names), [landmarks.status(n) for n in names]
 
 
+def _check_thresholds(thresholds) -> tuple:
+    """SDR thresholds as floats; each must be a finite, positive number of mm.
+
+    >>> _check_thresholds([2, 4.0])
+    (2.0, 4.0)
+    """
+    values = tuple(float(t) for t in thresholds)
+    bad = [t for t in values if not (t > 0 and t != float("inf"))]
+    if bad or not values:
+        raise ValueError(f"--thresholds: SDR thresholds must be positive, finite mm values, got {list(values)}")
+    return values
+
+
 def evaluate(prediction_dir, reference_dir, landmark_names=None,
              thresholds=DEFAULT_THRESHOLDS_MM, biometry=None, output_dir=None,
              overwrite: bool = False) -> EvaluationResult:
@@ -433,9 +446,15 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
     ref_files, ref_ignored = list_case_files(landmarks_dir)
     ignored = [f"{prediction_dir / n}" for n in pred_ignored] + [f"{landmarks_dir / n}" for n in ref_ignored]
 
+    thresholds = _check_thresholds(thresholds)
     case_ids = [c for c in ref_files if c in pred_files]
     without_prediction = [c for c in ref_files if c not in pred_files]
     without_reference = [c for c in pred_files if c not in ref_files]
+    if not case_ids:
+        # nothing to score is a mistake in the paths, not a result of "0 cases"
+        raise ValueError(f"{prediction_dir}: no prediction matches a case of {landmarks_dir} "
+                         f"({len(pred_files)} prediction(s), {len(ref_files)} reference(s); cases are matched by "
+                         "file name)")
     if output_dir is not None:
         # fail before the (possibly slow) reading, not after
         _check_free([Path(output_dir) / n for n in OUTPUT_FILES], overwrite)

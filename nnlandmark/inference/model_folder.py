@@ -20,6 +20,21 @@ class ModelFolderError(ValueError):
     """A model folder that cannot be used; the message names what is missing."""
 
 
+def update_description(model_dir, fields: dict) -> dict:
+    """Merge ``fields`` into the model's ``nnlandmark.json`` (created if missing), atomically.
+
+    The one writer of that file: training writes what the channels mean,
+    ``evaluate-cv`` its presence thresholds, and neither erases the other's.
+    """
+    path = Path(model_dir) / MODEL_FILE
+    description = {**(json.loads(path.read_text()) if path.is_file() else {}), **fields}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}")
+    tmp.write_text(json.dumps(description, indent=2))
+    tmp.replace(path)
+    return description
+
+
 def stage_dir(model_dir, fold: int, stage: str = "fullres") -> Path:
     """Where a stage of a fold keeps its checkpoints: ``fold_N`` for a full-resolution
     model, ``fold_N/global`` and ``fold_N/local`` for the cascade's stages."""

@@ -171,6 +171,10 @@ LOCAL_REACH = 2.0
 #: half the local patch's edge, in global voxels: the reach plus as much again for context
 LOCAL_HALF_WIDTH = 4.0
 LOCAL_MIN_EDGE = 16
+#: the global stage's first feature width (nnU-Net's is 32): it sees whole scans at a coarse spacing
+#: and only has to place landmarks to a voxel or two, so a narrower network trains about three times
+#: more iterations in the same time on a CPU
+GLOBAL_BASE_FEATURES = 16
 LOCAL_MAX_BATCH = 8
 MIN_BATCH = 2  # nnU-Net's smallest batch
 DATASET_FRACTION = 0.05  # nnU-Net's rule: one batch holds at most 5 % of the dataset's voxels
@@ -242,7 +246,8 @@ def plan_cascade(plans: dict, n_cases: int) -> dict:
         twice over, and to see the landmark with context.
 
     Networks follow nnU-Net's topology rules for each patch and spacing, with
-    ``3d_fullres``'s network class, feature widths and block counts. Batch
+    ``3d_fullres``'s network class, feature widths and block counts (the global
+    stage starts at GLOBAL_BASE_FEATURES features). Batch
     sizes follow nnU-Net's rule that one batch holds at most 5 % of the
     dataset's voxels, at least 2; the local stage takes at most LOCAL_MAX_BATCH.
     Spacings and shapes are in nnU-Net's transposed array order, as in its plans.
@@ -256,7 +261,7 @@ def plan_cascade(plans: dict, n_cases: int) -> dict:
 
     g_spacing = _global_spacing(spacing, median)
     g_shape = np.maximum(np.ceil(median * spacing / g_spacing), 1)
-    g_arch, g_patch = _stage_architecture(full["architecture"], g_spacing, g_shape, base)
+    g_arch, g_patch = _stage_architecture(full["architecture"], g_spacing, g_shape, min(base, GLOBAL_BASE_FEATURES))
     plans["configurations"][GLOBAL_CONFIGURATION] = {
         "inherits_from": CONFIGURATION, "data_identifier": f"{plans['plans_name']}_{GLOBAL_CONFIGURATION}",
         "spacing": g_spacing.tolist(), "patch_size": list(g_patch),

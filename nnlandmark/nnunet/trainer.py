@@ -48,6 +48,7 @@ from tqdm import tqdm
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.planning import read_case_properties
+from nnlandmark.training.intensity import random_intensity_remap
 from nnlandmark.training.presets import TrainingSettings
 from nnlandmark.training.targets import inside_patch, mirror_samples, points_from_label_patch
 
@@ -266,6 +267,8 @@ class LandmarkTrainer(nnUNetTrainer):
             flip = (torch.rand(len(batch["keys"])) < 0.5).tolist()
             axes = [self.left_right_axis(key) if f else 0 for key, f in zip(batch["keys"], flip)]
             data, points, mask = mirror_samples(data, points, mask, flip, axes, self._swap)
+        if augment and self.settings.contrast_augmentation > 0:
+            data = random_intensity_remap(data, self.settings.contrast_augmentation)
         if self.settings.output == "softmax":
             # a distribution over the patch's voxels cannot say "outside": such landmarks are not supervised
             mask &= inside_patch(points, seg.shape[2:])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from nnlandmark.inference.model_folder import MODEL_FILE, stage_dir
+from nnlandmark.inference.model_folder import MODEL_FILE, stage_dir, update_description
 from nnlandmark.nnunet.paths import nnunet_environment
 from nnlandmark.nnunet.planning import CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION
 from nnlandmark.planning.project import Project
@@ -49,12 +49,7 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
                    "plans_identifier": project.plans_identifier, "configuration": stages[settings.stages[-1]],
                    "stages": stages, "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
                    "nnunetv2_version": _package_version("nnunetv2")}
-    model_dir.mkdir(parents=True, exist_ok=True)
-    path = model_dir / MODEL_FILE
-    kept = json.loads(path.read_text()) if path.is_file() else {}
-    tmp = model_dir / f".tmp_{MODEL_FILE}"
-    tmp.write_text(json.dumps({**kept, **description}, indent=2))
-    tmp.replace(path)
+    update_description(model_dir, description)
 
 
 def _package_version(name: str) -> str:
