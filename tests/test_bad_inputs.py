@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -432,3 +433,61 @@ def test_report_and_evaluate_bad_paths(synthetic_dataset, tmp_path, capsys):
         {"nose_tip": {"world_lps_mm": [0.0, 0.0, 0.0], "present": True}}))
     assert_refused(capsys, ["report", "-p", predictions, "-r", synthetic_dataset, "-o", blocker / "report"],
                    ("a_file/report", "Not a directory"), watched=[synthetic_dataset, predictions, blocker])
+
+
+def _copy_image(src: Path, dst: Path, edit=None) -> Path:
+    image = sitk.ReadImage(str(src), sitk.sitkFloat32)
+    if edit is not None:
+        array = sitk.GetArrayFromImage(image)
+        edit(array)
+        edited = sitk.GetImageFromArray(array)
+        edited.CopyInformation(image)
+        image = edited
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda a: a.__setitem__((5, 6, 7), np.nan), "1 of"),
+    (lambda a: a.fill(np.nan), "NaN or infinite"),
+    (lambda a: a.__setitem__((0, 0, 0), np.inf), "NaN or infinite"),
+])
+def test_predict_refuses_non_finite_voxels(tiny_model, image, tmp_path, capsys, edit, needle):
+    bad = _copy_image(image, tmp_path / "in" / "nan_case.nii.gz", edit)
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", bad, "-o", out, "-m", tiny_model],
+                   ("nan_case.nii.gz", needle, "NaN or infinite"), watched=[bad], absent=[out])
+
+
+def test_predict_refuses_a_truncated_image(tiny_model, image, tmp_path, capsys):
+    whole = _copy_image(image, tmp_path / "whole.nii")
+    cut = tmp_path / "in" / "cut.nii"
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", cut, "-o", out, "-m", tiny_model], ("cut.nii", "truncated"),
+                   watched=[cut], absent=[out])
+
+
+def test_predict_refuses_two_inputs_with_one_case_name(tiny_model, image, tmp_path, capsys):
+    a = _copy_image(image, tmp_path / "a" / "scan.nii.gz")
+    b = _copy_image(image, tmp_path / "b" / "scan.nii.gz")
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", a, b, "-o", out, "-m", tiny_model], ("scan.nii.gz", "case 'scan'"),
+                   watched=[a, b], absent=[out])
+    folder = tmp_path / "both"
+    _copy_image(image, folder / "scan.nii.gz")
+    _copy_image(image, folder / "scan.mha")
+    assert_refused(capsys, ["predict", "-i", folder, "-o", out, "-m", tiny_model],
+                   ("scan", "same case and channel"), watched=[folder], absent=[out])
+
+
+def test_predict_refuses_channel_files_for_a_one_channel_model(tiny_model, image, tmp_path, capsys):
+    folder = tmp_path / "channels"
+    _copy_image(image, folder / "case_0000.nii.gz")
+    _copy_image(image, folder / "case_0001.nii.gz")
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", folder, "-o", out, "-m", tiny_model],
+                   ("case_0000.nii.gz", "case_0001.nii.gz", "one channel is expected"), watched=[folder],
+                   absent=[out])

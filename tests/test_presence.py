@@ -129,6 +129,8 @@ def test_calibrated_thresholds_make_predictions_absent_and_evaluation_reports_pr
     assert cv.presence["per_landmark"]["left_ear"]["fp"] == 1
 
     preds = {c: json.loads((tmp_path / "cv" / "predictions" / f"{c}.json").read_text()) for c in cv.case_ids}
+    summary = (tmp_path / "cv" / "predictions" / "predictions.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in summary} == set(cv.case_ids)
     s_absent = preds[a]["left_ear"]["score"]
     present_scores = [p["left_ear"]["score"] for c, p in preds.items() if c != a]
     description = json.loads((model / "nnlandmark.json").read_text())

@@ -133,6 +133,17 @@ def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
             continue
         stems.append((path, split))
     nnunet_single = bool(stems) and all(stem.endswith("_0000") for _, (stem, _) in stems)
+    if n_channels == 1 and not nnunet_single:
+        # <case>_0000 beside <case>_0001: channels of one case, not two cases of a one-channel dataset
+        channel_files = {}
+        for path, (stem, _) in stems:
+            match = _CHANNEL_SUFFIX.match(stem)
+            if match:
+                channel_files.setdefault(match["case"], []).append(path.name)
+        for case, names in sorted(channel_files.items()):
+            if len(names) > 1 and any(n.startswith(f"{case}_0000.") for n in names):
+                problems.append(f"{images_dir / case}: {', '.join(sorted(names))} look like the channels of one "
+                                "case, but one channel is expected; give each case one image")
     by_case = {}
     for path, (stem, suffix) in stems:
         match = _CHANNEL_SUFFIX.match(stem)
@@ -141,9 +152,14 @@ def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
                 problems.append(f"{path}: {n_channels} channels expected, so image files must be named "
                                 f"<case>_0000{suffix} ... <case>_{n_channels - 1:04d}{suffix}")
                 continue
-            by_case.setdefault(match["case"], {})[int(match["channel"])] = path
+            case, channel = match["case"], int(match["channel"])
         else:
-            by_case.setdefault(stem, {})[0] = path
+            case, channel = stem, 0
+        earlier = by_case.setdefault(case, {}).get(channel)
+        if earlier is not None:
+            problems.append(f"{path}: same case and channel as {earlier.name} (case '{case}'); keep one of them")
+            continue
+        by_case[case][channel] = path
     cases = {}
     for case, channels in by_case.items():
         if sorted(channels) != list(range(n_channels)):
@@ -218,13 +234,15 @@ def _check_nifti_complete(path: Path) -> None:
         raise DatasetError(f"{path}: image file is truncated: {actual} bytes where its header needs {expected}")
 
 
-def read_image_grid(path: Path, read_pixels: bool) -> ImageGrid:
+def read_image_grid(path: Path, read_pixels: bool, finite: bool = False) -> ImageGrid:
     """The 3D grid of an image file; raises DatasetError naming the file.
 
     The grid is taken from the header exactly as written (ITK's pixel reader
     would silently turn a negative spacing into a flipped direction). With
     ``read_pixels`` the whole file is decoded as well, so truncated or corrupt
-    data are caught here and not hours later.
+    data are caught here and not hours later; with ``finite`` too, NaN or
+    infinite voxels are refused (nnU-Net's normalisation would spread them, and
+    a model would still answer with confident points).
     """
     path = Path(path)
     reader = sitk.ImageFileReader()
@@ -250,14 +268,20 @@ def read_image_grid(path: Path, read_pixels: bool) -> ImageGrid:
         grid.validate()
     except GeometryError as e:
         raise DatasetError(f"{path}: {e}") from e
-    if read_pixels:
+    if read_pixels or finite:
         try:
-            reader.Execute()
+            image = reader.Execute()
         except RuntimeError as e:
             raise DatasetError(f"{path}: image data cannot be read, the file is truncated or corrupt "
                                f"({_itk_reason(e)})") from e
         if path.name.lower().endswith((".nii", ".nii.gz")):
             _check_nifti_complete(path)
+        if finite:
+            voxels = sitk.GetArrayViewFromImage(image)
+            if voxels.dtype.kind == "f":
+                bad = int(np.count_nonzero(~np.isfinite(voxels)))
+                if bad:
+                    raise DatasetError(f"{path}: {bad} of {voxels.size} voxels are NaN or infinite")
     return grid
 
 

@@ -48,8 +48,8 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     """
     from nnlandmark.data.dataset import discover_images
     from nnlandmark.evaluation.evaluate import evaluate
-    from nnlandmark.inference.model_folder import resolve_model
-    from nnlandmark.inference.predict import predict
+    from nnlandmark.inference.model_folder import ModelFolderError, check_model_folder, resolve_model
+    from nnlandmark.inference.predict import predict, write_summary
     from nnlandmark.planning.project import Project
 
     project = Project.load(project_dir)
@@ -61,17 +61,21 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     images, _ = discover_images(Path(project.dataset_dir) / "images", len(project.channels))
     output_dir = Path(output_dir)
     predictions = output_dir / "predictions"
-    folds_done = []
+    folds_done, predicted = [], []
     for fold, split in enumerate(splits):
-        if not any((model_dir / f"fold_{fold}").glob("checkpoint_*.pth")):
+        try:
+            check_model_folder(model_dir, [fold])  # every stage of the fold has a checkpoint
+        except ModelFolderError:
             print(f"fold {fold}: no checkpoint, skipped")
             continue
         cases = {c: images[c] for c in split["val"]}
         predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder,
                 overwrite=overwrite, progress=progress)
         folds_done.append(fold)
+        predicted += list(cases)
     if not folds_done:
         raise FileNotFoundError(f"{model_dir}: no fold has a checkpoint")
+    write_summary(predictions, predicted)  # each fold's predict wrote a summary of its own cases only
     result = evaluate(predictions, project.dataset_dir, output_dir=output_dir, overwrite=overwrite)
     if calibrate:
         thresholds, details = calibrate_presence(predictions, project.dataset_dir, project.landmarks)

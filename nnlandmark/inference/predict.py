@@ -72,11 +72,19 @@ def _images_by_case(inputs, n_channels: int) -> dict:
         return {case: [Path(f) for f in files] for case, files in sorted(inputs.items())}
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
     cases, problems = {}, []
+
+    def add(case, files):
+        if case in cases:  # two inputs, one case name: one prediction would overwrite the other
+            problems.append(f"{files[0]}: gives case '{case}' like {cases[case][0]}; rename one of them")
+        else:
+            cases[case] = files
+
     for item in inputs:
         if item.is_dir():
             folder = item / "images" if (item / "images").is_dir() else item
             found, p = discover_images(folder, n_channels)
-            cases.update(found)
+            for case, files in found.items():
+                add(case, files)
             problems += p
         elif item.is_file():
             if n_channels != 1:
@@ -88,7 +96,7 @@ def _images_by_case(inputs, n_channels: int) -> dict:
             if split is None:
                 problems.append(f"{item}: not a recognised image file")
                 continue
-            cases[split[0]] = [item]
+            add(split[0], [item])
         else:
             problems.append(f"{item}: no such file or folder")
     if not cases and not problems:
@@ -96,6 +104,29 @@ def _images_by_case(inputs, n_channels: int) -> dict:
     if problems:
         raise DatasetError(problems)
     return dict(sorted(cases.items()))
+
+
+def check_inputs(cases: dict) -> dict:
+    """Every image to predict read whole before any work: ``{case: grid}``, or a
+    :class:`DatasetError` listing each unreadable, truncated, non-3D or non-finite image
+    and each case whose channel files disagree in geometry."""
+    grids, problems = {}, []
+    for case, files in cases.items():
+        found = []
+        for f in files:
+            try:
+                found.append(read_image_grid(f, read_pixels=True, finite=True))
+            except DatasetError as e:
+                problems += e.problems
+        if len(found) == len(files):
+            if any(g.size != found[0].size or not np.allclose(g.spacing, found[0].spacing)
+                   or not np.allclose(g.origin, found[0].origin) or not np.allclose(g.direction, found[0].direction)
+                   for g in found[1:]):
+                problems.append(f"{files[0]}: the channel files of case '{case}' differ in size or geometry")
+            grids[case] = found[0]
+    if problems:
+        raise DatasetError(problems)
+    return grids
 
 
 def _check_output_dir(output_dir: Path, case_ids, overwrite: bool, resume: bool) -> list:
@@ -262,7 +293,7 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     names = description["landmarks"]
     n_channels = len(description["channels"])
     cases = _images_by_case(inputs, n_channels)
-    grids = {case: read_image_grid(files[0], read_pixels=False) for case, files in cases.items()}
+    grids = check_inputs(cases)
     output_dir = Path(output_dir)
     todo = _check_output_dir(output_dir, list(cases), overwrite, resume)
 
@@ -279,11 +310,11 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
             _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grids[case])
         _write_case(output_dir, case, decoded, thresholds)
         del maps
-    _write_summary(output_dir, list(cases))
+    write_summary(output_dir, list(cases))
     return output_dir
 
 
-def _write_summary(output_dir: Path, case_ids) -> None:
+def write_summary(output_dir: Path, case_ids) -> None:
     """predictions.csv from every case JSON present (so a resumed run's summary is complete)."""
     rows = []
     for case in case_ids:
