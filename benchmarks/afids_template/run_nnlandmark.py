@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     epochs = sum(s["epochs"] for s in schedule.values())
     iterations = epochs * args.iterations_per_epoch
     split = json.loads((project.folders.preprocessed / project.dataset_name / "splits_final.json").read_text())[0]
-    print(f"  trained {', '.join(f'{k}: {v['epochs']} epochs' for k, v in schedule.items())} "
+    trained = ", ".join(f"{stage}: {record['epochs']} epochs" for stage, record in schedule.items())
+    print(f"  trained {trained} "
           f"({iterations} iterations) in {train_seconds:.0f} s on "
           f"{len(split['train'])} cases ({len(split['val'])} held out for validation)", flush=True)
 

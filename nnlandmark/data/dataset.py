@@ -133,17 +133,6 @@ def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
             continue
         stems.append((path, split))
     nnunet_single = bool(stems) and all(stem.endswith("_0000") for _, (stem, _) in stems)
-    if n_channels == 1 and not nnunet_single:
-        # <case>_0000 beside <case>_0001: channels of one case, not two cases of a one-channel dataset
-        channel_files = {}
-        for path, (stem, _) in stems:
-            match = _CHANNEL_SUFFIX.match(stem)
-            if match:
-                channel_files.setdefault(match["case"], []).append(path.name)
-        for case, names in sorted(channel_files.items()):
-            if len(names) > 1 and any(n.startswith(f"{case}_0000.") for n in names):
-                problems.append(f"{images_dir / case}: {', '.join(sorted(names))} look like the channels of one "
-                                "case, but one channel is expected; give each case one image")
     by_case = {}
     for path, (stem, suffix) in stems:
         match = _CHANNEL_SUFFIX.match(stem)

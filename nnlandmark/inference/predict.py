@@ -206,21 +206,22 @@ def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str,
                   mirror: bool) -> tuple[dict, tuple]:
     """``{name: (world, index, score)}`` of one case, plus (maps, pgrid) of the first stage for saving."""
     first = predictors.get("global") or predictors["fullres"]
-    data, pgrid = first.preprocess(files)
+    read = first.read(files)  # once for both stages of a cascade
+    data, pgrid = first.preprocess(files, read)
     axis = left_right_axis(grid.direction, pgrid.transpose_forward) if mirror else None
     maps = _maps(first.logits(data, mirror_axis=axis), output)
     del data
     points, scores = decode(maps, decoder)
     world = preprocessed_to_world(points, pgrid, grid)
     if "local" in predictors:
-        world, scores = _refine_locally(files, grid, world, predictors["local"], decoder, output, mirror)
+        world, scores = _refine_locally(files, grid, world, predictors["local"], decoder, output, mirror, read)
     return _decoded(world, scores, grid, names), (maps, pgrid)
 
 
-def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: str, mirror: bool):
+def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: str, mirror: bool, read=None):
     """The local stage: one full-resolution patch per landmark, centred at its global estimate."""
     import torch
-    data, pgrid = local.preprocess(files)
+    data, pgrid = local.preprocess(files, read)
     axis = left_right_axis(grid.direction, pgrid.transpose_forward) if mirror else None
     patch_size = tuple(local.configuration_manager.patch_size)
     starts = patch_start(world_to_preprocessed(world, pgrid, grid), patch_size)

@@ -13,6 +13,7 @@ original resolution.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +32,25 @@ from nnlandmark.nnunet.planning import case_grids
 
 GAUSSIAN_FLOOR = 1e-3  # smallest sliding-window weight, relative to the tile centre's
 
-def preprocess_case(image_files, plans_manager: PlansManager, configuration_manager, dataset_json: dict):
+def read_case(image_files, plans_manager: PlansManager):
+    """nnU-Net's reading of one case's channel files: ``(data, properties)``, before preprocessing."""
+    return plans_manager.image_reader_writer_class().read_images([str(f) for f in image_files])
+
+
+def preprocess_case(image_files, plans_manager: PlansManager, configuration_manager, dataset_json: dict,
+                    read=None):
     """Run nnU-Net's DefaultPreprocessor on one case.
 
     Returns the preprocessed array (C, ...) and the :class:`PreprocessedGrid`
     that maps its voxels back to the original image (transpose, crop, resampling).
+    ``read`` (from :func:`read_case`) spares reading the files again when one
+    case is preprocessed for two configurations (the cascade's stages); it is
+    not modified.
     """
-    data, _, properties = DefaultPreprocessor(verbose=False).run_case(
-        [str(f) for f in image_files], None, plans_manager, configuration_manager, dataset_json)
+    data, properties = read if read is not None else read_case(image_files, plans_manager)
+    # run_case_npy casts (copies) the data but writes into the properties
+    data, _, properties = DefaultPreprocessor(verbose=False).run_case_npy(
+        data, None, copy.deepcopy(properties), plans_manager, configuration_manager, dataset_json)
     grid, _ = case_grids(properties, plans_manager.transpose_forward, data.shape[1:])
     return data, grid
 
@@ -132,9 +144,14 @@ class LandmarkPredictor(nnUNetPredictor):
             weights[sl[1:]] += gaussian
         return logits.div_(weights)
 
-    def preprocess(self, image_files) -> tuple[torch.Tensor, PreprocessedGrid]:
+    def read(self, image_files):
+        """The case as nnU-Net reads it, to preprocess it for several stages (:func:`read_case`)."""
+        return read_case(image_files, self.plans_manager)
+
+    def preprocess(self, image_files, read=None) -> tuple[torch.Tensor, PreprocessedGrid]:
         """nnU-Net's preprocessing of one case; also returns how its grid maps back."""
-        data, grid = preprocess_case(image_files, self.plans_manager, self.configuration_manager, self.dataset_json)
+        data, grid = preprocess_case(image_files, self.plans_manager, self.configuration_manager, self.dataset_json,
+                                     read)
         return torch.from_numpy(np.ascontiguousarray(data)), grid
 
     @torch.inference_mode()

@@ -147,7 +147,9 @@ class TrainingSettings:
         return PRESETS[self.preset]["optimizer"]
 
     def model_name(self, plans_identifier: str) -> str:
-        return f"{self.preset}_{self.architecture}__{plans_identifier}__{self.configuration}"
+        # a full-resolution model keeps the name of nnU-Net's configuration, as before the cascade
+        configuration = "3d_fullres" if self.configuration == "fullres" else self.configuration
+        return f"{self.preset}_{self.architecture}__{plans_identifier}__{configuration}"
 
     def to_dict(self) -> dict:
         return asdict(self)
