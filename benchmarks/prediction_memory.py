@@ -289,7 +289,7 @@ def summarise(result: dict) -> dict:
         # what the case took besides preprocessing and the networks: softmax/sigmoid, cropping, decoding
         "sigmoid": _seconds(result, "case") - preprocess - window - patches,
         "decode": _seconds(result, "write"),
-        "predict": _phase(result, "predict total")["seconds"],
+        "predict": _seconds(result, "predict total"),
         "wall": result["wall_s"],
         "peak": result["peak_rss_mb"],
         "time_maxrss": result["time_maxrss_mb"],
