@@ -141,13 +141,13 @@ def preprocess(folders, dataset_name: str, plans: dict, num_processes: int = 2, 
 def case_grids(properties: dict, transpose_forward, preprocessed_shape):
     """``(PreprocessedGrid, ImageGrid)`` of a case from nnU-Net's properties: how its preprocessed
     array maps to the original image, and where that image lies in the world."""
-    from nnlandmark.geometry import ImageGrid, PreprocessedGrid
+    from nnlandmark.geometry import ImageGrid, PreprocessedGrid, array_to_itk_index
     pgrid = PreprocessedGrid(transpose_forward=transpose_forward,
                              crop_start=[b[0] for b in properties["bbox_used_for_cropping"]],
                              cropped_shape=properties["shape_after_cropping_and_before_resampling"],
                              preprocessed_shape=preprocessed_shape)
     sitk_stuff = properties["sitk_stuff"]
-    grid = ImageGrid(size=tuple(int(s) for s in properties["shape_before_cropping"][::-1]),
+    grid = ImageGrid(size=tuple(int(s) for s in array_to_itk_index(properties["shape_before_cropping"])),
                      spacing=tuple(sitk_stuff["spacing"]), origin=tuple(sitk_stuff["origin"]),
                      direction=np.reshape(sitk_stuff["direction"], (3, 3)))
     return pgrid, grid
