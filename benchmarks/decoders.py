@@ -27,10 +27,10 @@ import numpy as np
 def heatmaps_per_case(model_dir, images: dict, grids: dict, tta_settings, device: str = "cpu") -> dict:
     """``{tta: {case: (heatmaps, pgrid)}}``: one sliding-window prediction per case and setting."""
     from nnlandmark.data.pairs import left_right_axis, swap_permutation
-    from nnlandmark.nnunet.predictor import LandmarkPredictor
+    from nnlandmark.inference.model_folder import load_predictor
     description = json.loads((Path(model_dir) / "nnlandmark.json").read_text())
-    predictor = LandmarkPredictor(model_dir, [0], device=device,
-                                  mirror_swap=swap_permutation(description["landmarks"], description["pairs"]))
+    predictor = load_predictor(model_dir, [0], device=device,
+                               mirror_swap=swap_permutation(description["landmarks"], description["pairs"]))
     out = {tta: {} for tta in tta_settings}
     for case, files in images.items():
         data, pgrid = predictor.preprocess(files)

@@ -7,25 +7,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
-# registries, each defined once, mirrored here so that --help needs no torch import
-PRESET_CHOICES = ("softmax", "cone", "v1")
-CONFIGURATION_CHOICES = ("cascade", "fullres")
-ARCHITECTURE_CHOICES = ("unet", "h3de")
-DECODER_CHOICES = ("mass", "argmax", "local-mean", "quadratic")
+def _registries() -> dict:
+    """The names each choice flag accepts, read from the registries that define them (none of
+    these modules imports torch or nnunetv2 at import time, so ``--help`` stays fast)."""
+    from nnlandmark.inference.decoding import DECODERS
+    from nnlandmark.nnunet.networks import ARCHITECTURES
+    from nnlandmark.nnunet.planning import PLANNERS
+    from nnlandmark.training.presets import CONFIGURATIONS, PRESETS
+    from nnlandmark.data.convert import CONVERTERS
+    return {"benchmark": tuple(CONVERTERS), "preset": tuple(PRESETS), "configuration": tuple(CONFIGURATIONS),
+            "architecture": tuple(ARCHITECTURES), "decoder": tuple(DECODERS), "planner": tuple(PLANNERS)}
 
 
-def _add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="softmax", choices=PRESET_CHOICES,
+def _add_training_options(p: argparse.ArgumentParser, choices: dict) -> None:
+    p.add_argument("--preset", default="softmax", choices=choices["preset"],
                    help="softmax: Gaussian s=1.5 as a distribution over voxels + softmax cross-entropy + Adam "
                         "(default, learns in minutes); cone: the MIDL method, EDT cone r=15 + top-20%% BCE + SGD; "
                         "v1: Gaussian s=4 + MSE + Adam")
-    p.add_argument("--configuration", default="cascade", choices=CONFIGURATION_CHOICES,
+    p.add_argument("--configuration", default="cascade", choices=choices["configuration"],
                    help="cascade: whole scan at a coarse spacing, then full-resolution patches around each "
                         "landmark (default); fullres: full-resolution sliding window (the MIDL method)")
-    p.add_argument("--architecture", default="unet", choices=ARCHITECTURE_CHOICES,
+    p.add_argument("--architecture", default="unet", choices=choices["architecture"],
                    help="unet: the U-Net nnU-Net planned (plain or ResEnc); h3de: H3DE-style hybrid attention net")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="fit the schedule to this wall-clock time per fold (all stages together)")
@@ -60,6 +64,21 @@ def _settings(args):
     return TrainingSettings(**{**saved, **given})
 
 
+def _biometry(items):
+    """``--biometry width=a,b ...`` as ``{"width": ["a", "b"]}`` (None when not given)."""
+    if items is None:
+        return None
+    out = {}
+    for item in items:
+        name, _, pair = item.partition("=")
+        ends = pair.split(",")
+        if not name or len(ends) != 2 or not all(ends):
+            from nnlandmark.errors import InvalidInput
+            raise InvalidInput(f"--biometry: expected NAME=A,B (two landmark names), got {item!r}")
+        out[name] = ends
+    return out
+
+
 def _fold(text: str):
     """``--fold``: 'all' or an integer 0-4 (argparse turns the error into a usage message)."""
     if text == "all":
@@ -74,6 +93,7 @@ def _fold(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    choices = _registries()
     parser = argparse.ArgumentParser(prog="nnlandmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -83,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="validate, export to nnU-Net, fingerprint, plan and preprocess")
     p.add_argument("dataset", help="dataset folder (docs/dataset_layout.md)")
     p.add_argument("-p", "--project", required=True, help="project folder to write into")
-    p.add_argument("--planner", default="default", choices=["default", "resenc-m", "resenc-l"])
+    p.add_argument("--planner", default="default", choices=choices["planner"],
+                   help="nnU-Net's planner: default (plain U-Net) or the residual-encoder presets")
     p.add_argument("-np", "--num-processes", type=int, default=2)
     p.add_argument("--spacing", type=float, nargs="+", default=None,
                    help="target spacing in mm (one value, or x y z); default: nnU-Net's choice")
@@ -94,16 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from the latest checkpoint")
-    _add_training_options(p)
+    _add_training_options(p, choices)
 
-    p = sub.add_parser("predict", help="predict landmarks of new images, in world coordinates")
+    p = sub.add_parser("predict", help="predict landmarks of new images, in world coordinates",
+                       epilog="Each case gets <case>.json (world LPS mm, voxel index, score, present), <case>.mrk.json "
+                              "for 3D Slicer, and a row per landmark in predictions.csv. The score is a confidence "
+                              "to rank and threshold, not a calibrated probability: for softmax models the share of "
+                              "the landmark's probability within 2 voxels of the point (0-1), for cone and v1 models "
+                              "the sigmoid heatmap's peak. 'evaluate-cv' calibrates per-landmark presence "
+                              "thresholds on it, which later predictions apply ('present': false below them).")
     p.add_argument("-i", "--input", required=True, nargs="+", help="image folder or image files")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("-m", "--model", required=True, help="model folder (or a project folder: its only model)")
-    p.add_argument("--folds", nargs="+", type=int, default=[0])
+    p.add_argument("--folds", nargs="+", type=int, default=[0], help="folds whose outputs are averaged")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step, fraction of the patch")
-    p.add_argument("--decoder", default=None, choices=DECODER_CHOICES,
+    p.add_argument("--step-size", type=float, default=0.5,
+                   help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)")
+    p.add_argument("--decoder", default=None, choices=choices["decoder"],
                    help="how a point is read from each heatmap (default: mass for softmax models, else argmax)")
     p.add_argument("--save-heatmaps", action="store_true",
                    help="also write the (first stage's) heatmaps, placed in world space")
@@ -117,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--predictions", required=True)
     p.add_argument("-r", "--reference", required=True, help="landmark folder or dataset folder")
     p.add_argument("-o", "--output", help="write evaluation.json, per_case.csv, per_landmark.csv here")
-    p.add_argument("--thresholds", nargs="+", type=float, default=[2.0, 2.5, 3.0, 4.0])
+    p.add_argument("--thresholds", nargs="+", type=float, default=[2.0, 2.5, 3.0, 4.0],
+                   help="SDR thresholds in mm (default 2 2.5 3 4)")
+    p.add_argument("--landmarks", nargs="+", default=None, metavar="NAME",
+                   help="evaluate these landmarks (default: the reference dataset's dataset.json, else all found)")
+    p.add_argument("--biometry", nargs="+", default=None, metavar="NAME=A,B",
+                   help="distances to compare, e.g. width=left_ear,right_ear (default: the dataset's biometry)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("evaluate-cv", help="predict each fold's validation cases, evaluate them together, "
@@ -126,9 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", help="model folder (default: the project's only model)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--decoder", default=None, choices=DECODER_CHOICES,
+    p.add_argument("--decoder", default=None, choices=choices["decoder"],
                    help="default: mass for softmax models, else argmax")
-    p.add_argument("--overwrite", action="store_true")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs")
+    group.add_argument("--continue", dest="resume", action="store_true",
+                       help="keep the cases an earlier run predicted and predict the rest")
 
     p = sub.add_parser("export-model", help="zip a model folder (plans, landmark names, checkpoints)")
     p.add_argument("model")
@@ -138,10 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
 
     p = sub.add_parser("convert", help="convert a public benchmark, as downloaded, into the dataset layout")
-    p.add_argument("benchmark", help="afids, mml, pddca, feta, lfc or fetal-pose")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("benchmark", choices=choices["benchmark"])
+    p.add_argument("src", help="the benchmark's folder as downloaded (never written to)")
+    p.add_argument("dst", help="new dataset folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split where the benchmark has none")
+    p.add_argument("--complete-only", action="store_true", default=None,
+                   help="mml: keep only cases with every landmark annotated")
+    p.add_argument("--index-base", type=int, choices=[0, 1], default=None,
+                   help="fetal-pose: whether the published voxel indices count from 0 or 1 (default 0)")
 
     p = sub.add_parser("report", help="QC pictures and an HTML report of predictions against a reference")
     p.add_argument("-p", "--predictions", required=True)
@@ -162,12 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     import nnlandmark as api
     if args.command == "check":
-        from nnlandmark.planning.project import check_dataset
-        from nnlandmark.training.train import NUM_FOLDS
+        from nnlandmark.planning.project import check_dataset, dataset_warnings
         ds = check_dataset(args.dataset)  # every check prepare makes, nothing written
-        if len(ds.cases) < NUM_FOLDS:
-            print(f"warning: {args.dataset}: {len(ds.cases)} cases; training (5-fold cross-validation) "
-                  f"needs at least {NUM_FOLDS}", file=sys.stderr)
+        for line in dataset_warnings(ds):
+            print(f"warning: {line}", file=sys.stderr)
         print(f"{args.dataset}: OK, {len(ds.cases)} cases, {len(ds.spec.landmarks)} landmarks")
     elif args.command == "prepare":
         project = api.prepare(args.dataset, args.project, planner=args.planner,
@@ -180,18 +218,19 @@ def run(args) -> int:
                           continue_training=args.continue_training)
         print(f"model folder: {model}")
     elif args.command == "predict":
-        out = api.predict(args.input, args.output, api.resolve_model(args.model), folds=args.folds,
+        out = api.predict(args.input, args.output, args.model, folds=args.folds,
                           device=args.device, step_size=args.step_size, decoder=args.decoder,
                           save_heatmaps=args.save_heatmaps, overwrite=args.overwrite, resume=args.resume,
                           mirror=_MIRROR[args.mirror])
         print(f"predictions in {out}")
     elif args.command == "evaluate":
-        result = api.evaluate(args.predictions, args.reference, thresholds=tuple(args.thresholds),
+        result = api.evaluate(args.predictions, args.reference, landmark_names=args.landmarks,
+                              thresholds=tuple(args.thresholds), biometry=_biometry(args.biometry),
                               output_dir=args.output, overwrite=args.overwrite)
         print(result.format_table())
     elif args.command == "evaluate-cv":
         result = api.evaluate_cv(args.project, args.output, model_dir=args.model, device=args.device,
-                                 decoder=args.decoder, overwrite=args.overwrite)
+                                 decoder=args.decoder, overwrite=args.overwrite, resume=args.resume)
         print(result.format_table())
     elif args.command == "export-model":
         print(api.export_model(args.model, args.zip))
@@ -199,7 +238,9 @@ def run(args) -> int:
         print(api.import_model(args.zip, args.folder))
     elif args.command == "convert":
         from nnlandmark.data.convert import run_converter
-        print(run_converter(args.benchmark, args.src, args.dst, seed=args.seed))
+        options = {"complete_only": args.complete_only, "index_base": args.index_base}
+        print(run_converter(args.benchmark, args.src, args.dst, seed=args.seed,
+                            **{k: v for k, v in options.items() if v is not None}))
     elif args.command == "report":
         print(api.qc_report(args.predictions, args.reference, args.output, overwrite=args.overwrite))
     elif args.command == "demo":
@@ -211,30 +252,45 @@ def run(args) -> int:
 
 def _error_lines(error: BaseException) -> list:
     """The ``error: ...`` lines for an exception about the user's input or environment."""
-    if isinstance(error, KeyError) and error.args:
-        message = str(error.args[0])
-    elif isinstance(error, OSError) and error.filename is not None and error.strerror:
-        # an OS error raised by the system (not by us with a message): "path: reason"
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        # raised by the system (not by us with a message): "path: reason"
         message = f"{error.filename}: {error.strerror}"
     else:
         message = str(error)
     return [f"error: {line}" for line in message.splitlines()] or ["error: unknown error"]
 
 
+def _is_user_error(error: BaseException) -> bool:
+    """Ours (:class:`UserError`), or an error the system raised about a path (missing,
+    not writable, disk full), which the user fixes. Anything else is a bug: traceback."""
+    from nnlandmark.errors import UserError
+    return isinstance(error, UserError) or (isinstance(error, OSError) and error.filename is not None)
+
+
+_RESUME_HINTS = {
+    "prepare": "what is written is kept; run the same command again to finish it",
+    "train": "checkpoints written so far are kept; resume with 'nnlandmark train PROJECT --fold N --continue'",
+    "predict": "cases already written are kept; resume with the same command and --continue",
+    "evaluate-cv": "predictions written so far are kept; run the same command with --overwrite to start again",
+    "demo": "what is done is kept; run the same command again to resume",
+}
+
+
 def main(argv=None) -> int:
+    from nnlandmark.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR
     args = build_parser().parse_args(argv)
-    from nnlandmark.data.dataset import DatasetError
-    from nnlandmark.data.landmarks import LandmarkFileError
-    from nnlandmark.inference.model_folder import ModelFolderError
-    # OSError covers unwritable or missing paths (including a path under a regular file,
-    # NotADirectoryError), which are the user's to fix, not tracebacks
-    user_errors = (DatasetError, LandmarkFileError, ModelFolderError, OSError, KeyError, ValueError)
     try:
         return run(args)
-    except user_errors as e:
+    except KeyboardInterrupt:
+        hint = _RESUME_HINTS.get(args.command)
+        print("\ninterrupted" + (f": {hint}" if hint else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
         for line in _error_lines(e):
             print(line, file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

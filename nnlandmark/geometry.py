@@ -33,7 +33,10 @@ array([1., 1., 1.])
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
+
+from nnlandmark.errors import InvalidInput
 
 _LPS_RAS_FLIP = np.array([-1.0, -1.0, 1.0])
 
@@ -48,7 +51,7 @@ def lps_to_ras(points) -> np.ndarray:
     return np.asarray(points, dtype=float) * _LPS_RAS_FLIP
 
 
-class GeometryError(ValueError):
+class GeometryError(InvalidInput):
     """An image grid that cannot map voxels to world space."""
 
 

@@ -3,6 +3,11 @@
 Preparing (nnU-Net fingerprint + planning + preprocessing) and training cost
 tens of seconds on 2 CPU cores, so tests share them. Tests that change a
 project or model must work on a copy (``copy_tree``).
+
+Tiers: every test that uses (directly or through another fixture) one of
+:data:`SLOW_FIXTURES` is marked ``slow``, as is every test marked so by hand
+(those that prepare or train inline). ``pytest -m "not slow"`` is the fast
+tier: pure functions and the CLI's refusals; ``pytest -m slow`` the rest.
 """
 from __future__ import annotations
 
@@ -12,6 +17,22 @@ from pathlib import Path
 import pytest
 
 TINY_SETTINGS = dict(epochs=2, iterations_per_epoch=2, val_iterations=1)
+
+#: fixtures that prepare a project, train a model or run the demo (seconds to minutes each)
+SLOW_FIXTURES = frozenset({
+    "prepared_project", "tiny_model",  # this file
+    "demo_run",                        # test_end_to_end: the demo's 3-minute training
+    "project_for",                     # test_architectures_training: a project per planner
+    "absent_project",                  # test_presence: copies of the prepared project and model
+    "bench",                           # test_afids_smoke: the AFIDs benchmark runner
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test whose fixture closure holds a :data:`SLOW_FIXTURES` member."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

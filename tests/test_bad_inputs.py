@@ -60,9 +60,8 @@ def assert_refused(capsys, argv, *expected, watched=(), absent=()) -> list:
     rc = main([str(a) for a in argv])
     err = capsys.readouterr().err
     errors = error_lines(err)
-    assert rc == 2, err
+    assert rc == 2, err  # a bug would have raised out of main() instead (test_a_bug_keeps_its_traceback)
     assert errors, err
-    assert "Traceback" not in err
     for needles in expected:
         assert any(all(n in line for n in needles) for line in errors), (needles, errors)
     assert snapshot(*watched) == before
@@ -167,6 +166,18 @@ DATASET_CASES = {
         lambda ds: _edit_json(ds / "dataset.json", lambda d: d["landmarks"].append("vertex")),
         [("dataset.json", "duplicate landmark names ['vertex']")]),
     "dataset.json missing": (lambda ds: (ds / "dataset.json").unlink(), [("dataset.json", "not found")]),
+    "dataset.json holds a list": (lambda ds: (ds / "dataset.json").write_text("[1, 2]"),
+                                  [("dataset.json", "must hold a JSON object", "not a list")]),
+    "pairs of numbers": (lambda ds: _edit_json(ds / "dataset.json", lambda d: d.__setitem__("pairs", [1, 2])),
+                         [("dataset.json", "pair 1 must name two landmarks"),
+                          ("dataset.json", "pair 2 must name two landmarks")]),
+    "pairs not a list": (lambda ds: _edit_json(ds / "dataset.json", lambda d: d.__setitem__("pairs", "a,b")),
+                         [("dataset.json", "'pairs' must be a list")]),
+    "biometry of a number": (lambda ds: _edit_json(ds / "dataset.json", lambda d: d.__setitem__("biometry", {"ab": 5})),
+                             [("dataset.json", "biometry 'ab' must name two landmarks", "got 5")]),
+    "biometry a list": (lambda ds: _edit_json(ds / "dataset.json",
+                                              lambda d: d.__setitem__("biometry", [["nose_tip", "vertex"]])),
+                        [("dataset.json", "'biometry' must map each measurement")]),
     "dataset.json not JSON": (lambda ds: (ds / "dataset.json").write_text("{landmarks: [a]"),
                               [("dataset.json", "not valid JSON")]),
     "2D image": (lambda ds: sitk.WriteImage(sitk.Image(40, 40, sitk.sitkFloat32), str(ds / "images/case_001.mha")),
@@ -392,7 +403,7 @@ def test_predict_output_under_a_regular_file(tiny_model, image, tmp_path, capsys
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     assert_refused(capsys, ["predict", "-i", image, "-o", blocker / "out", "-m", tiny_model],
-                   ("a_file/out", "output folder cannot be written"), watched=[blocker, image])
+                   ("a_file/out", "cannot be created", "is a file"), watched=[blocker, image])
 
 
 def test_predict_output_folder_read_only(tiny_model, image, tmp_path, capsys):
@@ -414,10 +425,18 @@ def test_predict_output_folder_read_only(tiny_model, image, tmp_path, capsys):
 
 def test_predict_refuses_existing_outputs(tiny_model, image, tmp_path, capsys):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "case_000.json").write_text("{}")
+    assert main(["predict", "-i", str(image), "-o", str(out), "-m", str(tiny_model)]) == 0
     assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model],
                    ("out", "predictions exist", "--overwrite", "--continue"), watched=[out, image])
+
+
+@pytest.mark.parametrize("flag", [[], ["--overwrite"], ["--continue"]])
+def test_predict_never_replaces_a_file_it_did_not_write(tiny_model, image, tmp_path, capsys, flag):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case_000.json").write_text('{"my": "own notes"}')
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model, *flag],
+                   ("case_000.json", "not written by nnlandmark predict"), watched=[out, image])
 
 
 # --------------------------------------------------------------------------- evaluate and report
@@ -482,3 +501,264 @@ def test_predict_refuses_two_inputs_with_one_case_name(tiny_model, image, tmp_pa
     _copy_image(image, folder / "scan.mha")
     assert_refused(capsys, ["predict", "-i", folder, "-o", out, "-m", tiny_model],
                    ("scan", "same case and channel"), watched=[folder], absent=[out])
+
+
+# --------------------------------------------------------------------------- one message for many files
+
+def _numbered_fcsv(path: Path, names, points) -> None:
+    """An .fcsv as the AFIDs protocol publishes it: the index in ``label``, the name in ``desc``."""
+    rows = [f"vtkMRMLMarkupsFiducialNode_{i},{-x},{-y},{z},0,0,0,1,1,1,0,{i},{name},vtkMRMLScalarVolumeNode1"
+            for i, (name, (x, y, z)) in enumerate(zip(names, points), start=1)]
+    path.write_text("# Markups fiducial file version = 4.6\n# CoordinateSystem = 0\n"
+                    "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+                    + "\n".join(rows) + "\n")
+
+
+def _to_numbered_fcsv(ds: Path) -> None:
+    from nnlandmark.data.formats import read_landmarks
+    names = json.loads((ds / "dataset.json").read_text())["landmarks"]
+    for f in sorted((ds / "landmarks").glob("*.json")):
+        points = read_landmarks(f).points
+        _numbered_fcsv(f.with_suffix(".fcsv"), names, [points[n] for n in names])
+        f.unlink()
+
+
+def test_numbered_fcsv_files_are_named_by_their_descriptions(dataset, capsys):
+    """AFIDs' own files put 1..32 in ``label`` and the names in ``desc``: they check as they are."""
+    _to_numbered_fcsv(dataset)
+    assert main(["check", str(dataset)]) == 0, capsys.readouterr().err
+
+
+def test_the_same_name_mismatch_in_every_file_is_said_once(dataset, capsys):
+    _edit_json(dataset / "dataset.json", lambda d: d.update(landmarks=[f"L{i}" for i in range(len(d["landmarks"]))],
+                                                             pairs=[], biometry={}))
+    errors = assert_refused(capsys, ["check", dataset],
+                            ("case_000.json", f"and {N_CASES - 1} more landmark files", "differ from dataset.json",
+                             "missing ['L0'"), watched=[dataset])
+    assert len(errors) == 1, errors
+
+
+# --------------------------------------------------------------------------- errors, bugs and Ctrl-C
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    """Only user errors become ``error:`` lines; a KeyError or ValueError from a bug propagates."""
+    import nnlandmark.cli as cli
+    for bug in (KeyError("landmarks"), ValueError("operands could not be broadcast"), TypeError("x")):
+        def broken(args, bug=bug):
+            raise bug
+        monkeypatch.setattr(cli, "run", broken)
+        with pytest.raises(type(bug)):
+            cli.main(["check", str(tmp_path)])
+
+
+def test_a_system_error_about_a_path_is_a_user_error(monkeypatch, tmp_path, capsys):
+    import nnlandmark.cli as cli
+
+    def full(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "out.json"))
+    monkeypatch.setattr(cli, "run", full)
+    assert cli.main(["check", str(tmp_path)]) == 2
+    assert error_lines(capsys.readouterr().err) == [f"error: {tmp_path / 'out.json'}: No space left on device"]
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["predict", "-i", "x", "-o", "y", "-m", "z"], "--continue"),
+    (["train", "p"], "--continue"),
+    (["check", "d"], None),
+])
+def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys, argv, hint):
+    import nnlandmark.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    assert (hint in err) if hint else err.strip() == "interrupted"
+
+
+def test_user_error_in_a_real_process_has_no_traceback(tmp_path):
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-m", "nnlandmark.cli", "check", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == f"error: {tmp_path / 'nowhere'}: dataset folder not found"
+
+
+# --------------------------------------------------------------------------- flags of prepare and convert
+
+def test_prepare_bad_processes_and_project_paths(dataset, tmp_path, capsys):
+    project = tmp_path / "project"
+    assert_refused(capsys, ["prepare", dataset, "-p", project, "-np", "0"], ("--num-processes", "at least 1", "0"),
+                   watched=[dataset], absent=[project])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    assert_refused(capsys, ["prepare", dataset, "-p", a_file], ("a_file", "is a file"), watched=[dataset, a_file])
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("mine")
+    assert_refused(capsys, ["prepare", dataset, "-p", busy], ("busy", "not empty and not an nnlandmark project"),
+                   watched=[dataset, busy])
+
+
+def test_convert_refuses_an_option_of_another_converter(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    assert_refused(capsys, ["convert", "afids", src, tmp_path / "dst", "--index-base", "1"],
+                   ("--index-base", "not an option of the afids converter"), watched=[src],
+                   absent=[tmp_path / "dst"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "isbi2015", str(src), str(tmp_path / "dst")])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'isbi2015'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- predict: flags and model files
+
+@pytest.mark.parametrize("step", ["0", "-0.5", "3"])
+def test_predict_refuses_a_step_size_outside_0_1(tiny_model, image, tmp_path, capsys, step):
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model, "--step-size", step],
+                   ("--step-size", "(0, 1]", step), watched=[image], absent=[out])
+
+
+def test_predict_refuses_a_truncated_checkpoint(tiny_model, image, tmp_path, capsys):
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    checkpoint = sorted(model.rglob("checkpoint_*.pth"))[0]
+    _truncate(checkpoint)
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", model],
+                   (checkpoint.name, "not a readable checkpoint"), watched=[model, image], absent=[out])
+
+
+def test_predict_refuses_a_malformed_model_description(tiny_model, image, tmp_path, capsys):
+    model = _model_copy(tiny_model, tmp_path / "model")
+    (model / "nnlandmark.json").write_text('{"landmarks": ["a",')
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", model],
+                   ("nnlandmark.json", "not a valid model description"), watched=[model, image], absent=[out])
+
+
+def test_predict_refuses_channel_files_for_a_one_channel_model(tiny_model, image, tmp_path, capsys):
+    folder = tmp_path / "in"
+    for channel in ("0000", "0001"):
+        _copy_image(image, folder / f"scan_{channel}.nii.gz")
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", folder, "-o", out, "-m", tiny_model],
+                   ("in", "2 channels per case", "scan_0000 ... scan_0001", "model takes 1 channel"),
+                   watched=[folder], absent=[out])
+
+
+def test_predict_overwrite_removes_only_the_earlier_runs_cases(tiny_model, synthetic_dataset, tmp_path, capsys):
+    images = synthetic_dataset / "images"
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(images / "case_000.nii.gz"), str(images / "case_001.nii.gz"), "-o", str(out),
+                 "-m", str(tiny_model)]) == 0
+    (out / "my_notes.json").write_text('{"mine": true}')
+    (out / "my_notes.txt").write_text("mine")
+    assert main(["predict", "-i", str(images / "case_002.nii.gz"), "-o", str(out), "-m", str(tiny_model),
+                 "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["case_002.json", "case_002.mrk.json", "my_notes.json",
+                                                     "my_notes.txt", "predictions.csv"]
+    summary = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in summary} == {"case_002"}
+
+
+def test_predict_accepts_a_project_with_one_model(tiny_model, prepared_project, image, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(image), "-o", str(out), "-m", str(prepared_project)]) == 0
+    assert (out / "case_000.json").is_file()
+
+
+# --------------------------------------------------------------------------- evaluate, report, import-model
+
+def _prediction(folder: Path, case: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{case}.json"
+    path.write_text(json.dumps({"nose_tip": {"world_lps_mm": [0.0, 0.0, 0.0], "score": 1.0, "present": True}}))
+    return path
+
+
+def test_evaluate_refuses_nothing_to_compare_and_bad_flags(synthetic_dataset, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "eval"
+    assert_refused(capsys, ["evaluate", "-p", empty, "-r", synthetic_dataset, "-o", out],
+                   ("empty", "no prediction matches a case"), watched=[synthetic_dataset, empty], absent=[out])
+    other = tmp_path / "other"
+    _prediction(other, "someone_else")
+    assert_refused(capsys, ["evaluate", "-p", other, "-r", synthetic_dataset, "-o", out],
+                   ("other", "no prediction matches a case", "1 prediction(s)"), watched=[synthetic_dataset, other],
+                   absent=[out])
+    mine = tmp_path / "mine"
+    _prediction(mine, "case_000")
+    assert_refused(capsys, ["evaluate", "-p", mine, "-r", synthetic_dataset, "--thresholds", "-1", "nan"],
+                   ("--thresholds", "positive, finite"), watched=[synthetic_dataset, mine])
+    assert_refused(capsys, ["evaluate", "-p", mine, "-r", synthetic_dataset, "--biometry", "width=nose_tip"],
+                   ("--biometry", "NAME=A,B"), watched=[synthetic_dataset, mine])
+
+
+def test_evaluate_and_report_refuse_to_overwrite_without_the_flag(synthetic_dataset, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    _prediction(mine, "case_000")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "-p", str(mine), "-r", str(synthetic_dataset), "-o", str(out),
+                 "--landmarks", "nose_tip"]) == 0
+    errors = assert_refused(capsys, ["evaluate", "-p", mine, "-r", synthetic_dataset, "-o", out],
+                            ("evaluation.json", "--overwrite"), watched=[out, mine])
+    assert not any("overwrite=True" in line for line in errors)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.html").write_text("an earlier report")
+    errors = assert_refused(capsys, ["report", "-p", mine, "-r", synthetic_dataset, "-o", report],
+                            ("report.html", "--overwrite"), watched=[report, mine])
+    assert not any("overwrite=True" in line for line in errors)
+
+
+def test_import_model_refuses_what_is_not_an_exported_model(tmp_path, capsys):
+    import zipfile
+    not_zip = tmp_path / "model.zip"
+    not_zip.write_text("not a zip")
+    target = tmp_path / "imported"
+    assert_refused(capsys, ["import-model", not_zip, target], ("model.zip", "not a zip archive"),
+                   watched=[not_zip], absent=[target])
+    other = tmp_path / "photos.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("holiday.jpg", b"x")
+    assert_refused(capsys, ["import-model", other, target], ("photos.zip", "not an exported nnlandmark model"),
+                   watched=[other], absent=[target])
+    assert_refused(capsys, ["import-model", tmp_path / "nowhere.zip", target], ("nowhere.zip", "no such file"),
+                   absent=[target])
+
+
+# --------------------------------------------------------------------------- state other commands stored
+
+def test_thresholds_survive_training_another_fold_and_evaluate_cv_sums_all_folds(tiny_model, prepared_project,
+                                                                                  tmp_path, capsys):
+    """``evaluate-cv``'s presence thresholds stay when a fold is trained later, and a two-fold
+    ``evaluate-cv`` summary (predictions.csv, per_case.csv) holds every validation case of both."""
+    from nnlandmark.evaluation.cross_validation import store_presence_thresholds
+    project = Path(shutil.copytree(prepared_project, tmp_path / "project"))
+    model = next((project / "nnUNet_results").rglob("nnlandmark.json")).parent
+    store_presence_thresholds(model, {"nose_tip": 0.25})
+    assert main(["train", str(project), "--fold", "1", "--epochs", "2", "--iterations", "2",
+                 "--val-iterations", "1"]) == 0
+    description = json.loads((model / "nnlandmark.json").read_text())
+    assert description["presence_thresholds"] == {"nose_tip": 0.25}
+
+    out = tmp_path / "cv"
+    assert main(["evaluate-cv", str(project), "-o", str(out)]) == 0
+    splits = json.loads(next((project / "nnUNet_preprocessed").rglob("splits_final.json")).read_text())
+    expected = set(splits[0]["val"]) | set(splits[1]["val"])
+    summary = (out / "predictions" / "predictions.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in summary} == expected
+    per_case = (out / "per_case.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in per_case} == expected
+    # a second run refuses to mix with the first, and --continue predicts nothing again
+    assert_refused(capsys, ["evaluate-cv", project, "-o", out], ("predictions", "--overwrite", "--continue"),
+                   watched=[out])
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.json")}
+    assert main(["evaluate-cv", str(project), "-o", str(out), "--continue"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.json")} == before

@@ -53,11 +53,9 @@ def test_landmarks_one_voxel_apart_prepare_train_and_survive_augmentation(tmp_pa
     import blosc2
     from nnlandmark.data.dataset import load_dataset
     from nnlandmark.nnunet.paths import nnunet_environment
-    from nnlandmark.nnunet.planning import CONFIGURATION
-    from nnlandmark.nnunet.trainer import LandmarkTrainer
     from nnlandmark.planning.project import prepare
     from nnlandmark.training.presets import TrainingSettings
-    from nnlandmark.training.train import train
+    from nnlandmark.training.train import stage_trainer, train
 
     data, project_dir = _close_landmark_project(tmp_path, synthetic_dataset, prepared_project)
     dataset = load_dataset(data)
@@ -85,11 +83,7 @@ def test_landmarks_one_voxel_apart_prepare_train_and_survive_augmentation(tmp_pa
 
     # augmented training patches: both landmarks come back as two points about one voxel apart
     with nnunet_environment(project.folders, augmentation_workers=0):
-        plans = project.plans()
-        plans["continue_training"] = False  # nnunetv2 2.8 pops this from the plans
-        dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-        trainer = LandmarkTrainer(plans, CONFIGURATION, 0, dataset_json, torch.device("cpu"))
-        trainer.configure(settings, names, tmp_path / "inspect", {}, project.pairs)
+        trainer = stage_trainer(project, 0, "fullres", settings, tmp_path / "inspect")
         trainer.initialize()
         loader, _ = trainer.get_dataloaders()
         distances = []

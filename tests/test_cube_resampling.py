@@ -72,6 +72,7 @@ def _labels_per_case(project) -> dict:
             for f in sorted(folder.glob("*_seg.b2nd"))}
 
 
+@pytest.mark.slow  # prepares a project
 def test_prepare_keeps_every_landmark_at_four_times_coarser_spacing(tmp_path):
     from nnlandmark.data.synthetic import make_synthetic_dataset
     from nnlandmark.planning.project import prepare
@@ -83,6 +84,7 @@ def test_prepare_keeps_every_landmark_at_four_times_coarser_spacing(tmp_path):
     assert sizes == {f"case_{i:03d}": [4, 4, 4] for i in range(3)}
 
 
+@pytest.mark.slow  # prepares a project
 def test_prepare_enlarges_cubes_of_a_fine_case_after_planning(tmp_path):
     """nnU-Net plans the median spacing (4 mm); the one 1 mm case gets larger cubes after planning."""
     from nnlandmark.data.synthetic import make_synthetic_dataset

@@ -187,14 +187,22 @@ def test_mass_decoder_on_a_softmax_distribution():
 
 
 def test_cli_choices_are_the_registries():
-    """The CLI lists choices without importing torch (fast --help); they must stay the registries."""
+    """Each choice flag of the CLI offers exactly its registry's names (defined once, read by the CLI)."""
+    import argparse
     from nnlandmark import cli
+    from nnlandmark.data.convert import CONVERTERS
     from nnlandmark.nnunet.networks import ARCHITECTURES
+    from nnlandmark.nnunet.planning import PLANNERS
     from nnlandmark.training.presets import CONFIGURATIONS, PRESETS
-    assert set(cli.PRESET_CHOICES) == set(PRESETS)
-    assert set(cli.CONFIGURATION_CHOICES) == set(CONFIGURATIONS)
-    assert set(cli.ARCHITECTURE_CHOICES) == set(ARCHITECTURES)
-    assert set(cli.DECODER_CHOICES) == set(DECODERS)
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {(command, action.dest): set(action.choices)
+               for command, parser in sub.choices.items() for action in parser._actions if action.choices}
+    expected = {("train", "preset"): PRESETS, ("train", "configuration"): CONFIGURATIONS,
+                ("train", "architecture"): ARCHITECTURES, ("predict", "decoder"): DECODERS,
+                ("evaluate-cv", "decoder"): DECODERS, ("prepare", "planner"): PLANNERS,
+                ("convert", "benchmark"): CONVERTERS}
+    for key, registry in expected.items():
+        assert choices[key] == set(registry), key
 
 
 def test_mass_decoder_on_degenerate_channels():

@@ -8,7 +8,9 @@ Measured here: 1.63 mm after the demo's 3-minute budget (atlas 6.35 mm).
 """
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,12 +71,63 @@ def test_demo_trained_both_stages_within_its_budget_and_they_learned(demo_run):
     assert 0.5 * DEMO_BUDGET_MINUTES * 60 < spent < 1.3 * DEMO_BUDGET_MINUTES * 60
 
 
+def assert_markups_are_the_predictions(prediction_dir, image_dir, names) -> int:
+    """Each ``<case>.mrk.json`` is a Slicer point list holding the case's predicted points: the
+    landmarks in channel order, each at the world point of ``<case>.json`` (LPS) converted into the
+    file's declared system (RAS flips x and y), at the ``voxel_index`` SimpleITK finds for that
+    point in the input image. Returns the number of cases checked."""
+    import SimpleITK as sitk
+    from nnlandmark.data.formats import MARKUPS_SCHEMA
+    markups = sorted(Path(prediction_dir).glob("*.mrk.json"))
+    for path in markups:
+        case = path.name[:-len(".mrk.json")]
+        record = json.loads((Path(prediction_dir) / f"{case}.json").read_text())
+        doc = json.loads(path.read_text())
+        assert doc["@schema"] == MARKUPS_SCHEMA, path
+        markup, = doc["markups"]
+        assert markup["type"] == "Fiducial" and markup["coordinateUnits"] == "mm", path
+        system = markup["coordinateSystem"]
+        assert system in ("LPS", "RAS"), path
+        points = markup["controlPoints"]
+        assert [cp["label"] for cp in points] == list(record) == list(names), path
+        image = sitk.ReadImage(str(next(Path(image_dir).glob(f"{case}.*"))))
+        for cp in points:
+            assert cp["positionStatus"] == "defined", (path, cp["label"])
+            lps = np.array(record[cp["label"]]["world_lps_mm"])
+            position = np.array(cp["position"], dtype=float)
+            ras = position * [-1, -1, 1] if system == "LPS" else position
+            np.testing.assert_allclose(ras, lps * [-1, -1, 1], atol=1e-3, err_msg=f"{path} {cp['label']}")
+            index = image.TransformPhysicalPointToContinuousIndex(lps.tolist())
+            np.testing.assert_allclose(record[cp["label"]]["voxel_index"], index, atol=2e-3,
+                                       err_msg=f"{path} {cp['label']}")
+    return len(markups)
+
+
 @pytest.mark.slow
 def test_demo_outputs_open_in_slicer_and_evaluation_is_written(demo_run):
-    out, _, _ = demo_run
-    markups = sorted((out / "predictions").glob("*.mrk.json"))
-    assert len(markups) == 4
-    doc = json.loads(markups[0].read_text())
-    assert doc["markups"][0]["coordinateSystem"] in ("LPS", "RAS")
-    for name in ("evaluation.json", "per_case.csv", "per_landmark.csv"):
-        assert (out / "evaluation" / name).is_file()
+    out, result, _ = demo_run
+    test_data = out / "data" / "test"
+    names = json.loads((test_data / "dataset.json").read_text())["landmarks"]
+    assert assert_markups_are_the_predictions(out / "predictions", test_data / "images", names) == 4
+
+    # the written evaluation is the returned one, and its MRE is the mean distance between the
+    # predictions' and the reference's world points, computed here from the two folders
+    written = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert written["summary"]["overall"]["mre_mm"] == pytest.approx(result.summary["overall"]["mre_mm"])
+    cases = sorted(p.name[:-len(".json")] for p in (test_data / "landmarks").glob("*.json"))
+    assert written["cases"] == cases and written["landmarks"] == names
+    errors = {case: [np.linalg.norm(np.subtract(
+        json.loads((out / "predictions" / f"{case}.json").read_text())[n]["world_lps_mm"],
+        json.loads((test_data / "landmarks" / f"{case}.json").read_text())["landmarks"][n])) for n in names]
+        for case in cases}
+    assert written["summary"]["overall"]["mre_mm"] == pytest.approx(np.mean(list(errors.values())), abs=1e-3)
+    with open(out / "evaluation" / "per_case.csv") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert sorted(rows) == cases
+    for case in cases:
+        np.testing.assert_allclose([float(rows[case][f"{n}_error_mm"]) for n in names], errors[case], atol=1e-3)
+    with open(out / "evaluation" / "per_landmark.csv") as f:
+        per_landmark = {row["landmark"]: row for row in csv.DictReader(f)}
+    assert list(per_landmark) == names
+    for i, n in enumerate(names):
+        assert float(per_landmark[n]["mre_mm"]) == pytest.approx(np.mean([errors[c][i] for c in cases]), abs=1e-3)

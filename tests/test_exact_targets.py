@@ -1,8 +1,6 @@
 """Training targets sit on each landmark's exact, sub-voxel position, not on its label cube's voxel."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -16,28 +14,24 @@ def test_target_peaks_land_on_the_exact_world_points(prepared_project, tmp_path,
     from nnlandmark.geometry import patch_to_preprocessed, preprocessed_to_world
     from nnlandmark.inference.decoding import decode_mass
     from nnlandmark.nnunet.paths import nnunet_environment
-    from nnlandmark.nnunet.planning import case_grids
-    from nnlandmark.nnunet.trainer import LandmarkTrainer
+    from nnlandmark.nnunet.planning import case_grids, load_preprocessed_case, preprocessed_folder
     from nnlandmark.planning.project import Project
     from nnlandmark.training.presets import TrainingSettings
-    from nnlandmark.training.train import _landmark_records, _world_points
+    from nnlandmark.training.train import _landmark_records, stage_trainer
 
     project = Project.load(prepared_project)
     records = _landmark_records(project)
     errors = {}
+    stage = {"3d_fullres": "fullres", "3d_global": "global"}[configuration]
+    plans = project.plans()
+    folder = preprocessed_folder(project.folders, project.dataset_name, plans, configuration)
     with nnunet_environment(project.folders):
-        dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
         for exact in (True, False):
-            plans = project.plans()
-            plans["continue_training"] = False
-            trainer = LandmarkTrainer(plans, configuration, 0, dataset_json, torch.device("cpu"))
-            trainer.configure(TrainingSettings(mirror=False), project.landmarks, tmp_path / "model", {},
-                              project.pairs, world_points=_world_points(records) if exact else None)
-            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-            folder = trainer.preprocessed_dataset_folder
+            trainer = stage_trainer(project, 0, stage, TrainingSettings(mirror=False, exact_targets=exact),
+                                    tmp_path / "model")
             found = []
             for case in ("case_000", "case_003"):
-                data, seg, _, properties = infer_dataset_class(folder)(folder, identifiers=[case]).load_case(case)
+                data, seg, properties = load_preprocessed_case(folder, case)
                 data, seg = np.asarray(data[:]), np.asarray(seg[:])
                 start = np.array([2, 1, 3])  # a patch that is not the whole array
                 window = tuple(slice(int(s), None) for s in start)

@@ -59,8 +59,10 @@ def test_validate_rejects_bad_spacing_and_direction():
         ImageGrid((2, 2, 2), (1, 1, 1), (0, 0, 0), skew).validate()
 
 
-def test_world_to_cube_to_centre_to_world_within_half_a_voxel(synthetic_dataset):
-    """A landmark becomes a label cube in the raw export; the cube's centroid maps back within half a voxel."""
+def test_landmark_cube_sits_on_the_voxel_simpleitk_finds_nearest():
+    """A landmark becomes a 3x3x3 label cube in the raw export, centred on the voxel nearest the
+    world point as SimpleITK finds it (``TransformPhysicalPointToIndex`` rounds the continuous index);
+    that voxel's centre is within half a voxel of the point along each index axis."""
     from nnlandmark.data.dataset import Case
     from nnlandmark.data.landmarks import Landmarks
     from nnlandmark.nnunet.raw import landmark_label_map
@@ -69,14 +71,22 @@ def test_world_to_cube_to_centre_to_world_within_half_a_voxel(synthetic_dataset)
     grid = ImageGrid.from_image(image)
     rng = np.random.default_rng(1)
     names = [f"p{i}" for i in range(6)]
-    points = {n: index_to_world(rng.uniform(3, 16, size=3) * [2, 1.4, 1], grid) for n in names}
+    # continuous ITK indices well inside the 40 x 30 x 20 image, then world points by SimpleITK
+    indices = rng.uniform([2, 2, 2], [37, 27, 17], size=(len(names), 3))
+    points = {n: np.array(image.TransformContinuousIndexToPhysicalPoint(idx.tolist())) for n, idx in zip(names, indices)}
     case = Case("c", [], None, Landmarks(points=points), grid)
     labels = landmark_label_map(case, names)
-    for i, name in enumerate(names):
-        centre_array = np.argwhere(labels == i + 1).mean(axis=0)
-        assert len(np.argwhere(labels == i + 1)) == 27
-        back_index = world_to_index(index_to_world(array_to_itk_index(centre_array), grid), grid)
-        assert np.all(np.abs(back_index - world_to_index(points[name], grid)) <= 0.5 + 1e-9)
+    assert labels.shape == image.GetSize()[::-1]
+    for i, (name, idx) in enumerate(zip(names, indices)):
+        nearest = np.array(image.TransformPhysicalPointToIndex(points[name].tolist()))  # ITK (i, j, k)
+        np.testing.assert_array_equal(nearest, np.rint(idx))  # the independent reference agrees with itself
+        k, j, i_ = nearest[::-1]  # array order (k, j, i)
+        expected = np.zeros_like(labels, dtype=bool)
+        expected[k - 1:k + 2, j - 1:j + 2, i_ - 1:i_ + 2] = True
+        np.testing.assert_array_equal(labels == i + 1, expected, err_msg=name)
+        centre = np.array(image.TransformIndexToPhysicalPoint(nearest.tolist()))
+        back = np.array(image.TransformPhysicalPointToContinuousIndex(centre.tolist()))
+        assert np.all(np.abs(back - idx) <= 0.5 + 1e-9), name
 
 
 def test_preprocessed_index_maps_are_inverse():

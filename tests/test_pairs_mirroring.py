@@ -93,19 +93,17 @@ def test_mirror_samples_equals_flipping_the_label_patch_with_swapped_labels():
 
 def test_trainer_reads_each_cases_left_right_axis(prepared_project, tmp_path):
     from nnlandmark.nnunet.paths import nnunet_environment
-    from nnlandmark.nnunet.planning import CONFIGURATION
-    from nnlandmark.nnunet.trainer import LandmarkTrainer
     from nnlandmark.planning.project import Project
+    from nnlandmark.training.train import stage_trainer
     project = Project.load(shutil.copytree(prepared_project, tmp_path / "project"))
     with nnunet_environment(project.folders):
-        plans = project.plans()
-        plans["continue_training"] = False
-        dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
-        trainer = LandmarkTrainer(plans, CONFIGURATION, 0, dataset_json, torch.device("cpu"))
-        trainer.configure(TrainingSettings(epochs=1), project.landmarks, tmp_path / "model", {}, project.pairs)
-    assert trainer.mirror
+        # targets on the label cubes' centroids (no sub-voxel correction), so that their peaks are 1
+        trainer = stage_trainer(project, 0, "fullres", TrainingSettings(epochs=1, exact_targets=False),
+                                tmp_path / "model")
+    batches = trainer.recipe.prepare_batch
+    assert batches.mirror
     # the synthetic images have an identity direction: world x is ITK i, the last array axis
-    assert trainer.left_right_axis("case_000") == list(plans["transpose_forward"]).index(2)
+    assert batches.left_right_axis("case_000") == list(project.plans()["transpose_forward"]).index(2)
     # one training step with mirroring: both flipped and unflipped samples give a finite loss
     batch = {"data": torch.randn(2, 1, 48, 48, 48), "target": torch.zeros(2, 1, 48, 48, 48, dtype=torch.int16),
              "keys": ["case_000", "case_001"]}
@@ -132,8 +130,8 @@ def test_test_time_mirroring_is_equivariant_with_swapped_pairs(tiny_model, synth
     from nnlandmark.data.dataset import read_image_grid
     from nnlandmark.geometry import patch_start
     from nnlandmark.inference.model_folder import model_stages
+    from nnlandmark.inference.model_folder import load_predictor
     from nnlandmark.inference.predict import crop_patches
-    from nnlandmark.nnunet.predictor import LandmarkPredictor
     description = json.loads((tiny_model / "nnlandmark.json").read_text())
     assert description["mirror"] is True  # the synthetic dataset has pairs
     assert list(model_stages(description)) == ["global", "local"]
@@ -144,7 +142,7 @@ def test_test_time_mirroring_is_equivariant_with_swapped_pairs(tiny_model, synth
     sitk.WriteImage(_mirrored_copy(sitk.ReadImage(str(original))), str(mirrored))
 
     for stage in model_stages(description):
-        predictor = LandmarkPredictor(tiny_model, [0], mirror_swap=swap, stage=stage)
+        predictor = load_predictor(tiny_model, [0], mirror_swap=swap, stage=stage)
         x, pgrid = predictor.preprocess([original])
         xm, _ = predictor.preprocess([mirrored])
         axis = left_right_axis(read_image_grid(original, read_pixels=False).direction, pgrid.transpose_forward)

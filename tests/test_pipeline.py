@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,10 +48,29 @@ def test_preprocessed_cubes_sit_on_the_world_landmarks(prepared_project, synthet
         assert np.linalg.norm(world - case.landmarks.points[name]) <= np.linalg.norm(case.grid.spacing) / 2 + 1e-6
 
 
-def test_tiny_model_folder_is_self_contained(tiny_model):
-    """Each stage's checkpoint rebuilds, from the folder's own plans, a network with one output
-    channel per landmark of the description; nothing outside the folder is needed."""
+def test_tiny_model_folder_is_self_contained(tiny_model, prepared_project, synthetic_dataset, tmp_path):
+    """The model folder alone predicts: copied elsewhere while the project it was trained in is
+    moved away, it gives the same points as in place. And each stage's checkpoint rebuilds, from
+    the folder's own plans, a network with one output channel per landmark of the description."""
+    import os
+    import shutil
     import torch
+    from nnlandmark import predict
+    image = sorted((synthetic_dataset / "images").iterdir())[0]
+    case = image.name[:-len(".nii.gz")]
+    in_place = predict([image], tmp_path / "in_place", tiny_model, progress=False)
+    copy = Path(shutil.copytree(tiny_model, tmp_path / "elsewhere" / "model"))
+    project, hidden = Path(prepared_project), Path(f"{prepared_project}_moved_away")
+    os.rename(project, hidden)  # the session's project: put back below, whatever happens
+    try:
+        assert not (project / "project.json").exists()
+        moved = predict([image], tmp_path / "moved", copy, progress=False)
+    finally:
+        os.rename(hidden, project)
+    record = json.loads((moved / f"{case}.json").read_text())
+    assert record == json.loads((in_place / f"{case}.json").read_text())
+    assert list(record) == json.loads((tiny_model / "nnlandmark.json").read_text())["landmarks"]
+
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnlandmark.inference.model_folder import model_stages, stage_dir
     from nnlandmark.nnunet.networks import build_network

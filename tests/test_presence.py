@@ -73,12 +73,10 @@ def absent_project(tmp_path_factory, synthetic_dataset, prepared_project, tiny_m
 def test_absent_trains_to_zero_and_unknown_is_masked(absent_project, tmp_path):
     from nnlandmark.data.dataset import load_dataset
     from nnlandmark.nnunet.paths import nnunet_environment
-    from nnlandmark.nnunet.planning import CONFIGURATION
     from nnlandmark.nnunet.raw import write_raw_dataset
-    from nnlandmark.nnunet.trainer import LandmarkTrainer
     from nnlandmark.planning.project import Project
     from nnlandmark.training.presets import TrainingSettings
-    from nnlandmark.training.train import _landmark_records, _unknown_landmarks
+    from nnlandmark.training.train import _landmark_records, _unknown_landmarks, stage_trainer
 
     project = Project.load(absent_project.project)
     names = project.landmarks
@@ -97,12 +95,9 @@ def test_absent_trains_to_zero_and_unknown_is_masked(absent_project, tmp_path):
     assert unknown[u] == ["vertex"] and unknown[a] == []
 
     with nnunet_environment(project.folders):
-        plans = project.plans()
-        plans["continue_training"] = False
-        dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
-        trainer = LandmarkTrainer(plans, CONFIGURATION, 0, dataset_json, torch.device("cpu"))
-        trainer.configure(TrainingSettings(preset="cone", epochs=1), names, tmp_path / "model", unknown,
-                          project.pairs)
+        # the unknown landmarks come from the sidecar; targets on the cubes' centroids, so that their peaks are 1
+        trainer = stage_trainer(project, 0, "fullres", TrainingSettings(preset="cone", epochs=1, exact_targets=False),
+                                tmp_path / "model")
     seg = torch.from_numpy(np.stack([labels[a], labels[u]])[:, None].astype(np.int16))
     batch = {"data": torch.zeros(2, 1, *seg.shape[2:]), "target": seg, "keys": [a, u]}
     _, target, mask = trainer._inputs(batch)

@@ -23,14 +23,15 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
+from nnlandmark.errors import InvalidInput
 from nnlandmark.geometry import GeometryError, ImageGrid, world_to_index
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LANDMARK_SUFFIXES = (".mrk.json", ".json", ".fcsv", ".csv")
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-class DatasetError(ValueError):
+class DatasetError(InvalidInput):
     """Problems with a dataset; one line per problem, each naming its file."""
 
     def __init__(self, problems):
@@ -66,6 +67,9 @@ class DatasetSpec:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise DatasetError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(raw, dict):
+            raise DatasetError(f"{path}: must hold a JSON object with 'landmarks' (and optionally 'pairs', "
+                               f"'biometry', 'channels'), not a {type(raw).__name__}")
         problems = []
         names = raw.get("landmarks")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
@@ -73,21 +77,33 @@ class DatasetSpec:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             problems.append(f"{path}: duplicate landmark names {dupes}")
-        pairs = [list(p) for p in raw.get("pairs", [])]
+
+        def two_names(pair) -> bool:
+            return isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) and n in names
+                                                                     for n in pair)
+
+        pairs, biometry = raw.get("pairs", []), raw.get("biometry", {})
+        if not isinstance(pairs, list):
+            problems.append(f"{path}: 'pairs' must be a list of [left, right] landmark name lists")
+            pairs = []
         for pair in pairs:
-            if len(pair) != 2 or any(n not in names for n in pair):
-                problems.append(f"{path}: pair {pair} must name two landmarks from 'landmarks'")
-        biometry = dict(raw.get("biometry", {}))
+            if not two_names(pair):
+                problems.append(f"{path}: pair {json.dumps(pair)} must name two landmarks from 'landmarks'")
+        if not isinstance(biometry, dict):
+            problems.append(f"{path}: 'biometry' must map each measurement to two landmark names, e.g. "
+                            f'{{"width": ["{names[0]}", "{names[-1]}"]}}')
+            biometry = {}
         for key, pair in biometry.items():
-            if len(pair) != 2 or any(n not in names for n in pair):
-                problems.append(f"{path}: biometry '{key}' must name two landmarks from 'landmarks'")
+            if not two_names(pair):
+                problems.append(f"{path}: biometry '{key}' must name two landmarks from 'landmarks', "
+                                f"got {json.dumps(pair)}")
         channels = raw.get("channels", ["image"])
         if not isinstance(channels, list) or not channels:
             problems.append(f"{path}: 'channels' must be a non-empty list")
         if problems:
             raise DatasetError(problems)
-        return cls(name=str(raw.get("name", path.parent.name)), landmarks=names, pairs=pairs,
-                   biometry=biometry, channels=channels)
+        return cls(name=str(raw.get("name", path.parent.name)), landmarks=names, pairs=[list(p) for p in pairs],
+                   biometry={k: list(v) for k, v in biometry.items()}, channels=channels)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "landmarks": self.landmarks, "pairs": self.pairs,
@@ -135,7 +151,7 @@ def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
     nnunet_single = bool(stems) and all(stem.endswith("_0000") for _, (stem, _) in stems)
     by_case = {}
     for path, (stem, suffix) in stems:
-        match = _CHANNEL_SUFFIX.match(stem)
+        match = CHANNEL_SUFFIX.match(stem)
         if n_channels > 1 or nnunet_single:
             if not match:
                 problems.append(f"{path}: {n_channels} channels expected, so image files must be named "
@@ -274,15 +290,45 @@ def read_image_grid(path: Path, read_pixels: bool, finite: bool = False) -> Imag
     return grid
 
 
+NAMES_DIFFER = "landmark names differ from dataset.json"
+
+
+def _some(names, shown: int = 6) -> str:
+    """A list of names cut to a readable length: ``['a', 'b', ... (32 in all)]``."""
+    if len(names) <= shown:
+        return str(list(names))
+    return str(list(names[:shown]))[:-1] + f", ... ({len(names)} in all)]"
+
+
+def _once_for_all_files(problems: list) -> list:
+    """The same name mismatch in many landmark files (a dataset.json that names the landmarks
+    differently from every file) said once, with how many files share it."""
+    by_detail = {}
+    for line in problems:
+        path, sep, detail = line.partition(f": {NAMES_DIFFER} ")
+        if sep:
+            by_detail.setdefault(detail, []).append(path)
+    out = []
+    for line in problems:
+        path, sep, detail = line.partition(f": {NAMES_DIFFER} ")
+        if not sep:
+            out.append(line)
+        elif by_detail[detail][0] == path:
+            paths = by_detail[detail]
+            more = f" (and {len(paths) - 1} more landmark files, the same way)" if len(paths) > 1 else ""
+            out.append(f"{path}{more}: {NAMES_DIFFER} {detail}")
+    return out
+
+
 def check_case_landmarks(landmarks: Landmarks, spec: DatasetSpec, grid: ImageGrid, path: Path) -> list:
     """Problems with one case's landmarks: name set and position inside the image."""
     problems = []
     expected, found = set(spec.landmarks), set(landmarks.names)
     if expected != found:
         missing, extra = sorted(expected - found), sorted(found - expected)
-        detail = "; ".join(s for s in (f"missing {missing}" if missing else "",
-                                       f"not in dataset.json {extra}" if extra else "") if s)
-        problems.append(f"{path}: landmark names differ from dataset.json ({detail})")
+        detail = "; ".join(s for s in (f"missing {_some(missing)}" if missing else "",
+                                       f"not in dataset.json {_some(extra)}" if extra else "") if s)
+        problems.append(f"{path}: {NAMES_DIFFER} ({detail})")
     for name, point in landmarks.points.items():
         index = world_to_index(point, grid)
         if not grid.contains_index(index):
@@ -346,5 +392,5 @@ def load_dataset(root, read_pixels: bool = True, progress: bool = True) -> Landm
         problems += check_case_landmarks(landmarks, spec, grids[0], landmark_files[case])
         cases.append(Case(case, images[case], landmark_files[case], landmarks, grids[0]))
     if problems:
-        raise DatasetError(problems)
+        raise DatasetError(_once_for_all_files(problems))
     return LandmarkDataset(root=root, spec=spec, cases=cases)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nnlandmark.errors import InvalidInput
 
-class LandmarkFileError(ValueError):
+
+class LandmarkFileError(InvalidInput):
     """A landmark file that cannot be read; the message names the file and the problem."""
 
 

@@ -21,6 +21,7 @@ import re
 import numpy as np
 
 from nnlandmark.geometry import ImageGrid, PreprocessedGrid, preprocessed_image_grid
+from nnlandmark.errors import InvalidInput
 
 __all__ = ["propose_pairs", "swap_permutation", "left_right_axis"]
 
@@ -113,9 +114,9 @@ def swap_permutation(names, pairs) -> list:
     seen = set()
     for pair in pairs:
         if len(pair) != 2 or any(n not in names for n in pair) or pair[0] == pair[1]:
-            raise ValueError(f"pair {list(pair)} must be two different landmarks of {names}")
+            raise InvalidInput(f"pair {list(pair)} must be two different landmarks of {names}")
         if seen & set(pair):
-            raise ValueError(f"landmark of pair {list(pair)} is already in another pair")
+            raise InvalidInput(f"landmark of pair {list(pair)} is already in another pair")
         seen.update(pair)
         a, b = names.index(pair[0]), names.index(pair[1])
         perm[a], perm[b] = b, a

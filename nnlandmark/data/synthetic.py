@@ -53,6 +53,7 @@ from nnlandmark.geometry import (
     array_to_itk_index,
     index_to_world,
 )
+from nnlandmark.errors import InvalidInput, OutputExists
 
 __all__ = [
     "LANDMARK_NAMES",
@@ -194,7 +195,7 @@ def _head_size(grid: ImageGrid) -> tuple[float, float]:
     head = (available - np.sqrt(3.0) * t_max) / (_SCALE_RANGE[1] * _PHANTOM_RADIUS)
     # the eyes (radius 0.14 H) must span a few voxels to be learnable at all
     if head < 3.0 * spacing.max():
-        raise ValueError(
+        raise InvalidInput(
             f"grid too small for the phantom: size {grid.size}, spacing {grid.spacing} "
             f"leave a head size of {head:.1f} mm, below 3 voxels of {spacing.max()} mm")
     return float(head), float(t_max)
@@ -278,11 +279,11 @@ def make_synthetic_case(seed: int, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0),
     """
     seed = int(seed)
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise InvalidInput(f"seed must be non-negative, got {seed}")
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
     if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
-        raise ValueError(f"need 3 positive sizes and spacings, got shape {shape}, spacing {spacing}")
+        raise InvalidInput(f"need 3 positive sizes and spacings, got shape {shape}, spacing {spacing}")
 
     rng = np.random.default_rng(seed)
     grid = _random_grid(rng, shape, spacing, oblique)
@@ -378,17 +379,17 @@ def make_synthetic_dataset(out_dir, n_cases: int = 12, seed: int = 0, shape=(48,
     seed = int(seed)
     n_cases = int(n_cases)
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise InvalidInput(f"seed must be non-negative, got {seed}")
     if n_cases < 1:
-        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
+        raise InvalidInput(f"n_cases must be at least 1, got {n_cases}")
     if file_ending not in SUPPORTED_FILE_ENDINGS:
-        raise ValueError(f"file_ending must be one of {SUPPORTED_FILE_ENDINGS}, got {file_ending!r}")
+        raise InvalidInput(f"file_ending must be one of {SUPPORTED_FILE_ENDINGS}, got {file_ending!r}")
     if out_dir.exists():
         if not out_dir.is_dir():
-            raise FileExistsError(f"{out_dir} exists and is not a folder")
+            raise OutputExists(f"{out_dir} exists and is not a folder")
         if any(out_dir.iterdir()):
             if not overwrite:
-                raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace its cases")
+                raise OutputExists(f"{out_dir}: not empty; give a new or empty folder (or overwrite=True)")
             _clear_previous_cases(out_dir)
 
     images_dir = out_dir / "images"

@@ -31,11 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
+
 PRESENCE_KEY = "presence_thresholds"
+CALIBRATION_FILE = "presence_calibration.json"
 
 
 def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", decoder: str | None = None,
-                overwrite: bool = False, progress: bool = True, calibrate: bool = True):
+                overwrite: bool = False, progress: bool = True, calibrate: bool = True, resume: bool = False):
     """Predict every fold's validation cases with that fold, then evaluate all of them.
 
     Uses nnU-Net's ``splits_final.json``; folds without a checkpoint are
@@ -44,23 +47,35 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     the model had at the time, if any). With ``calibrate``, presence thresholds
     are then calibrated on these predictions and stored in the model folder
     (see the module notes), and ``output_dir/presence_calibration.json`` says
-    what was done.
+    what was done. Earlier outputs are refused unless ``overwrite`` (which
+    removes them first) or ``resume`` (which keeps the cases already predicted).
     """
     from nnlandmark.data.dataset import discover_images
-    from nnlandmark.evaluation.evaluate import evaluate
+    from nnlandmark.evaluation.evaluate import OUTPUT_FILES, evaluate
     from nnlandmark.inference.model_folder import ModelFolderError, check_model_folder, resolve_model
-    from nnlandmark.inference.predict import predict, write_summary
+    from nnlandmark.inference.predict import clear_outputs, previous_outputs, predict, write_summary
+    from nnlandmark.nnunet.paths import read_splits, splits_file
     from nnlandmark.planning.project import Project
 
     project = Project.load(project_dir)
     model_dir = resolve_model(model_dir or project_dir)
-    splits_file = project.folders.preprocessed / project.dataset_name / "splits_final.json"
-    if not splits_file.is_file():
-        raise FileNotFoundError(f"{splits_file}: no cross-validation split yet (train a fold first)")
-    splits = json.loads(splits_file.read_text())
+    splits = read_splits(project.folders, project.dataset_name)
+    if splits is None:
+        raise MissingPath(f"{splits_file(project.folders, project.dataset_name)}: no cross-validation split yet "
+                          "(train a fold first)")
     images, _ = discover_images(Path(project.dataset_dir) / "images", len(project.channels))
     output_dir = Path(output_dir)
     predictions = output_dir / "predictions"
+    if overwrite and resume:
+        raise InvalidInput("--overwrite and --continue: choose one")
+    if previous_outputs(predictions) and not (overwrite or resume):
+        raise OutputExists(f"{predictions}: holds predictions of an earlier run; use --overwrite to replace them "
+                           "or --continue to keep them and predict the rest")
+    written = [output_dir / n for n in (*OUTPUT_FILES, CALIBRATION_FILE) if (output_dir / n).exists()]
+    if written and not (overwrite or resume):
+        raise OutputExists(f"{written[0]}: written by an earlier run; use --overwrite to replace it")
+    if overwrite:  # once for all folds: each fold's predict adds its own cases
+        clear_outputs(predictions)
     folds_done, predicted = [], []
     for fold, split in enumerate(splits):
         try:
@@ -69,20 +84,22 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
             print(f"fold {fold}: no checkpoint, skipped")
             continue
         cases = {c: images[c] for c in split["val"]}
-        predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder,
-                overwrite=overwrite, progress=progress)
+        # resume: the folds' cases are disjoint, and the earlier folds' (and, with --continue, an
+        # earlier run's) predictions stay
+        predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder, resume=True,
+                progress=progress)
         folds_done.append(fold)
         predicted += list(cases)
     if not folds_done:
-        raise FileNotFoundError(f"{model_dir}: no fold has a checkpoint")
+        raise MissingPath(f"{model_dir}: no fold has a checkpoint")
     write_summary(predictions, predicted)  # each fold's predict wrote a summary of its own cases only
-    result = evaluate(predictions, project.dataset_dir, output_dir=output_dir, overwrite=overwrite)
+    result = evaluate(predictions, project.dataset_dir, output_dir=output_dir, overwrite=overwrite or resume)
     if calibrate:
         thresholds, details = calibrate_presence(predictions, project.dataset_dir, project.landmarks)
         record = {"rule": "max F1 of present, on cross-validation predictions", "folds": folds_done,
                   "n_cases": len(result.case_ids), "landmarks": details}
         store_presence_thresholds(model_dir, thresholds, record)
-        (output_dir / "presence_calibration.json").write_text(json.dumps(record, indent=2) + "\n")
+        (output_dir / CALIBRATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
         for name, threshold in thresholds.items():
             print(f"presence threshold {name}: {threshold:.4f} (F1 {details[name]['f1']:.3f} on "
                   f"{details[name]['n_present']} present, {details[name]['n_absent']} absent)")

@@ -38,6 +38,7 @@ from nnlandmark.evaluation.metrics import (
     DEFAULT_THRESHOLDS_MM, biometry_errors, landmark_distances, presence_metrics,
     radial_errors, summarize_biometry, summarize_errors, threshold_key,
 )
+from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
 
 #: Files that live next to predictions or annotations but are not cases
 #: (nnU-Net's prediction folder metadata and our own evaluation outputs).
@@ -90,7 +91,7 @@ def list_case_files(folder) -> tuple[dict, list]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a directory")
+        raise MissingPath(f"{folder}: not a directory")
     files, ignored = {}, []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
@@ -105,7 +106,7 @@ def list_case_files(folder) -> tuple[dict, list]:
             ignored.append(stem + ".mrk.json")
             continue
         if stem in files:
-            raise ValueError(f"{folder}: case {stem!r} has two landmark files: "
+            raise InvalidInput(f"{folder}: case {stem!r} has two landmark files: "
                              f"{files[stem].name} and {path.name}")
         files[stem] = path
     return dict(sorted(files.items())), ignored
@@ -125,7 +126,7 @@ def resolve_reference(reference_dir) -> tuple[Path, dict | None]:
     """
     reference_dir = Path(reference_dir)
     if not reference_dir.is_dir():
-        raise FileNotFoundError(f"{reference_dir}: not a directory")
+        raise MissingPath(f"{reference_dir}: not a directory")
     if (reference_dir / "landmarks").is_dir():
         dataset_json = reference_dir / "dataset.json"
         dataset = json.loads(dataset_json.read_text()) if dataset_json.is_file() else None
@@ -155,7 +156,8 @@ def _json_safe(value):
 def _check_free(paths, overwrite: bool) -> None:
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (pass overwrite=True)")
+        raise OutputExists(f"{', '.join(existing)}: already written by an earlier evaluation; use --overwrite "
+                           "to replace them")
 
 
 def _csv_value(value) -> str:
@@ -391,7 +393,7 @@ def _check_thresholds(thresholds) -> tuple:
     values = tuple(float(t) for t in thresholds)
     bad = [t for t in values if not (t > 0 and t != float("inf"))]
     if bad or not values:
-        raise ValueError(f"--thresholds: SDR thresholds must be positive, finite mm values, got {list(values)}")
+        raise InvalidInput(f"--thresholds: SDR thresholds must be positive, finite mm values, got {list(values)}")
     return values
 
 
@@ -452,7 +454,7 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
     without_reference = [c for c in pred_files if c not in ref_files]
     if not case_ids:
         # nothing to score is a mistake in the paths, not a result of "0 cases"
-        raise ValueError(f"{prediction_dir}: no prediction matches a case of {landmarks_dir} "
+        raise InvalidInput(f"{prediction_dir}: no prediction matches a case of {landmarks_dir} "
                          f"({len(pred_files)} prediction(s), {len(ref_files)} reference(s); cases are matched by "
                          "file name)")
     if output_dir is not None:
@@ -473,14 +475,16 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
         landmark_names = list(seen)
     landmark_names = [str(n) for n in landmark_names]
     if len(set(landmark_names)) != len(landmark_names):
-        raise ValueError(f"duplicate landmark names: {landmark_names}")
+        raise InvalidInput(f"duplicate landmark names: {landmark_names}")
 
     if biometry is None and dataset is not None:
-        biometry = dataset.get("biometry")
+        # the dataset's measurements that the evaluated landmarks allow (all, unless a subset was asked for)
+        biometry = {k: v for k, v in (dataset.get("biometry") or {}).items()
+                    if all(p in landmark_names for p in v)}
     biometry = {str(k): tuple(v) for k, v in (biometry or {}).items()}
     for name, pair in biometry.items():
         if len(pair) != 2 or any(p not in landmark_names for p in pair):
-            raise ValueError(f"biometry {name!r}: {list(pair)} must be two of the evaluated "
+            raise InvalidInput(f"biometry {name!r}: {list(pair)} must be two of the evaluated "
                              f"landmarks {landmark_names}")
 
     n, m = len(case_ids), len(landmark_names)

@@ -7,16 +7,18 @@ pairs, training settings) and ``fold_N/checkpoint_*.pth``.
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
+from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
 MODEL_FILE = "nnlandmark.json"
 _EXPORTED = ("plans.json", "dataset.json", "dataset_fingerprint.json", MODEL_FILE)
 _EXPORTED_PER_FOLD = ("checkpoint_best.pth", "checkpoint_final.pth", "training_curves.json", "training_curves.png")
 CHECKPOINT_PREFERENCE = ("checkpoint_best.pth", "checkpoint_final.pth", "checkpoint_latest.pth")
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(InvalidInput):
     """A model folder that cannot be used; the message names what is missing."""
 
 
@@ -74,8 +76,30 @@ def check_model_folder(model_dir: Path, folds) -> dict:
         raise ModelFolderError(f"{model_dir / MODEL_FILE}: not a valid model description ({e})") from e
     for fold in folds:
         for stage in stages:
-            fold_checkpoint(model_dir, fold, stage)
+            checkpoint = fold_checkpoint(model_dir, fold, stage)
+            # torch writes checkpoints as zip archives: a truncated copy has lost the archive's
+            # directory at its end, which this reads without loading the weights
+            if not zipfile.is_zipfile(checkpoint):
+                raise ModelFolderError(f"{checkpoint}: not a readable checkpoint (truncated or damaged "
+                                       "copy?); copy or export the model again")
     return description
+
+
+def load_predictor(model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5, mirror_swap=None,
+                   progress: bool = False, stage: str = "fullres"):
+    """nnU-Net's sliding-window predictor for one stage of a model folder, the weights of
+    ``folds`` averaged (:class:`nnlandmark.nnunet.predictor.LandmarkPredictor`; ``mirror_swap``
+    is explained there). Raises ModelFolderError like :func:`check_model_folder`."""
+    from nnlandmark.nnunet.predictor import LandmarkPredictor
+    model_dir = Path(model_dir)
+    description = check_model_folder(model_dir, folds)
+    return LandmarkPredictor(plans=json.loads((model_dir / "plans.json").read_text()),
+                             dataset_json=json.loads((model_dir / "dataset.json").read_text()),
+                             configuration=model_stages(description)[stage],
+                             architecture=description["settings"]["architecture"],
+                             num_landmarks=len(description["landmarks"]),
+                             checkpoints=[fold_checkpoint(model_dir, f, stage) for f in folds],
+                             device=device, step_size=step_size, mirror_swap=mirror_swap, progress=progress)
 
 
 def list_models(project_dir) -> list:
@@ -96,20 +120,20 @@ def resolve_model(path) -> Path:
         if len(models) == 1:
             return models[0]
         if not models:
-            raise FileNotFoundError(f"{path}: project has no trained model yet (run 'nnlandmark train')")
-        raise ValueError(f"{path}: project has {len(models)} models; pass one of: "
+            raise MissingPath(f"{path}: project has no trained model yet (run 'nnlandmark train')")
+        raise InvalidInput(f"{path}: project has {len(models)} models; pass one of: "
                          + ", ".join(str(m) for m in models))
-    raise FileNotFoundError(f"{path}: neither a model folder ({MODEL_FILE}) nor a project folder (project.json)")
+    raise MissingPath(f"{path}: neither a model folder ({MODEL_FILE}) nor a project folder (project.json)")
 
 
 def export_model(model_dir, zip_path) -> Path:
     """Zip the files prediction needs (not the latest/optimizer-only leftovers)."""
     model_dir, zip_path = resolve_model(model_dir), Path(zip_path)
     if zip_path.exists():
-        raise FileExistsError(f"{zip_path}: already exists")
+        raise OutputExists(f"{zip_path}: already exists")
     folds = sorted(p for p in model_dir.glob("fold_*") if p.is_dir())
     if not folds:
-        raise FileNotFoundError(f"{model_dir}: no fold_N folders to export")
+        raise MissingPath(f"{model_dir}: no fold_N folders to export")
     tmp = zip_path.with_name(f".tmp_{zip_path.name}")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name in _EXPORTED:
@@ -128,13 +152,27 @@ def import_model(zip_path, folder) -> Path:
     """Unzip an exported model into ``folder`` (which must not exist or be empty)."""
     zip_path, folder = Path(zip_path), Path(folder)
     if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder}: not empty")
+        raise OutputExists(f"{folder}: not empty")
+    if not zip_path.is_file():
+        raise MissingPath(f"{zip_path}: no such file")
+    if not zipfile.is_zipfile(zip_path):
+        raise InvalidInput(f"{zip_path}: not a zip archive (expected a model written by 'nnlandmark export-model')")
     with zipfile.ZipFile(zip_path) as z:
         names = z.namelist()
         if MODEL_FILE not in names or "plans.json" not in names:
-            raise ValueError(f"{zip_path}: not an exported nnlandmark model (no {MODEL_FILE} or plans.json)")
+            raise InvalidInput(f"{zip_path}: not an exported nnlandmark model (no {MODEL_FILE} or plans.json)")
         for name in names:
             if name.startswith("/") or ".." in Path(name).parts:
-                raise ValueError(f"{zip_path}: unsafe path {name!r} in archive")
-        z.extractall(folder)
+                raise InvalidInput(f"{zip_path}: unsafe path {name!r} in archive")
+        # unpacked beside the target first, so a failure (disk full, damaged member) leaves no half model
+        tmp = folder.with_name(f".tmp_{folder.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            z.extractall(tmp)
+        except (zipfile.BadZipFile, EOFError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InvalidInput(f"{zip_path}: damaged archive ({e})") from e
+    if folder.exists():
+        folder.rmdir()  # empty, checked above
+    tmp.replace(folder)
     return folder

@@ -51,10 +51,12 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnlandmark.data.dataset import DatasetError, IMAGE_SUFFIXES, discover_images, read_image_grid
+from nnlandmark.data.dataset import (CHANNEL_SUFFIX, IMAGE_SUFFIXES, DatasetError, discover_images,
+                                     read_image_grid)
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats import write_landmarks
 from nnlandmark.data.landmarks import Landmarks
+from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
 from nnlandmark.geometry import (ImageGrid, patch_start, patch_to_preprocessed, preprocessed_image_grid,
                                  preprocessed_to_world, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
@@ -62,7 +64,7 @@ from nnlandmark.inference.decoding import DECODERS, decode
 SUMMARY_FILE = "predictions.csv"
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(OutputExists):
     pass
 
 
@@ -83,9 +85,9 @@ def _images_by_case(inputs, n_channels: int) -> dict:
         if item.is_dir():
             folder = item / "images" if (item / "images").is_dir() else item
             found, p = discover_images(folder, n_channels)
+            problems += p or _channel_like_names(folder, found, n_channels)
             for case, files in found.items():
                 add(case, files)
-            problems += p
         elif item.is_file():
             if n_channels != 1:
                 problems.append(f"{item}: the model needs {n_channels} channels; give a folder with "
@@ -104,6 +106,27 @@ def _images_by_case(inputs, n_channels: int) -> dict:
     if problems:
         raise DatasetError(problems)
     return dict(sorted(cases.items()))
+
+
+def _channel_like_names(folder: Path, cases: dict, n_channels: int) -> list:
+    """A problem line when a one-channel model is given a folder whose files read as
+    several channels per case (``a_0000``, ``a_0001``, ``b_0000``, ``b_0001``): predicting
+    each file as a case of its own would silently ignore what the user meant."""
+    if n_channels != 1 or not cases:
+        return []
+    stems = {}
+    for case in cases:
+        match = CHANNEL_SUFFIX.match(case)
+        if not match:
+            return []
+        stems.setdefault(match["case"], set()).add(int(match["channel"]))
+    counts = {len(channels) for channels in stems.values()}
+    complete = all(channels == set(range(len(channels))) for channels in stems.values())
+    if not complete or len(counts) != 1 or counts == {1}:
+        return []
+    k, stem = counts.pop(), next(iter(stems))
+    return [f"{folder}: the files read as {k} channels per case ({stem}_0000 ... {stem}_{k - 1:04d}), but the "
+            f"model takes 1 channel; if each file is a case of its own, give them as files (-i {folder}/*)"]
 
 
 def check_inputs(cases: dict) -> dict:
@@ -129,20 +152,75 @@ def check_inputs(cases: dict) -> dict:
     return grids
 
 
-def _check_output_dir(output_dir: Path, case_ids, overwrite: bool, resume: bool) -> list:
-    """Cases still to do; refuses existing outputs unless overwrite/resume."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".nnlandmark_write_test"
+def _check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created or written, without creating it
+    (a refused command leaves no empty folder behind)."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MissingPath(f"{folder}: cannot be created, {existing} is a file")
+    probe = existing / f".nnlandmark_write_test_{os.getpid()}"
+    try:  # a real write: os.access says yes to root even on a read-only mount
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise PermissionError(f"{output_dir}: output folder cannot be written ({e.strerror})") from e
-    done = [c for c in case_ids if (output_dir / f"{c}.json").exists()]
-    if done and not (overwrite or resume):
-        raise OutputExistsError(f"{output_dir}: predictions exist for {len(done)} case(s) (e.g. {done[0]}.json); "
-                                "use --overwrite to replace them or --continue to skip them")
-    return [c for c in case_ids if not (resume and c in done)]
+        raise MissingPath(f"{folder}: output folder cannot be written ({e.strerror} in {existing})") from e
+
+
+def previous_outputs(output_dir: Path) -> dict:
+    """``{case: [files]}`` that an earlier ``predict`` wrote into ``output_dir``.
+
+    A case counts when its ``<case>.json`` is one of our prediction records;
+    its markups and heatmaps go with it. Files we did not write are never listed.
+    """
+    found = {}
+    if not output_dir.is_dir():
+        return found
+    for record in sorted(output_dir.glob("*.json")):
+        case = record.name[: -len(".json")]
+        if case.endswith(".mrk") or not _is_prediction_record(record):
+            continue
+        found[case] = [f for f in (record, output_dir / f"{case}.mrk.json", output_dir / f"{case}_heatmaps.nii.gz")
+                       if f.is_file()]
+    return found
+
+
+def _is_prediction_record(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and bool(record) and all(
+        isinstance(r, dict) and {"world_lps_mm", "score", "present"} <= set(r) for r in record.values())
+
+
+def _check_output_dir(output_dir: Path, case_ids, overwrite: bool, resume: bool) -> list:
+    """Cases still to do. Refuses existing outputs unless ``overwrite`` (which then removes
+    every case an earlier run wrote, not only those predicted again, so that no stale case
+    is evaluated later) or ``resume`` (which skips the cases already written)."""
+    _check_writable(output_dir)
+    previous = previous_outputs(output_dir)
+    theirs = [output_dir / f"{c}{ending}" for c in case_ids if c not in previous
+              for ending in (".json", ".mrk.json", "_heatmaps.nii.gz") if (output_dir / f"{c}{ending}").exists()]
+    if theirs:  # a file of the same name that we did not write is the user's: never replaced
+        raise OutputExistsError(f"{theirs[0]}: exists and was not written by nnlandmark predict; move it or "
+                                "choose another output folder")
+    if previous and not (overwrite or resume):
+        raise OutputExistsError(f"{output_dir}: predictions exist for {len(previous)} case(s) (e.g. "
+                                f"{next(iter(previous))}.json); use --overwrite to replace them or --continue "
+                                "to skip them")
+    return [c for c in case_ids if not (resume and c in previous)]
+
+
+def clear_outputs(output_dir: Path) -> None:
+    """Remove what earlier ``predict`` runs wrote in ``output_dir`` (and only that)."""
+    for files in previous_outputs(output_dir).values():
+        for f in files:
+            f.unlink()
+    summary = output_dir / SUMMARY_FILE
+    if summary.is_file():
+        summary.unlink()
 
 
 def _atomic(path: Path, write) -> None:
@@ -243,7 +321,8 @@ def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict)
                   "score": round(s, 5), "present": bool(present[n])}
               for n, (w, i, s) in decoded.items()}
     # <case>.json last: its presence is what --continue takes as "this case is done"
-    _atomic(output_dir / f"{case_id}.mrk.json", lambda p: write_landmarks(landmarks, p, coordinate_system="LPS"))
+    _atomic(output_dir / f"{case_id}.mrk.json", lambda p: write_landmarks(landmarks, p, coordinate_system="LPS",
+                                                                              names=list(decoded)))
     _atomic(output_dir / f"{case_id}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
 
 
@@ -269,7 +348,8 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         several channels; a dataset folder's ``images/`` is used when present),
         or image files, or ``{case: [channel files]}``.
     model_dir : path
-        A model folder written by ``nnlandmark train``.
+        A model folder written by ``nnlandmark train``, or a project folder
+        with exactly one model.
     folds : sequence of int
         Folds whose checkpoints are averaged (logits).
     decoder : {'mass', 'argmax', 'local-mean', 'quadratic'}, optional
@@ -283,11 +363,16 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         landmarks swapped (twice the compute). Default: on when the model was
         trained with mirroring (``"mirror"`` in its ``nnlandmark.json``).
     """
-    from nnlandmark.inference.model_folder import check_model_folder, model_stages
-    from nnlandmark.nnunet.predictor import LandmarkPredictor
+    from nnlandmark.inference.model_folder import check_model_folder, load_predictor, model_stages, resolve_model
+    # every check before any work or any write: flags, model, inputs, output folder
     if decoder is not None and decoder not in DECODERS:
-        raise ValueError(f"unknown decoder '{decoder}', choose from {sorted(DECODERS)}")
+        raise InvalidInput(f"--decoder: unknown decoder '{decoder}', choose from {sorted(DECODERS)}")
+    if not 0 < step_size <= 1:
+        raise InvalidInput(f"--step-size: a fraction of the patch in (0, 1], got {step_size}")
+    if overwrite and resume:
+        raise InvalidInput("--overwrite and --continue: choose one")
     folds = [int(f) for f in folds]
+    model_dir = resolve_model(model_dir)
     description = check_model_folder(model_dir, folds)
     decoder = decoder or default_decoder(description)
     output = _output(description)
@@ -301,9 +386,12 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     thresholds = description.get("presence_thresholds") or {}
     mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
     swap = swap_permutation(names, description.get("pairs") or [])
-    predictors = {stage: LandmarkPredictor(model_dir, folds, device=device, step_size=step_size, mirror_swap=swap,
-                                           stage=stage)
+    predictors = {stage: load_predictor(model_dir, folds, device=device, step_size=step_size, mirror_swap=swap,
+                                        stage=stage)
                   for stage in model_stages(description)}
+    if overwrite:
+        clear_outputs(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     for case in tqdm(todo, desc="predicting", disable=not progress):
         decoded, (maps, pgrid) = _predict_case(cases[case], grids[case], predictors, names, decoder, output,
                                                mirror)

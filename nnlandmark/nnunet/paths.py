@@ -1,6 +1,7 @@
 """Where nnU-Net's raw, preprocessed and results folders live for a project."""
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,22 @@ class NnunetFolders:
                     "nnUNet_results": project_dir / "nnUNet_results"}
         chosen = {k: Path(os.environ[k]) if os.environ.get(k) else v for k, v in defaults.items()}
         return cls(chosen["nnUNet_raw"], chosen["nnUNet_preprocessed"], chosen["nnUNet_results"])
+
+
+def splits_file(folders: NnunetFolders, dataset_name: str) -> Path:
+    """Where nnU-Net keeps a dataset's cross-validation split (``splits_final.json``).
+
+    nnU-Net's trainer writes it on the first training of the dataset (five
+    folds of the prepared cases); a user may write it beforehand to choose the folds.
+    """
+    return Path(folders.preprocessed) / dataset_name / "splits_final.json"
+
+
+def read_splits(folders: NnunetFolders, dataset_name: str) -> list | None:
+    """The folds of :func:`splits_file`, ``[{"train": [case ids], "val": [case ids]}, ...]``;
+    ``None`` while there is none yet."""
+    path = splits_file(folders, dataset_name)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @contextmanager

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnlandmark.geometry import array_to_itk_index, untranspose
+from nnlandmark.errors import InvalidInput
 
 CONFIGURATION = "3d_fullres"
 
@@ -52,7 +53,7 @@ def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> di
     patch size, batch size and topology are still planned for it by nnU-Net.
     """
     if planner not in PLANNERS:
-        raise ValueError(f"unknown planner '{planner}', choose from {sorted(PLANNERS)}")
+        raise InvalidInput(f"unknown planner '{planner}', choose from {sorted(PLANNERS)}")
     planner_class = _import(PLANNERS[planner][0])
     kwargs = {}
     if target_spacing is not None:
@@ -156,6 +157,26 @@ def case_grids(properties: dict, transpose_forward, preprocessed_shape):
 def read_case_properties(preprocessed_dir: Path, case_id: str) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
     return load_pickle(str(Path(preprocessed_dir) / f"{case_id}.pkl"))
+
+
+def case_direction(preprocessed_dir: Path, case_id: str) -> np.ndarray:
+    """The 3x3 direction matrix of a preprocessed case's original image (ITK: the
+    columns are the world directions of its i, j, k axes)."""
+    properties = read_case_properties(preprocessed_dir, case_id)
+    return np.reshape(properties["sitk_stuff"]["direction"], (3, 3))
+
+
+def load_preprocessed_case(preprocessed_dir: Path, case_id: str) -> tuple:
+    """``(data, seg, properties)`` of one preprocessed case, as nnU-Net's data loader reads it.
+
+    ``data`` (C, ...) and ``seg`` (label maps, ...) are nnU-Net's lazy arrays
+    (blosc2 or memory-mapped): indexing reads them, e.g. ``np.asarray(seg[:])``
+    reads the labels without decompressing the image.
+    """
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    folder = str(preprocessed_dir)
+    data, seg, _, properties = infer_dataset_class(folder)(folder, identifiers=[case_id]).load_case(case_id)
+    return data, seg, properties
 
 
 # --- the coarse-to-fine cascade ------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Sliding-window heatmap prediction with nnU-Net's predictor.
 
-A trained model folder is loaded without nnU-Net's trainer lookup by name:
-the network is rebuilt from the plans and each fold's weights are loaded
-directly. Each case goes through nnU-Net's own preprocessing, then nnU-Net's
+A trained model is loaded without nnU-Net's trainer lookup by name: the
+network is rebuilt from the plans and each fold's weights are loaded directly
+from its checkpoint. Which plans, configuration, architecture and
+checkpoints make the model is the inference layer's to say
+(:func:`nnlandmark.inference.model_folder.load_predictor` reads them from a
+model folder). Each case goes through nnU-Net's own preprocessing, then nnU-Net's
 Gaussian-weighted sliding window (its weights floored so that no border voxel
 loses its logit in float16, see
 :meth:`LandmarkPredictor._internal_predict_sliding_window_return_logits`),
@@ -14,9 +17,6 @@ original resolution.
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnlandmark.geometry import PreprocessedGrid
-from nnlandmark.inference.model_folder import check_model_folder, fold_checkpoint, model_stages
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.planning import case_grids
 
@@ -64,35 +63,43 @@ class _HeatmapChannels:
 
 
 class LandmarkPredictor(nnUNetPredictor):
-    """nnU-Net's predictor for a landmark model folder.
+    """nnU-Net's predictor for one network of a landmark model, its folds' weights averaged.
 
-    Test-time mirroring is along one axis only, the patient's left-right
-    axis, which differs between cases and is therefore given per call to
-    :meth:`heatmaps`. ``mirror_swap`` (optional) is the channel permutation
-    applied to the prediction of the flipped image, so that paired landmarks
-    swap (left eye <-> right eye) instead of being averaged with each other.
+    Parameters
+    ----------
+    plans, dataset_json : dict
+        nnU-Net's plans and dataset description the model was trained with.
+    configuration : str
+        The plans' configuration of this network (a stage of the cascade, or ``3d_fullres``).
+    architecture : str
+        One of :data:`nnlandmark.nnunet.networks.ARCHITECTURES`.
+    num_landmarks : int
+        Output channels.
+    checkpoints : list of path
+        One nnU-Net checkpoint per fold; their logits are averaged.
+    mirror_swap : list of int, optional
+        Test-time mirroring is along one axis only, the patient's left-right
+        axis, which differs between cases and is therefore given per call to
+        :meth:`heatmaps`. ``mirror_swap`` is the channel permutation applied to
+        the prediction of the flipped image, so that paired landmarks swap
+        (left eye <-> right eye) instead of being averaged with each other.
     """
 
-    def __init__(self, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
-                 mirror_swap=None, progress: bool = False, stage: str = "fullres"):
+    def __init__(self, plans: dict, dataset_json: dict, configuration: str, architecture: str, num_landmarks: int,
+                 checkpoints, device: str = "cpu", step_size: float = 0.5, mirror_swap=None,
+                 progress: bool = False):
         device = torch.device(device)
         super().__init__(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
                          perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                          verbose_preprocessing=False, allow_tqdm=progress)
-        self.model_dir = Path(model_dir)
-        self.description = check_model_folder(self.model_dir, folds)
-        plans = json.loads((self.model_dir / "plans.json").read_text())
-        dataset_json = json.loads((self.model_dir / "dataset.json").read_text())
         plans_manager = PlansManager(plans)
-        configuration = plans_manager.get_configuration(model_stages(self.description)[stage])
-        n_landmarks = len(self.description["landmarks"])
-        network = build_network(self.description["settings"]["architecture"], configuration,
-                                len(dataset_json["channel_names"]), n_landmarks)
-        parameters = [torch.load(fold_checkpoint(self.model_dir, f, stage), map_location="cpu",
-                                 weights_only=False)["network_weights"] for f in folds]
+        configuration = plans_manager.get_configuration(configuration)
+        network = build_network(architecture, configuration, len(dataset_json["channel_names"]), num_landmarks)
+        parameters = [torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+                      for checkpoint in checkpoints]
         self.manual_initialization(network, plans_manager, configuration, parameters, dataset_json,
                                    "LandmarkTrainer", None)
-        self.label_manager = _HeatmapChannels(n_landmarks)
+        self.label_manager = _HeatmapChannels(num_landmarks)
         self.mirror_swap = None if mirror_swap is None else torch.as_tensor(mirror_swap, dtype=torch.long)
         self.mirror_axis = None  # set by heatmaps() for the case at hand
 

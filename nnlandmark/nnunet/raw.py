@@ -27,6 +27,16 @@ label file rewritten after planning (``prepare`` does both).
 Overlap is judged in the voxels of the original image, with the case's cube
 size: with a target spacing much coarser than the image's, cubes a few voxels
 apart can still merge during nnU-Net's resampling.
+
+The dataset is whatever the layer above loaded (this layer imports nothing of
+it), read through these attributes only, as
+:class:`nnlandmark.data.dataset.LandmarkDataset` has them:
+
+- ``dataset.spec.landmarks`` (names, the channel order), ``.channels``, ``.name``;
+- ``dataset.cases``, each with ``case_id``, ``image_files`` (one per channel),
+  ``grid`` (an :class:`nnlandmark.geometry.ImageGrid`) and ``landmarks``
+  (``points``: name -> world LPS point; ``status(name)``: ``present``,
+  ``absent`` or ``unknown``).
 """
 from __future__ import annotations
 
@@ -37,8 +47,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnlandmark.data.dataset import LandmarkDataset
 from nnlandmark.geometry import itk_to_array_index, nearest_voxel, world_to_index
+from nnlandmark.errors import InvalidInput
 
 CUBE_HALF_WIDTH = 1  # 3x3x3 cubes at the target spacing or finer
 RAW_FILE_ENDING = ".mha"  # stores any direction matrix exactly, unlike NIfTI's float32 quaternions
@@ -114,7 +124,7 @@ def assign_label_maps(centres: dict, half_widths=CUBE_HALF_WIDTH) -> dict:
     return maps
 
 
-def label_maps_needed(dataset: LandmarkDataset, target_spacing=None) -> int:
+def label_maps_needed(dataset, target_spacing=None) -> int:
     """The number of label maps the cases of ``dataset`` need (1 without collisions)."""
     names = dataset.spec.landmarks
     return max([1] + [max(assign_label_maps(cube_centres(case, names),
@@ -132,7 +142,7 @@ def landmark_label_maps(case, names, n_maps: int, target_spacing=None) -> np.nda
     half_widths = cube_half_widths(case.grid.spacing, target_spacing)
     maps = assign_label_maps(centres, half_widths)
     if maps and max(maps.values()) >= n_maps:
-        raise ValueError(f"{case.case_id}: landmark cubes overlap and need {max(maps.values()) + 1} "
+        raise InvalidInput(f"{case.case_id}: landmark cubes overlap and need {max(maps.values()) + 1} "
                          f"label maps, not {n_maps}")
     labels = np.zeros((n_maps, *size), dtype=np.uint8 if len(names) < 255 else np.uint16)
     for name, centre in centres.items():
@@ -162,7 +172,7 @@ def label_image(maps: np.ndarray, reference) -> "sitk.Image":
     return images[0] if len(images) == 1 else sitk.JoinSeries(images)
 
 
-def nnunet_dataset_json(dataset: LandmarkDataset, n_maps: int = 1, cube_sizes: dict | None = None) -> dict:
+def nnunet_dataset_json(dataset, n_maps: int = 1, cube_sizes: dict | None = None) -> dict:
     labels = {"background": 0}
     labels.update({name: i + 1 for i, name in enumerate(dataset.spec.landmarks)})
     # nnU-Net ignores keys it does not know; LABEL_MAPS_KEY tells a resumed export what was written
@@ -180,7 +190,7 @@ def _landmark_record(case, names) -> dict:
     return record
 
 
-def write_raw_dataset(dataset: LandmarkDataset, raw_dir: Path, target_spacing=None, progress: bool = True,
+def write_raw_dataset(dataset, raw_dir: Path, target_spacing=None, progress: bool = True,
                       labels: str = LABELS_FOLDER) -> None:
     """Write imagesTr/, labelsTr/, dataset.json and the world-coordinate sidecar.
 

@@ -4,17 +4,16 @@ nnU-Net keeps what it does well: data loading, foreground oversampling,
 spatial and intensity augmentation, the planned network, SGD with poly decay,
 checkpoints. We change only what landmarks need:
 
-- the label map(s) of 3x3x3 cubes are turned *after augmentation* into one
-  target heatmap per landmark, centred on the centroid of its (moved) cube;
-- one output channel per landmark, no deep supervision, the preset's loss;
-- landmarks that a case leaves unannotated are masked out of its loss;
-- nnU-Net's mirroring along every axis is off; instead, when the settings
-  ask for it (:meth:`TrainingSettings.mirroring`), half of the training
-  patches are flipped along the patient's left-right axis and paired
-  landmarks swap (the left eye of a mirrored head is its right eye). The
-  left-right axis of the preprocessed array is read per case from its
-  direction matrix and nnU-Net's ``transpose_forward``, never assumed. Like
-  nnU-Net's own mirroring, the flip follows the spatial augmentation;
+- each augmented batch (image patches, label patches with the landmarks'
+  cubes) goes through the recipe's ``prepare_batch``, which returns the
+  network input, one target heatmap per landmark and the loss mask. What
+  happens there (cube centroids, unannotated landmarks, left-right mirroring
+  with paired landmarks swapped, targets) is the training layer's business
+  (:class:`nnlandmark.training.batches.LandmarkBatches`); this module only
+  knows nnU-Net's batch format;
+- one output channel per landmark, no deep supervision, the recipe's loss;
+- nnU-Net's mirroring along every axis is off (mirroring, where wanted, is
+  done in ``prepare_batch``, after nnU-Net's spatial augmentation);
 - validation reports the loss only; the best checkpoint is the one with the
   lowest validation loss; the latest checkpoint is written atomically every
   ``save_every`` epochs so a killed run resumes;
@@ -33,6 +32,8 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from time import time
@@ -45,12 +46,47 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
 
-from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.nnunet.networks import build_network
-from nnlandmark.nnunet.planning import read_case_properties
-from nnlandmark.training.intensity import random_intensity_remap
-from nnlandmark.training.presets import TrainingSettings
-from nnlandmark.training.targets import inside_patch, mirror_samples, points_from_label_patch
+from nnlandmark.nnunet.paths import NnunetFolders
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """What the trainer takes from the layers above: plain values and callables.
+
+    nnU-Net's trainer knows nothing of landmarks; the training layer builds
+    this (:func:`nnlandmark.training.train.training_recipe`) from its settings.
+    """
+
+    num_landmarks: int  #: output channels of the network
+    architecture: str  #: one of :data:`nnlandmark.nnunet.networks.ARCHITECTURES`
+    epochs: int  #: the most epochs; a time budget may stop earlier
+    iterations_per_epoch: int
+    val_iterations: int
+    save_every: int  #: epochs between two ``checkpoint_latest.pth``
+    lr: float  #: initial learning rate
+    optimizer: str  #: ``sgd`` (nnU-Net's SGD with poly decay) or ``adam``
+    schedule: str  #: for ``adam``: ``poly`` decay or ``step`` (halved every quarter of the epochs)
+    #: ``loss(logits, targets, channel_mask=mask)`` -> scalar tensor
+    loss: Callable
+    #: ``prepare_batch(data, seg, case_ids, augment)`` -> ``(network input, targets, loss mask (B, L))``,
+    #: of an augmented batch already on the training device: ``data`` (B, C, *patch) images,
+    #: ``seg`` (B, label maps, *patch) label patches, ``augment`` True for training batches
+    prepare_batch: Callable
+    #: ``on_curves(curves, folder)`` after every epoch, with the curves of ``training_curves.json``
+    #: (e.g. to plot them); ``None`` writes only the JSON
+    on_curves: Callable | None = None
+
+
+def make_trainer(folders: NnunetFolders, dataset_name: str, plans: dict, configuration: str, fold: int,
+                 device="cpu", continue_training: bool = False) -> "LandmarkTrainer":
+    """nnU-Net's trainer of one configuration and fold of a preprocessed dataset; call
+    :meth:`LandmarkTrainer.configure` next. Run it inside
+    :func:`nnlandmark.nnunet.paths.nnunet_environment`, where nnU-Net finds its folders."""
+    dataset_json = json.loads((Path(folders.preprocessed) / dataset_name / "dataset.json").read_text())
+    # nnunetv2 2.8 reads (and pops) continue_training from the plans it is given; the copy keeps the caller's
+    plans = {**plans, "continue_training": continue_training}
+    return LandmarkTrainer(plans, configuration, fold, dataset_json, torch.device(device))
 
 
 class StepDecay:
@@ -83,22 +119,16 @@ class LandmarkTrainer(nnUNetTrainer):
     """Call :meth:`configure` right after construction (nnU-Net's ``__init__``
     records its own arguments by introspection, so ours cannot take more)."""
 
-    def configure(self, settings: TrainingSettings, landmark_names: list, model_dir: Path,
-                  unknown_landmarks: dict, pairs=(), stage: str = "fullres",
-                  time_budget_s: float | None = None, output_folder: Path | None = None,
-                  world_points: dict | None = None) -> None:
-        """Apply ``settings``; write shared files into ``model_dir``, checkpoints into
+    def configure(self, recipe: TrainingRecipe, model_dir: Path, stage: str = "fullres",
+                  time_budget_s: float | None = None, output_folder: Path | None = None) -> None:
+        """Apply ``recipe``; write shared files into ``model_dir``, checkpoints into
         ``output_folder`` (default ``model_dir/fold_N``).
 
-        ``unknown_landmarks`` maps case id -> names left unannotated in that
-        case; ``pairs`` are the dataset's left/right pairs (mirroring swaps them);
         ``stage`` is ``fullres``, or ``global``/``local`` of the cascade (the
         trainer's configuration must be that stage's); ``time_budget_s`` fits
-        the number of epochs to the wall clock; ``world_points`` (case id ->
-        {name: world LPS point}) makes targets sub-voxel exact (see
-        :meth:`subvoxel_offsets`).
+        the number of epochs to the wall clock.
         """
-        self.settings = settings
+        self.recipe = recipe
         self.stage = stage
         self.time_budget_s = time_budget_s
         if stage == "global":
@@ -106,21 +136,13 @@ class LandmarkTrainer(nnUNetTrainer):
         elif stage == "local":
             self.oversample_foreground_percent = 1.0  # every patch around a landmark
         self._max_offset = self.configuration_manager.configuration.get("nnlandmark_max_offset", [0, 0, 0])
-        self._world_points = world_points or {}
-        self._offsets = {}  # case id -> (L, 3) tensor, computed on first use
-        self.landmark_names = list(landmark_names)
-        self.num_epochs = settings.epochs
-        self.num_iterations_per_epoch = settings.iterations_per_epoch
-        self.num_val_iterations_per_epoch = settings.val_iterations
-        self.save_every = settings.save_every
-        self.initial_lr = settings.lr
+        self.num_epochs = recipe.epochs
+        self.num_iterations_per_epoch = recipe.iterations_per_epoch
+        self.num_val_iterations_per_epoch = recipe.val_iterations
+        self.save_every = recipe.save_every
+        self.initial_lr = recipe.lr
         self.enable_deep_supervision = False
-        self.loss_fn = settings.loss_function()
-        self._unknown = {case: [self.landmark_names.index(n) for n in names]
-                         for case, names in unknown_landmarks.items()}
-        self.mirror = settings.mirroring(pairs)
-        self._swap = swap_permutation(self.landmark_names, pairs)
-        self._lr_axes = {}  # case id -> left-right axis of its preprocessed array, read on first use
+        self.loss_fn = recipe.loss
         model_dir = Path(model_dir)
         self._relocate(model_dir, Path(output_folder) if output_folder else model_dir / f"fold_{self.fold}")
 
@@ -157,8 +179,8 @@ class LandmarkTrainer(nnUNetTrainer):
     def build_network_architecture(self, plans_manager, configuration_manager, num_input_channels,
                                    num_output_channels, enable_deep_supervision=False):
         # nnU-Net passes its label count (landmarks + background); we want one channel per landmark
-        return build_network(self.settings.architecture, configuration_manager, num_input_channels,
-                             len(self.landmark_names))
+        return build_network(self.recipe.architecture, configuration_manager, num_input_channels,
+                             self.recipe.num_landmarks)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         decoder = getattr(self.network, "decoder", None)
@@ -166,9 +188,9 @@ class LandmarkTrainer(nnUNetTrainer):
             decoder.deep_supervision = enabled
 
     def configure_optimizers(self):
-        if self.settings.optimizer == "adam":
+        if self.recipe.optimizer == "adam":
             optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-            if self.settings.schedule == "step":
+            if self.recipe.schedule == "step":
                 return optimizer, StepDecay(optimizer, self.initial_lr, max(1, self.num_epochs // 4))
             from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
             return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
@@ -202,77 +224,14 @@ class LandmarkTrainer(nnUNetTrainer):
         return rotation, dummy_2d, initial_patch_size, None
 
     # --- one step -----------------------------------------------------------------
-    def left_right_axis(self, case_id: str) -> int:
-        """Spatial axis of the case's preprocessed array closest to the patient's left-right."""
-        if case_id not in self._lr_axes:
-            properties = read_case_properties(self.preprocessed_dataset_folder, case_id)
-            direction = np.reshape(properties["sitk_stuff"]["direction"], (3, 3))
-            self._lr_axes[case_id] = left_right_axis(direction, self.plans_manager.transpose_forward)
-        return self._lr_axes[case_id]
-
-    def subvoxel_offsets(self, case_id: str) -> torch.Tensor:
-        """``(L, 3)``: exact landmark point minus its label cube's centroid, in preprocessed voxels.
-
-        A cube sits on the voxel nearest its landmark, and nnU-Net's resampling
-        moves its centroid a little more: up to half a voxel per axis of label
-        noise (0.75 mm on average at 1.5 mm, measured). The exact point is known
-        (the world point through :mod:`nnlandmark.geometry`), so the difference is
-        added to the centroid found in each augmented patch. It is exact for a
-        patch that was only shifted, cropped, mirrored (applied after) or
-        intensity-augmented, and approximate under rotation and scaling (the
-        offset, at most about a voxel, is not rotated with the patch). Zero for
-        landmarks without a world point.
-        """
-        if case_id not in self._offsets:
-            from nnlandmark.geometry import world_to_preprocessed
-            from nnlandmark.nnunet.planning import case_grids
-            n = len(self.landmark_names)
-            offsets = torch.zeros(n, 3)
-            points = self._world_points.get(case_id, {})
-            if points:
-                if self.dataset_class is None:
-                    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-                    self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-                _, seg, _, properties = self.dataset_class(self.preprocessed_dataset_folder,
-                                                           identifiers=[case_id]).load_case(case_id)
-                seg = torch.from_numpy(np.asarray(seg[:]).astype(np.int16))
-                centroids = points_from_label_patch(seg[None], n)[0].double().numpy()
-                pgrid, grid = case_grids(properties, self.plans_manager.transpose_forward, seg.shape[1:])
-                for i, name in enumerate(self.landmark_names):
-                    if name in points and np.all(np.isfinite(centroids[i])):
-                        exact = world_to_preprocessed(np.asarray(points[name], float), pgrid, grid)
-                        offsets[i] = torch.from_numpy(exact - centroids[i])
-            self._offsets[case_id] = offsets
-        return self._offsets[case_id]
-
     def _inputs(self, batch: dict, augment: bool = False):
-        """Network input, heatmap targets and loss mask (B, L) of a batch.
-
-        Absent landmarks have no cube, hence a NaN point and an all-zero
-        target; unknown ones are masked out. With ``augment`` (training
-        batches), each sample is mirrored left-right with probability 1/2
-        when mirroring is on.
-        """
+        """Network input, targets and loss mask (B, L) of one of nnU-Net's batches, made by
+        the recipe's ``prepare_batch`` (``augment`` for training batches)."""
         data = batch["data"].to(self.device, non_blocking=True)
         seg = batch["target"]
-        seg = seg[0] if isinstance(seg, list) else seg
+        seg = seg[0] if isinstance(seg, list) else seg  # a list only with deep supervision
         seg = seg.to(self.device, non_blocking=True)
-        points = points_from_label_patch(seg, len(self.landmark_names))
-        if self._world_points:  # before mirroring, which flips the offsets with the points
-            points = points + torch.stack([self.subvoxel_offsets(k) for k in batch["keys"]]).to(points)
-        mask = torch.ones(points.shape[:2], dtype=torch.bool, device=self.device)
-        for b, key in enumerate(batch["keys"]):
-            mask[b, self._unknown.get(key, [])] = False
-        if augment and self.mirror:
-            flip = (torch.rand(len(batch["keys"])) < 0.5).tolist()
-            axes = [self.left_right_axis(key) if f else 0 for key, f in zip(batch["keys"], flip)]
-            data, points, mask = mirror_samples(data, points, mask, flip, axes, self._swap)
-        if augment and self.settings.contrast_augmentation > 0:
-            data = random_intensity_remap(data, self.settings.contrast_augmentation)
-        if self.settings.output == "softmax":
-            # a distribution over the patch's voxels cannot say "outside": such landmarks are not supervised
-            mask &= inside_patch(points, seg.shape[2:])
-        return data, self.settings.make_targets(points, seg.shape[2:]), mask
+        return self.recipe.prepare_batch(data, seg, batch["keys"], augment)
 
     def _loss(self, batch: dict, augment: bool = False) -> torch.Tensor:
         data, target, mask = self._inputs(batch, augment)
@@ -331,22 +290,21 @@ class LandmarkTrainer(nnUNetTrainer):
     def on_train_end(self):
         super().on_train_end()  # writes checkpoint_final.pth, then deletes checkpoint_latest.pth
 
+    def _logged(self, key: str) -> list:
+        """Every epoch's value of ``key`` in nnU-Net's logger (one per epoch, a resumed run's included)."""
+        return list(self.logger.get_value(key, step=None))
+
     def _write_curves(self) -> None:
-        log = self.logger.local_logger.my_fantastic_logging
-        curves = {"train_loss": list(log["train_losses"]), "val_loss": list(log["val_losses"]),
-                  "lr": list(log["lrs"])}
+        curves = {"train_loss": self._logged("train_losses"), "val_loss": self._logged("val_losses"),
+                  "lr": self._logged("lrs")}
         n = min(len(v) for v in curves.values())
         curves = {k: [float(x) for x in v[:n]] for k, v in curves.items()}
         Path(self.output_folder, "training_curves.json").write_text(json.dumps(curves))
-        try:
-            from nnlandmark.report.curves import plot_training_curves
-            plot_training_curves(curves, os.path.join(self.output_folder, "training_curves.png"))
-        except ImportError:
-            pass
+        if self.recipe.on_curves is not None:
+            self.recipe.on_curves(curves, Path(self.output_folder))
 
     def _epoch_seconds(self) -> list:
-        starts = self.logger.local_logger.my_fantastic_logging["epoch_start_timestamps"]
-        ends = self.logger.local_logger.my_fantastic_logging["epoch_end_timestamps"]
+        starts, ends = self._logged("epoch_start_timestamps"), self._logged("epoch_end_timestamps")
         return [e - s for s, e in zip(starts, ends)]
 
     def _fit_to_budget(self) -> None:
@@ -358,7 +316,7 @@ class LandmarkTrainer(nnUNetTrainer):
         recent = float(np.mean(seconds[-5:]))
         left = self.time_budget_s - float(np.sum(seconds))
         fitted = self.current_epoch + math.floor(left / recent)
-        self._set_num_epochs(min(self.settings.epochs, max(self.current_epoch, fitted)))
+        self._set_num_epochs(min(self.recipe.epochs, max(self.current_epoch, fitted)))
 
     def run_training(self, progress: bool = True):
         self.on_train_start()
@@ -378,7 +336,7 @@ class LandmarkTrainer(nnUNetTrainer):
                     # first epoch of a budgeted run: show the total it will come to, not 1000 epochs
                     per_iteration = (time() - started) / (i + 1)
                     epochs = self.time_budget_s / (per_iteration * (its + self.num_val_iterations_per_epoch))
-                    bar.total = max(its, int(min(self.settings.epochs, epochs)) * its)
+                    bar.total = max(its, int(min(self.recipe.epochs, epochs)) * its)
                     bar.refresh()
             self.on_train_epoch_end(train_outputs)
             with torch.no_grad():

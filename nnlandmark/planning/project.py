@@ -23,8 +23,11 @@ from nnlandmark.data.dataset import DatasetError, load_dataset
 from nnlandmark.nnunet import planning
 from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
 from nnlandmark.nnunet.raw import write_raw_dataset
+from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
 
 PROJECT_FILE = "project.json"
+#: nnU-Net's cross-validation: the folds planned for every project and trained by ``--fold all``
+NUM_FOLDS = 5
 FIRST_DATASET_ID = 701  # clear of the ids nnU-Net's public datasets use
 
 
@@ -71,7 +74,7 @@ class Project:
         root = Path(root)
         path = root / PROJECT_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{root}: not an nnlandmark project (no {PROJECT_FILE}; run 'nnlandmark prepare')")
+            raise MissingPath(f"{root}: not an nnlandmark project (no {PROJECT_FILE}; run 'nnlandmark prepare')")
         return cls(root=root.resolve(), **json.loads(path.read_text()))
 
 
@@ -102,6 +105,15 @@ def check_dataset(dataset_dir, progress: bool = True):
     return dataset
 
 
+def dataset_warnings(dataset) -> list:
+    """What a valid dataset may still fall short of, one line each naming the folder
+    (``check`` and ``prepare`` print these; they stop nothing: a small set is a fine test set)."""
+    if len(dataset.cases) < NUM_FOLDS:
+        return [f"{dataset.root}: {len(dataset.cases)} cases; training ({NUM_FOLDS}-fold cross-validation) "
+                f"needs at least {NUM_FOLDS}"]
+    return []
+
+
 def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: int = 2,
             target_spacing=None, progress: bool = True) -> Project:
     """Validate, export, fingerprint, plan and preprocess a landmark dataset.
@@ -128,13 +140,19 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
         re-preprocessed; added or removed cases need a new project).
     """
     if planner not in planning.PLANNERS:
-        raise ValueError(f"unknown planner '{planner}', choose from {sorted(planning.PLANNERS)}")
+        raise InvalidInput(f"unknown planner '{planner}', choose from {sorted(planning.PLANNERS)}")
     if target_spacing is not None:
         target_spacing = [float(target_spacing)] * 3 if isinstance(target_spacing, (int, float)) \
             else [float(s) for s in target_spacing]
         if len(target_spacing) != 3 or min(target_spacing) <= 0:
-            raise ValueError(f"target spacing must be one or three positive numbers (mm), got {target_spacing}")
+            raise InvalidInput(f"target spacing must be one or three positive numbers (mm), got {target_spacing}")
+    if not (isinstance(num_processes, int) and num_processes >= 1):
+        raise InvalidInput(f"--num-processes: must be a whole number of at least 1, got {num_processes}")
     dataset_dir, project_dir = Path(dataset_dir).resolve(), Path(project_dir).resolve()
+    if project_dir.exists() and not project_dir.is_dir():
+        raise InvalidInput(f"{project_dir}: is a file; the project needs a folder (a new path, or an earlier project)")
+    if project_dir.is_dir() and any(project_dir.iterdir()) and not (project_dir / PROJECT_FILE).exists():
+        raise OutputExists(f"{project_dir}: not empty and not an nnlandmark project; give a new or empty folder")
     if project_dir == dataset_dir or dataset_dir in project_dir.parents:
         raise DatasetError(f"{project_dir}: the project folder must not be inside the dataset folder")
     dataset = check_dataset(dataset_dir, progress=progress)

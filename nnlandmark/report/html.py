@@ -20,6 +20,7 @@ from nnlandmark.evaluation.evaluate import EvaluationResult, list_case_files, re
 from nnlandmark.evaluation.metrics import threshold_key
 from nnlandmark.report.plots import plot_error_boxplot, plot_sdr_curve
 from nnlandmark.report.slices import plot_landmark_slices
+from nnlandmark.errors import InvalidInput, OutputExists
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -123,7 +124,7 @@ def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
     out_dir = Path(out_dir)
     report = out_dir / "report.html"
     if report.exists() and not overwrite:
-        raise FileExistsError(f"refusing to overwrite {report} (pass overwrite=True)")
+        raise OutputExists(f"{report}: exists; use --overwrite to replace the earlier report")
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = [threshold_key(t) for t in result.thresholds]
 
@@ -135,7 +136,7 @@ def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
         predictions_dir = predictions_dir if predictions_dir is not None else result.prediction_dir
         reference_dir = reference_dir if reference_dir is not None else result.reference_dir
         if predictions_dir is None or reference_dir is None:
-            raise ValueError("slice images need predictions_dir and reference_dir")
+            raise InvalidInput("slice images need predictions_dir and reference_dir")
         slices = _slice_pngs(result, out_dir, images, predictions_dir, reference_dir)
 
     e = html.escape

@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 from nnlandmark.nnunet.networks import ARCHITECTURES
-from nnlandmark.training.losses import mse_on_sigmoid, spatial_softmax_cross_entropy, topk_bce_with_logits
-from nnlandmark.training.targets import cone_heatmaps, gaussian_heatmaps
+from nnlandmark.errors import InvalidInput
 
 #: ``cascade``: a global stage on the whole scan at a coarse spacing, then a local stage at full
 #: resolution around each landmark (planned by :func:`nnlandmark.nnunet.planning.plan_cascade`);
@@ -47,7 +46,7 @@ class TrainingSettings:
 
     ``exact_targets``: targets centred on each landmark's exact, sub-voxel
     position, not on its label cube's voxel (see
-    :meth:`nnlandmark.nnunet.trainer.LandmarkTrainer.subvoxel_offsets`).
+    :meth:`nnlandmark.training.batches.LandmarkBatches.subvoxel_offsets`).
 
     ``contrast_augmentation``: the share of training patches whose intensities
     are remapped through a random curve on top of nnU-Net's augmentation
@@ -85,13 +84,13 @@ class TrainingSettings:
 
     def __post_init__(self):
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset '{self.preset}', choose from {sorted(PRESETS)}")
+            raise InvalidInput(f"unknown preset '{self.preset}', choose from {sorted(PRESETS)}")
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{self.architecture}', choose from {list(ARCHITECTURES)}")
+            raise InvalidInput(f"unknown architecture '{self.architecture}', choose from {list(ARCHITECTURES)}")
         if self.configuration not in CONFIGURATIONS:
-            raise ValueError(f"unknown configuration '{self.configuration}', choose from {list(CONFIGURATIONS)}")
+            raise InvalidInput(f"unknown configuration '{self.configuration}', choose from {list(CONFIGURATIONS)}")
         if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
-            raise ValueError(f"time budget must be a positive number of minutes, got {self.time_budget_minutes}")
+            raise InvalidInput(f"time budget must be a positive number of minutes, got {self.time_budget_minutes}")
         # a time budget fits the number of epochs, so epochs are kept short to fit it closely
         budgeted = self.time_budget_minutes is not None
         if self.iterations_per_epoch is None:
@@ -99,12 +98,12 @@ class TrainingSettings:
         if self.val_iterations is None:
             self.val_iterations = 3 if budgeted else 50
         if not 0.0 <= self.contrast_augmentation <= 1.0:
-            raise ValueError(f"contrast_augmentation is a probability in [0, 1], got {self.contrast_augmentation}")
+            raise InvalidInput(f"contrast_augmentation is a probability in [0, 1], got {self.contrast_augmentation}")
         if self.gaussian_sigma is None:
             self.gaussian_sigma = PRESETS[self.preset]["sigma"]
         for name in ("epochs", "iterations_per_epoch", "val_iterations", "save_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @property
     def stages(self) -> tuple:
@@ -130,12 +129,15 @@ class TrainingSettings:
 
     def make_targets(self, points, spatial_shape):
         """Heatmap targets (B, L, *spatial) for landmark points (B, L, 3)."""
+        # imported here: the CLI reads the registries of this module without paying for torch
+        from nnlandmark.training.targets import cone_heatmaps, gaussian_heatmaps
         if self.preset == "cone":
             return cone_heatmaps(points, spatial_shape, radius=self.cone_radius)
         return gaussian_heatmaps(points, spatial_shape, sigma=self.gaussian_sigma)
 
     def loss_function(self):
         """loss(logits, target, channel_mask) for this preset."""
+        from nnlandmark.training.losses import mse_on_sigmoid, spatial_softmax_cross_entropy, topk_bce_with_logits
         if self.preset == "cone":
             return partial(topk_bce_with_logits, fraction=self.topk_fraction)
         if self.preset == "softmax":

@@ -7,10 +7,13 @@ from pathlib import Path
 import torch
 
 from nnlandmark.inference.model_folder import MODEL_FILE, stage_dir, update_description
-from nnlandmark.nnunet.paths import nnunet_environment
-from nnlandmark.nnunet.planning import CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION
+from nnlandmark.nnunet import nnunetv2_version
+from nnlandmark.nnunet.paths import nnunet_environment, read_splits, splits_file
+from nnlandmark.nnunet.planning import (CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION,
+                                        preprocessed_folder)
 from nnlandmark.planning.project import Project
 from nnlandmark.training.presets import STAGE_BUDGET_SHARE, TrainingSettings
+from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
 
 #: the nnU-Net configuration each stage trains
 STAGE_CONFIGURATIONS = {"fullres": CONFIGURATION, "global": GLOBAL_CONFIGURATION, "local": LOCAL_CONFIGURATION}
@@ -31,9 +34,9 @@ def saved_settings(project_dir, preset: str, architecture: str, configuration: s
 
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise InvalidInput("--device cuda was asked for, but torch sees no CUDA device")
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got '{device}'")
+        raise InvalidInput(f"device must be 'cpu' or 'cuda', got '{device}'")
     return torch.device(device)
 
 
@@ -48,13 +51,8 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
                    "channels": project.channels, "planner": project.planner,
                    "plans_identifier": project.plans_identifier, "configuration": stages[settings.stages[-1]],
                    "stages": stages, "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
-                   "nnunetv2_version": _package_version("nnunetv2")}
+                   "nnunetv2_version": nnunetv2_version()}
     update_description(model_dir, description)
-
-
-def _package_version(name: str) -> str:
-    from importlib.metadata import version
-    return version(name)
 
 
 def _landmark_records(project: Project) -> dict:
@@ -78,34 +76,33 @@ def check_folds(project: Project, folds, settings: TrainingSettings | None = Non
     inside scikit-learn). With one, each fold must be listed in it (a fold
     beyond the list would silently become a random 80:20 split).
     """
-    from nnlandmark.nnunet.planning import preprocessed_folder
     if not project.plans_file.is_file():
-        raise FileNotFoundError(f"{project.root}: not fully prepared ({project.plans_file.name} missing); "
+        raise MissingPath(f"{project.root}: not fully prepared ({project.plans_file.name} missing); "
                                 "rerun 'nnlandmark prepare' to finish it")
     plans = project.plans()
     prepared = None
     for stage in (settings or TrainingSettings()).stages:
         configuration = STAGE_CONFIGURATIONS[stage]
         if configuration not in plans["configurations"]:
-            raise FileNotFoundError(f"{project.plans_file}: has no '{configuration}' configuration (prepared by an "
+            raise MissingPath(f"{project.plans_file}: has no '{configuration}' configuration (prepared by an "
                                     "older nnlandmark); rerun 'nnlandmark prepare' on the project to add it")
         folder = preprocessed_folder(project.folders, project.dataset_name, plans, configuration)
         found = {p.name[:-len(".pkl")] for p in folder.glob("*.pkl")} if folder.is_dir() else set()
         prepared = found if prepared is None else prepared & found
-    splits_file = project.folders.preprocessed / project.dataset_name / "splits_final.json"
-    if splits_file.is_file():
-        splits = json.loads(splits_file.read_text())
+    splits = read_splits(project.folders, project.dataset_name)
+    if splits is not None:
+        path = splits_file(project.folders, project.dataset_name)
         for f in folds:
             if f >= len(splits) or not splits[f].get("train"):
-                raise ValueError(f"{splits_file}: has no training cases for fold {f} "
+                raise InvalidInput(f"{path}: has no training cases for fold {f} "
                                  f"({len(splits)} folds defined)")
             unknown = sorted((set(splits[f]["train"]) | set(splits[f].get("val", []))) - prepared)
             if unknown:
-                raise ValueError(f"{splits_file}: fold {f} lists cases that are not prepared: {unknown}")
+                raise InvalidInput(f"{path}: fold {f} lists cases that are not prepared: {unknown}")
         return
     n_cases = len(prepared)
     if n_cases < NUM_FOLDS:
-        raise ValueError(f"{project.root}: {n_cases} prepared case(s); training fold {folds[0]} of the "
+        raise InvalidInput(f"{project.root}: {n_cases} prepared case(s); training fold {folds[0]} of the "
                          f"{NUM_FOLDS}-fold cross-validation needs at least {NUM_FOLDS} cases")
 
 
@@ -122,13 +119,13 @@ def train(project_dir, fold=0, settings: TrainingSettings | None = None, device:
     model_dir = model_dir_for(project, settings)
     for f in folds:
         if not 0 <= f < NUM_FOLDS:
-            raise ValueError(f"fold must be 0-{NUM_FOLDS - 1} or 'all', got {f}")
+            raise InvalidInput(f"fold must be 0-{NUM_FOLDS - 1} or 'all', got {f}")
     check_folds(project, folds, settings)
     torch_device = resolve_device(device)  # before anything is written
     for f in folds:
         fold_dir = model_dir / f"fold_{f}"
         if not continue_training and any(fold_dir.glob("checkpoint_*.pth")):
-            raise FileExistsError(f"{fold_dir}: already has checkpoints; use --continue to resume it "
+            raise OutputExists(f"{fold_dir}: already has checkpoints; use --continue to resume it "
                                   "or choose another model")
     write_model_description(project, settings, model_dir)
     for f in folds:
@@ -142,7 +139,6 @@ def _train_fold(project, fold, settings, device, model_dir, continue_training, p
 
 
 def _train_stage(project, fold, stage, settings, device, model_dir, continue_training, progress) -> None:
-    from nnlandmark.nnunet.trainer import LandmarkTrainer
     fold_dir = stage_dir(model_dir, fold, stage)
     if continue_training and (fold_dir / "checkpoint_final.pth").exists():
         print(f"{fold_dir}: already finished")
@@ -153,14 +149,8 @@ def _train_stage(project, fold, stage, settings, device, model_dir, continue_tra
     budget = None if settings.time_budget_minutes is None \
         else 60 * settings.time_budget_minutes * STAGE_BUDGET_SHARE[stage]
     with nnunet_environment(project.folders, augmentation_workers=workers):
-        plans = project.plans()
-        plans["continue_training"] = continue_training  # nnunetv2 2.8 reads (and pops) this from the plans
-        dataset_json = json.loads((project.folders.preprocessed / project.dataset_name / "dataset.json").read_text())
-        trainer = LandmarkTrainer(plans, STAGE_CONFIGURATIONS[stage], fold, dataset_json, device)
-        records = _landmark_records(project)
-        trainer.configure(settings, project.landmarks, model_dir, _unknown_landmarks(records), project.pairs,
-                          stage=stage, time_budget_s=budget, output_folder=fold_dir,
-                          world_points=_world_points(records) if settings.exact_targets else None)
+        trainer = stage_trainer(project, fold, stage, settings, model_dir, device, output_folder=fold_dir,
+                                continue_training=continue_training, time_budget_s=budget)
         if continue_training:
             # latest is written every save_every epochs; best may be the only one when a run
             # was killed between two of those
@@ -169,3 +159,47 @@ def _train_stage(project, fold, stage, settings, device, model_dir, continue_tra
             if resume_from is not None:
                 trainer.load_checkpoint(str(resume_from))
         trainer.run_training(progress=progress)
+
+
+def stage_trainer(project: Project, fold: int, stage: str, settings: TrainingSettings, model_dir, device="cpu", *,
+                  output_folder=None, continue_training: bool = False, time_budget_s: float | None = None):
+    """nnU-Net's trainer for one stage of a fold, set up for this project's landmarks and ``settings``.
+
+    Call it inside :func:`nnlandmark.nnunet.paths.nnunet_environment` (nnU-Net
+    finds its folders there). Checkpoints go to ``output_folder`` (default
+    ``model_dir/fold_N``); see :meth:`nnlandmark.nnunet.trainer.LandmarkTrainer.configure`.
+    """
+    from nnlandmark.nnunet.trainer import make_trainer
+    from nnlandmark.training.batches import LandmarkBatches
+    configuration = STAGE_CONFIGURATIONS[stage]
+    plans = project.plans()
+    records = _landmark_records(project)
+    batches = LandmarkBatches(settings, project.landmarks, project.pairs,
+                              preprocessed_folder(project.folders, project.dataset_name, plans, configuration),
+                              plans["transpose_forward"], unknown_landmarks=_unknown_landmarks(records),
+                              world_points=_world_points(records) if settings.exact_targets else None)
+    trainer = make_trainer(project.folders, project.dataset_name, plans, configuration, fold, device,
+                           continue_training=continue_training)
+    trainer.configure(training_recipe(settings, len(project.landmarks), batches), model_dir, stage=stage,
+                      time_budget_s=time_budget_s, output_folder=output_folder)
+    return trainer
+
+
+def training_recipe(settings: TrainingSettings, num_landmarks: int, prepare_batch):
+    """What nnU-Net's trainer needs of ``settings``, as plain values and callables
+    (:class:`nnlandmark.nnunet.trainer.TrainingRecipe`)."""
+    from nnlandmark.nnunet.trainer import TrainingRecipe
+    return TrainingRecipe(num_landmarks=num_landmarks, architecture=settings.architecture, epochs=settings.epochs,
+                          iterations_per_epoch=settings.iterations_per_epoch, val_iterations=settings.val_iterations,
+                          save_every=settings.save_every, lr=settings.lr, optimizer=settings.optimizer,
+                          schedule=settings.schedule, loss=settings.loss_function(), prepare_batch=prepare_batch,
+                          on_curves=_plot_curves)
+
+
+def _plot_curves(curves: dict, folder: Path) -> None:
+    """``training_curves.png`` beside the trainer's ``training_curves.json``; skipped without matplotlib."""
+    try:
+        from nnlandmark.report.curves import plot_training_curves
+        plot_training_curves(curves, Path(folder) / "training_curves.png")
+    except ImportError:
+        pass

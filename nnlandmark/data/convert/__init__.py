@@ -14,21 +14,39 @@ Examples
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 from pathlib import Path
 
-from nnlandmark.data.convert import afids, feta, fetal_pose, lfc, mml, pddca
-from nnlandmark.data.convert._common import ConversionError, seeded_split
+from nnlandmark.errors import InvalidInput
 
+#: benchmark name -> the module here whose ``convert`` reads it (imported when used, so that
+#: listing the names, as ``nnlandmark --help`` does, loads no image library)
 CONVERTERS = {
-    "afids": afids.convert,
-    "mml": mml.convert,
-    "pddca": pddca.convert,
-    "feta": feta.convert,
-    "lfc": lfc.convert,
-    "fetal-pose": fetal_pose.convert,
+    "afids": "afids",
+    "mml": "mml",
+    "pddca": "pddca",
+    "feta": "feta",
+    "lfc": "lfc",
+    "fetal-pose": "fetal_pose",
 }
 
-__all__ = ["CONVERTERS", "ConversionError", "run_converter", "seeded_split"]
+__all__ = ["CONVERTERS", "ConversionError", "converter", "run_converter", "seeded_split"]
+
+
+def __getattr__(name):
+    if name in ("ConversionError", "seeded_split"):
+        from nnlandmark.data.convert import _common
+        return getattr(_common, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def converter(name: str):
+    """The ``convert`` function registered as ``name`` (case and ``_``/``-`` do not matter)."""
+    key = name.strip().lower().replace("_", "-")
+    if key not in CONVERTERS:
+        raise InvalidInput(f"unknown benchmark {name!r}; known: {', '.join(sorted(CONVERTERS))}")
+    return importlib.import_module(f"{__name__}.{CONVERTERS[key]}").convert
 
 
 def run_converter(name: str, src, dst, seed: int = 0, **options) -> Path:
@@ -39,12 +57,15 @@ def run_converter(name: str, src, dst, seed: int = 0, **options) -> Path:
 
     Raises
     ------
-    KeyError
-        Unknown benchmark name (the message lists the known ones).
+    InvalidInput
+        Unknown benchmark name (the message lists the known ones), or an
+        option that converter does not take.
     ConversionError
         The source does not look like the benchmark, or ``dst`` is not empty.
     """
-    key = name.strip().lower().replace("_", "-")
-    if key not in CONVERTERS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(sorted(CONVERTERS))}")
-    return CONVERTERS[key](Path(src), Path(dst), seed=seed, **options)
+    convert = converter(name)
+    accepted = inspect.signature(convert).parameters
+    for option in options:
+        if option not in accepted:
+            raise InvalidInput(f"--{option.replace('_', '-')}: not an option of the {name} converter")
+    return convert(Path(src), Path(dst), seed=seed, **options)

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 
 from nnlandmark.data.formats import write_landmarks
 from nnlandmark.data.landmarks import Landmarks
+from nnlandmark.errors import InvalidInput
 from nnlandmark.geometry import GeometryError, ImageGrid, world_to_index
 
 #: Image suffixes recognised when copying, longest first.
@@ -37,7 +38,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
 
-class ConversionError(ValueError):
+class ConversionError(InvalidInput):
     """The benchmark under ``src`` does not have the expected layout or content."""
 
 

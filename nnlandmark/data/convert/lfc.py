@@ -5,25 +5,38 @@ Expected input (the layout read by the benchmark's reference loader)::
     src/<split>/<case>.nii.gz
     src/<split>_label/<case>/<anything>_<n>.mrk.json     six files, n = measurement order
 
-``<split>`` is ``train``/``training``, ``val``/``valid``/``validation`` or
-``test``/``testing``. Each ``.mrk.json`` is a Slicer line markup: two control
-points (start, end) and a length measurement.
+Read from the benchmark's code (github.com/lhaof/LFC: ``dataloader.py``,
+``train_3d.py``, ``gestational_age_samples.csv``; the same loader is in
+github.com/lhaof/DGMLD) and from the nnLandmark conversion scripts, which ran on
+the released files (github.com/MIC-DKFZ/nnLandmark,
+``dataset_conversion/nnLandmark/Dataset737_DMGLD_LFC``):
 
-Assumptions (from the reference loader; not checked against the real files):
-
-- Sorted by the trailing integer of their names, the six files are the
+- ``<split>`` is ``train``, ``valid`` and ``test`` in the reference code
+  (``training``/``val``/``validation``/``testing`` are accepted too); case
+  folders are numbers (``001`` .. ``300`` in the LFC sample list, 120 train /
+  60 val / 120 test; unpadded numbers in the DGMLD copy).
+- Each annotation file is a Slicer markups JSON (``.mrk.json``) line: two
+  control points (start, end) under ``markups[0].controlPoints[*].position``
+  and the length under ``markups[0].measurements[0].value``. Sorted by the
+  integer after the last ``_`` of their names, the six files are the
   measurements ``CBD, BBD, TCD, FOD, HDV, ADV``; landmarks are
   ``<measurement>_1`` (start) and ``<measurement>_2`` (end) -> 12 landmarks.
-- Each markup's ``coordinateSystem`` (LPS or RAS, LPS when absent) is honoured.
-  (The reference loader ignores it and the image direction; we do not.)
+- Each markup's ``coordinateSystem`` (LPS or RAS, LPS when absent, as the
+  nnLandmark scripts also assume) is honoured. The reference loader ignores it
+  and the image direction; we do not.
 - A case without exactly six annotation files is skipped (as the reference
   loader does) and listed in the notes. When a file's stored length differs
   from the distance of its two points by more than 0.5 mm, a warning is noted.
 - Pairs for mirroring: the transverse measurements CBD, BBD and TCD, whose two
   endpoints lie on opposite sides.
 
+Not published: the annotation files' name prefix (only the ``_<n>`` ending is
+read) and which end of a line is "start".
+
 The split is the folder split; when there is no validation folder, a seeded
-10 % of the training cases becomes ``val``.
+10 % of the training cases becomes ``val``; a download without a test folder
+(the DGMLD copy has ``train``/``valid`` only) gets an empty test split and a
+warning.
 """
 from __future__ import annotations
 
@@ -128,6 +141,8 @@ def convert(src: Path, dst: Path, *, seed: int = 0) -> Path:
                 writer.warn(note)
             splits[split].append(writer.add_case(case, image, lm))
     rule = "official folders"
+    if "test" not in folders.values():
+        writer.warn(f"{src_resolved}: no test/ folder; the test split is empty")
     if not splits["val"] and len(splits["train"]) > 1:
         carved = seeded_split(splits["train"], seed=seed, fractions=(0.9, 0.1, 0.0))
         splits["train"], splits["val"] = carved["train"], carved["val"]

@@ -1,28 +1,35 @@
 """MML / MMLD: mandibular molar landmarks on CT (YOLOL benchmark, Sichuan University).
 
-Expected input (the released ``mmld_dataset`` archive)::
+Expected input (the released ``mmld_dataset`` archive, as described in the
+benchmark's README, github.com/ithet1007/mmld_code)::
 
     src/[mmld_dataset/]
       train/<case>_volume.nrrd  <case>_label.npy  <case>_spacing.npy   (458 cases)
       val/...                                                          (100 cases)
       test/...                                                         (100 cases)
 
-Assumptions, taken from the benchmark's reference loader (``Molar3D``) and
-from public conversion scripts of the data, not from a format specification:
+Read from the benchmark's own code (mmld_code: ``data_utils/dataloader.py``,
+``data_utils/transforms.py``, ``utils.py``, ``main_yolol.py``) and from the public
+nnLandmark conversion scripts (github.com/MIC-DKFZ/nnLandmark,
+``dataset_conversion/nnLandmark/Dataset733_MML``); no format specification exists:
 
-- ``<case>_label.npy`` is an ``(N, 3)`` array (N = 14) of **voxel indices in the
-  NRRD axis order** (pynrrd's default Fortran order, i.e. ITK's ``(i, j, k)``),
-  0-based, one row per landmark in a fixed order.
-- A landmark that does not exist (tooth or root missing) has **negative**
-  coordinates (the reference loader drops a case from the complete set when a
-  row sums below zero and rewrites rows with a negative entry to ``-1``). Such
-  rows become *absent*. NaN rows are rejected.
+- The volume is read with pynrrd's default (Fortran) index order and
+  ``<case>_label.npy`` is a ``(14, 3)`` array of **voxel indices into that
+  array**, i.e. ITK's ``(i, j, k)``, 0-based (the loaders crop the volume and
+  paint label cubes at ``[x, y, z]`` directly; the MRE multiplies index
+  differences by ``<case>_spacing.npy`` axis by axis).
+- A landmark that does not exist (tooth or root missing) is marked by "a very
+  small value" (the transforms skip rows whose mean is below -100; the metric
+  counts rows whose mean is positive). Any row with a negative entry becomes
+  *absent*. NaN rows are rejected.
 - ``<case>_spacing.npy`` holds the voxel spacing ``(sx, sy, sz)`` in mm used
   for the benchmark's MRE. When it disagrees with the NRRD header the image is
   re-written with this spacing (origin and direction kept) so that images and
   landmarks agree.
-- The landmark order is not documented by name: landmarks are called
-  ``mml_01`` .. ``mml_14`` and no left/right pairs are declared.
+- Landmark names are the ones of the benchmark's result table, in label order:
+  ``L0, La .. Lf`` (left molars) and ``R0, Ra .. Rf`` (right molars). The
+  anatomical meaning of each letter is not documented. ``L<x>``/``R<x>`` are
+  declared as left/right pairs.
 
 The official split is kept (folders ``train``/``val``/``test``). The 'complete'
 subset (cases with every landmark present, the reference loader's ``full``
@@ -41,13 +48,18 @@ from nnlandmark.data.convert._common import (
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.geometry import index_to_world
 
-N_LANDMARKS = 14
+#: Landmark names in label-row order, as printed by the benchmark's test code
+#: (mmld_code ``main_yolol.py``/``main_baseline.py``).
+NAMES = ("L0", "La", "Lb", "Lc", "Ld", "Le", "Lf", "R0", "Ra", "Rb", "Rc", "Rd", "Re", "Rf")
+N_LANDMARKS = len(NAMES)
+#: Left/right pairs, ``[left, right]``.
+PAIRS = [[n, "R" + n[1:]] for n in NAMES if n.startswith("L")]
 SPLITS = ("train", "val", "test")
 
 
-def landmark_names(n: int = N_LANDMARKS) -> list:
-    """``["mml_01", ..., "mml_<n>"]``."""
-    return [f"mml_{i:02d}" for i in range(1, n + 1)]
+def landmark_names() -> list:
+    """The 14 landmark names in the order of the rows of ``<case>_label.npy``."""
+    return list(NAMES)
 
 
 def _root(src: Path) -> Path:
@@ -78,7 +90,7 @@ def convert(src: Path, dst: Path, *, seed: int = 0, complete_only: bool = False)
     del seed
     root = _root(Path(src).expanduser().resolve())
     names = landmark_names()
-    writer = DatasetWriter(src, dst, name="MML", landmarks=names, channels=["CT"],
+    writer = DatasetWriter(src, dst, name="MML", landmarks=names, pairs=PAIRS, channels=["CT"],
                            image_suffix=".nrrd")
     splits = {s: [] for s in SPLITS}
     complete = []

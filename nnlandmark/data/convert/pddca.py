@@ -1,29 +1,43 @@
 """PDDCA 1.4.1: head-and-neck CT (RTOG 0522) with five bony landmarks.
 
 Expected input (the three ``PDDCA-1.4.1_part*.zip`` archives extracted in one
-folder, in any sub-folder depth)::
+folder, at any depth)::
 
     src/.../0522c0001/img.nrrd
-    src/.../0522c0001/**/<anything>.fcsv        exactly one landmark file per case
+    src/.../0522c0001/<name>.fcsv               the landmark file(s) of the case
     src/.../0522c0001/structures/*.nrrd         (organ masks, ignored)
 
-Assumptions (the landmark file's location and names are not documented in
-material we could check; only the fiducial-CSV format is):
+What is published: the dataset page (imagenglab.com/newsite/pddca) says 48
+CTs "together with manual segmentation of ... and manual identification of
+bony landmarks", details being in ``pddca.odt`` (not available to us). The
+layout ``0522cNNNN/img.nrrd`` + ``structures/<organ>.nrrd`` is used by public
+loaders (e.g. torch_em's PDDCA loader). The landmark files were read by the
+nnLandmark conversion scripts (github.com/MIC-DKFZ/nnLandmark,
+``dataset_conversion/nnLandmark/Dataset740_PDDCA``): they take every ``*.fcsv``
+directly inside a case folder (merging several), name points by the ``label``
+column, read coordinates as Slicer RAS, and found landmarks for 33 cases, all
+in the ``train`` and ``train_additional`` packages (their published split
+lists only 0522c0001-0479).
 
-- Each case folder (name ``0522c<4 digits>``) holds ``img.nrrd`` and one
-  Slicer ``.fcsv``; its ``# CoordinateSystem`` header (RAS/LPS or the legacy
-  ``0``/``1``) is honoured, and a file without it is read as RAS (Slicer's
-  default before 4.11).
+Assumptions (the landmark names and the ``.fcsv`` file names are not documented):
+
+- Each case folder (name ``0522c<4 digits>``) holds ``img.nrrd`` and one or more
+  Slicer ``.fcsv`` files (searched at any depth inside the case folder), merged;
+  a name found in two files is an error. Their ``# CoordinateSystem`` header
+  (RAS/LPS or the legacy ``0``/``1``) is honoured, and a file without it is read
+  as RAS (Slicer's default before 4.11).
 - Landmarks are named by the ``.fcsv`` ``label`` column. The dataset's landmark
   order is the first case's order, extended by names first seen later; a name a
   case lacks is *unknown* for it. Left/right pairs are inferred from ``L``/``R``
   (``left``/``right``) name tokens.
 - A case folder without a ``.fcsv`` is skipped and listed in the notes.
 
-Official split, by the case-number ranges of the MICCAI 2015 challenge packages:
+Split, by the case-number ranges of the MICCAI 2015 challenge packages:
 ``train`` 0001-0328 -> train; ``train_additional`` 0329-0479 -> val;
 ``test_offsite`` 0555-0746 and ``test_onsite`` 0788-0878 -> test. A case
-outside these ranges is an error.
+outside these ranges is an error. When no test-package case has landmarks
+(as the nnLandmark scripts indicate for the release), a seeded 20 % of the
+``train`` package becomes ``test`` and the notes say so.
 """
 from __future__ import annotations
 
@@ -31,10 +45,10 @@ import re
 from pathlib import Path
 
 from nnlandmark.data.convert._common import (
-    ConversionError, DatasetWriter, clean_up_on_failure, infer_lr_pairs,
+    ConversionError, DatasetWriter, clean_up_on_failure, infer_lr_pairs, seeded_split,
 )
 from nnlandmark.data.formats import read_landmarks
-from nnlandmark.data.landmarks import LandmarkFileError
+from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
 
 #: (first, last) case number of each official package and the split it maps to.
 OFFICIAL_RANGES = (((1, 328), "train"), ((329, 479), "val"), ((555, 746), "test"), ((788, 878), "test"))
@@ -62,8 +76,10 @@ def official_split(case: str) -> str:
 
 @clean_up_on_failure
 def convert(src: Path, dst: Path, *, seed: int = 0) -> Path:
-    """Convert PDDCA 1.4.1 into our layout; return ``dst``. ``seed`` is unused (official split)."""
-    del seed
+    """Convert PDDCA 1.4.1 into our layout; return ``dst``.
+
+    ``seed`` only matters when the test packages have no landmarks (see the module docstring).
+    """
     src_resolved = Path(src).expanduser().resolve()
     case_dirs = sorted((d for d in src_resolved.rglob("0522c*") if d.is_dir() and _CASE.match(d.name)),
                        key=lambda d: d.name)
@@ -84,13 +100,19 @@ def convert(src: Path, dst: Path, *, seed: int = 0) -> Path:
         if not fcsvs:
             skipped[d.name] = "no .fcsv landmark file"
             continue
-        if len(fcsvs) > 1:
-            raise ConversionError(f"{d}: several .fcsv files ({', '.join(p.name for p in fcsvs)}); "
-                                  "expected one landmark file per case")
-        try:
-            lm = read_landmarks(fcsvs[0])
-        except LandmarkFileError as err:
-            raise ConversionError(str(err)) from None
+        lm = Landmarks(source=d)
+        for fcsv in fcsvs:
+            try:
+                part = read_landmarks(fcsv)
+            except LandmarkFileError as err:
+                raise ConversionError(str(err)) from None
+            twice = [n for n in part.names if n in lm.names]
+            if twice:
+                raise ConversionError(f"{d}: landmark(s) {twice} appear in more than one .fcsv file "
+                                      f"({', '.join(p.name for p in fcsvs)})")
+            lm.points.update(part.points)
+            lm.absent.extend(part.absent)
+            lm.unknown.extend(part.unknown)
         split = official_split(d.name)
         names.extend(n for n in lm.names if n not in names)
         read.append((d.name, image, lm, split))
@@ -104,5 +126,12 @@ def convert(src: Path, dst: Path, *, seed: int = 0) -> Path:
     splits = {"train": [], "val": [], "test": []}
     for case, image, lm, split in read:
         splits[split].append(writer.add_case(case, image, lm))
-    return writer.finish(splits, split_rule="official MICCAI 2015 packages: train=train, "
-                                            "train_additional=val, test_offsite+test_onsite=test")
+    rule = "official MICCAI 2015 packages: train=train, train_additional=val, test_offsite+test_onsite=test"
+    if not splits["test"] and len(splits["train"]) > 1:
+        carved = seeded_split(splits["train"], seed=seed, fractions=(0.8, 0.0, 0.2))
+        splits["train"], splits["test"] = carved["train"], carved["test"]
+        rule += (f"; no test-package case has landmarks, so test = seeded 20% of the train package "
+                 f"(seed={seed})")
+        writer.warn("PDDCA: no case of the test packages (0555-0878) has a landmark file; "
+                    f"test is a seeded 20% of the train package (seed={seed})")
+    return writer.finish(splits, split_rule=rule)

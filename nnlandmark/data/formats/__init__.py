@@ -40,6 +40,7 @@ from nnlandmark.data.formats.text_formats import (
     read_csv_landmarks, read_fcsv, read_landmark_table, write_csv_landmarks, write_fcsv,
     write_landmark_table,
 )
+from nnlandmark.errors import InvalidInput
 
 __all__ = [
     "LANDMARK_SUFFIXES", "MARKUPS_SCHEMA", "LandmarkFileError", "landmark_suffix", "read_landmarks",
@@ -90,7 +91,7 @@ def read_landmarks(path) -> Landmarks:
     return landmarks
 
 
-def write_landmarks(landmarks: Landmarks, path, coordinate_system: str = "LPS") -> None:
+def write_landmarks(landmarks: Landmarks, path, coordinate_system: str = "LPS", names=None) -> None:
     """Write one case's landmarks in the format given by the suffix of ``path``.
 
     Parameters
@@ -101,15 +102,20 @@ def write_landmarks(landmarks: Landmarks, path, coordinate_system: str = "LPS") 
         ``.json`` (ours), ``.mrk.json``, ``.fcsv`` or ``.csv``.
     coordinate_system : {"LPS", "RAS"}
         System the coordinates are written in; the file declares it.
+    names : list of str, optional
+        Order of the written landmarks (e.g. the dataset's landmark list, so
+        that Slicer control point *i* is landmark *i*); names not mentioned in
+        ``landmarks`` are written as unknown. Default ``landmarks.names``
+        (present landmarks first).
 
     Notes
     -----
-    ``.fcsv`` keeps present landmarks only; ``.mrk.json`` writes absent and
-    unknown ones as ``positionStatus: "missing"`` (read back as unknown).
-    ``.json`` and ``.csv`` keep all three states.
+    ``.mrk.json`` and ``.fcsv`` write absent and unknown landmarks in place as
+    Slicer "missing" control points (read back as unknown). ``.json`` and
+    ``.csv`` keep all three states.
     """
     suffix = landmark_suffix(path)
     if suffix is None:
-        raise ValueError(f"{path}: unsupported landmark file suffix; expected one of "
+        raise InvalidInput(f"{path}: unsupported landmark file suffix; expected one of "
                          f"{', '.join(LANDMARK_SUFFIXES)}")
-    _WRITERS[suffix](landmarks, Path(path), coordinate_system)
+    _WRITERS[suffix](landmarks, Path(path), coordinate_system, names=names)

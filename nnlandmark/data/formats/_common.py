@@ -13,6 +13,7 @@ import numpy as np
 
 from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
 from nnlandmark.geometry import lps_to_ras, ras_to_lps
+from nnlandmark.errors import InvalidInput
 
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 
@@ -60,7 +61,7 @@ def check_output_system(coordinate_system) -> str:
     """Validate the ``coordinate_system`` argument of a writer."""
     text = str(coordinate_system).strip().upper()
     if text not in COORDINATE_SYSTEMS:
-        raise ValueError(f"coordinate_system must be 'LPS' or 'RAS', got {coordinate_system!r}")
+        raise InvalidInput(f"coordinate_system must be 'LPS' or 'RAS', got {coordinate_system!r}")
     return text
 
 

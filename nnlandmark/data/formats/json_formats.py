@@ -23,6 +23,7 @@ from nnlandmark.data.formats._common import (
     build_landmarks, check_name, check_output_system, fail, from_lps, iter_states,
     parse_coordinate_system, parse_point, read_text, to_lps,
 )
+from nnlandmark.errors import InvalidInput
 
 MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"
                   "Markups/Resources/Schema/markups-schema-v1.0.3.json#")
@@ -30,6 +31,33 @@ MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Module
 # Slicer's per-point orientation for an identity frame, as it writes it per system
 _ORIENTATION = {"LPS": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
                 "RAS": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]}
+
+
+def states_in_order(landmarks: Landmarks, names=None):
+    """``(name, status, lps_point_or_None)`` in the order of ``names``.
+
+    A :class:`Landmarks` does not remember where its absent and unknown names
+    stood among the present ones (``landmarks.names`` lists present ones first),
+    so a writer that must keep an order (a Slicer point list, where control
+    point *i* is landmark *i*) is given it here. ``names=None`` keeps
+    ``landmarks.names``. A name in ``names`` that ``landmarks`` does not mention
+    is unknown; a name of ``landmarks`` missing from ``names`` is an error.
+    """
+    if names is None:
+        yield from iter_states(landmarks)
+        return
+    names = [str(n) for n in names]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InvalidInput(f"names: duplicate landmark name(s) {', '.join(map(repr, dupes))}")
+    listed = set(names)
+    extra = [n for n in landmarks.names if n not in listed]
+    if extra:
+        raise InvalidInput(f"names: landmark(s) {', '.join(map(repr, extra))} not in the given order "
+                           f"{names!r}")
+    for name in names:
+        status = landmarks.status(name)
+        yield name, ("unknown" if status == "missing" else status), landmarks.points.get(name)
 
 
 def _no_duplicate_keys(path):
@@ -111,11 +139,15 @@ def _prediction_from_data(data, path) -> Landmarks:
     return build_landmarks(entries, path)
 
 
-def write_json_landmarks(landmarks: Landmarks, path, coordinate_system: str = "LPS") -> None:
-    """Write our JSON format (present points, ``"absent"`` and ``null`` for unknown)."""
+def write_json_landmarks(landmarks: Landmarks, path, coordinate_system: str = "LPS",
+                         names=None) -> None:
+    """Write our JSON format (present points, ``"absent"`` and ``null`` for unknown).
+
+    ``names`` sets the key order (see :func:`states_in_order`).
+    """
     system = check_output_system(coordinate_system)
     out = {}
-    for name, status, point in iter_states(landmarks):
+    for name, status, point in states_in_order(landmarks, names):
         if status == "present":
             out[name] = [float(v) for v in from_lps(point, system)]
         else:
@@ -218,16 +250,28 @@ def _markups_entries(data, path, *, check_labels: bool) -> list:
     return entries
 
 
-def write_markups_json(landmarks: Landmarks, path, coordinate_system: str = "LPS") -> None:
+def write_markups_json(landmarks: Landmarks, path, coordinate_system: str = "LPS",
+                       names=None) -> None:
     """Write a Slicer point list (markups type ``"Fiducial"``) that Slicer opens in place.
 
-    Absent and unknown landmarks are written as control points with
-    ``positionStatus: "missing"`` so that the name order survives; they read
-    back as unknown (the format has no "annotated as absent" state).
+    Control point *i* is the *i*-th of ``names`` (default ``landmarks.names``,
+    which lists present landmarks first; see :func:`states_in_order`). Absent
+    and unknown landmarks are written in their place as control points with
+    ``positionStatus: "missing"`` and ``position: [0, 0, 0]``; they read back
+    as unknown (the format has no "annotated as absent" state).
+
+    What Slicer (5.0 and later, checked with the ``slicer-core`` wheel, see
+    ``benchmarks/slicer_roundtrip``) needs to keep a missing point as
+    ``PositionMissing`` in its place: the exact lower-case status
+    ``"missing"`` (its reader is case-sensitive and refuses the whole file on
+    an unknown status) and a ``position`` array; Slicer 5.0 turns a point
+    without ``position`` into ``PositionUndefined``, which Slicer's place mode
+    then asks the user to place. ``"missing"`` is not in the v1.0.3/v1.0.4
+    schema's ``positionStatus`` enum, but it is what Slicer itself writes.
     """
     system = check_output_system(coordinate_system)
     control_points = []
-    for n, (name, status, point) in enumerate(iter_states(landmarks), start=1):
+    for n, (name, status, point) in enumerate(states_in_order(landmarks, names), start=1):
         cp = {"id": str(n), "label": name, "description": "", "associatedNodeID": "",
               "position": [0.0, 0.0, 0.0], "orientation": list(_ORIENTATION[system]),
               "selected": True, "locked": False, "visibility": True,

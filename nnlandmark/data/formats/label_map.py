@@ -12,6 +12,7 @@ from nnlandmark.geometry import (
     GeometryError, ImageGrid, array_to_itk_index, index_to_world, itk_to_array_index, nearest_voxel,
     world_to_index,
 )
+from nnlandmark.errors import InvalidInput
 
 
 def _read_image(path) -> sitk.Image:
@@ -62,7 +63,7 @@ def read_landmarks_from_label_map(image_path, names) -> Landmarks:
     path = Path(image_path)
     names = list(names)
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate names in {names}")
+        raise InvalidInput(f"duplicate names in {names}")
     image = _read_image(path)
     grid = _grid(image, path)
     array = sitk.GetArrayFromImage(image)
@@ -114,11 +115,11 @@ def write_label_map(landmarks: Landmarks, names, reference_image, path) -> None:
             continue
         index = world_to_index(point, grid)
         if not grid.contains_index(index):
-            raise ValueError(f"landmark {name!r} at {np.round(point, 3).tolist()} mm lies outside "
+            raise InvalidInput(f"landmark {name!r} at {np.round(point, 3).tolist()} mm lies outside "
                              f"the reference image (index {np.round(index, 2).tolist()})")
         voxel = tuple(int(v) for v in np.clip(nearest_voxel(index), 0, np.asarray(grid.size) - 1))
         if voxel in occupied:
-            raise ValueError(f"landmarks {occupied[voxel]!r} and {name!r} fall on the same voxel {voxel}")
+            raise InvalidInput(f"landmarks {occupied[voxel]!r} and {name!r} fall on the same voxel {voxel}")
         occupied[voxel] = name
         array[tuple(itk_to_array_index(voxel).astype(int))] = label
     out = sitk.GetImageFromArray(array)

@@ -6,6 +6,12 @@ Slicer fiducial CSV (``.fcsv``)::
     # CoordinateSystem = LPS
     # columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID
     vtkMRMLMarkupsFiducialNode_1,-1.5,20.0,33.1,0,0,0,1,1,1,0,nose_tip,,
+    vtkMRMLMarkupsFiducialNode_2,0,0,0,0,0,0,1,1,1,0,left_eye,,,3
+
+Slicer 5 writes two more fields after ``associatedNodeID`` that the
+``# columns`` line does not name: the position status (``0`` undefined, ``1``
+preview, ``2`` defined, ``3`` missing) and "auto-created". A point whose status
+is not ``2`` has no position.
 
 One-case CSV (``.csv``)::
 
@@ -35,10 +41,17 @@ from nnlandmark.data.formats._common import (
     build_landmarks, check_name, check_output_system, fail, format_float, from_lps,
     iter_states, parse_coordinate_system, parse_point, read_text, to_lps,
 )
+from nnlandmark.data.formats.json_formats import states_in_order
 
 FCSV_COLUMNS = ("id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock",
                 "label", "desc", "associatedNodeID")
 FCSV_VERSION = "4.11"
+# Slicer >= 5.0 (vtkMRMLMarkupsFiducialStorageNode): the field after the 14
+# named columns is the control point's position status, by position, whatever
+# the '# columns' line says.
+FCSV_STATUS_FIELD = len(FCSV_COLUMNS)
+FCSV_STATUS_CODES = {"0": "undefined", "1": "preview", "2": "defined", "3": "missing"}
+FCSV_MISSING = "3"
 
 
 def _split_header(text: str):
@@ -72,7 +85,17 @@ def read_fcsv(path) -> Landmarks:
     The ``# CoordinateSystem`` header may be ``LPS``, ``RAS`` or the legacy
     codes ``0`` (RAS) and ``1`` (LPS); without it the file is RAS, as written by
     Slicer before 4.11. The ``# columns`` header sets the column order; without
-    it Slicer's standard order is assumed. Landmarks are named by ``label``.
+    it Slicer's standard order is assumed. Landmarks are named by ``label``,
+    except in files that number their points in ``label`` (all whole numbers)
+    and name them in ``desc`` (all distinct, none empty), as the AFIDs
+    protocol's published files do: there the names are the ``desc`` values.
+
+    The position status is the column named ``positionStatus`` or, in a file
+    with Slicer's standard columns, the unnamed field after them (what Slicer
+    5 writes). Status ``2`` (defined) or an empty/absent field is a present
+    point; ``0``, ``1`` and ``3`` (undefined, preview, missing) are unknown and
+    their coordinates are ignored. Another value is an error in a named
+    ``positionStatus`` column and ignored in the unnamed field.
     """
     path = Path(path)
     comments, data = _split_header(read_text(path))
@@ -86,14 +109,31 @@ def read_fcsv(path) -> Landmarks:
         raise fail(path, f"missing column(s) {', '.join(missing)} in '# columns' header")
     where = {c: columns.index(c) for c in ("x", "y", "z", "label")}
     needed = max(where.values()) + 1
-    entries = []
+    status_at = (columns.index("positionStatus") if "positionStatus" in columns
+                 else FCSV_STATUS_FIELD if columns == FCSV_COLUMNS else None)
+    desc_at = columns.index("desc") if "desc" in columns else None
+    entries, descriptions = [], []
     for number, row in _csv_rows(data):
         if len(row) < needed:
             raise fail(path, f"line {number}: {len(row)} fields, expected at least {needed} "
                              f"(columns {', '.join(columns[:needed])})")
         name = check_name(row[where["label"]], path)
+        descriptions.append(row[desc_at].strip() if desc_at is not None and desc_at < len(row) else "")
+        code = row[status_at].strip() if status_at is not None and status_at < len(row) else ""
+        if code and code not in FCSV_STATUS_CODES:
+            if "positionStatus" in columns:
+                raise fail(path, f"line {number}: landmark {name!r}: unknown position status {code!r}; "
+                                 f"expected one of "
+                                 f"{', '.join(f'{k} ({v})' for k, v in FCSV_STATUS_CODES.items())}")
+            code = ""  # an unnamed extra field that is no status (e.g. a description with a comma)
+        if code and FCSV_STATUS_CODES[code] != "defined":
+            entries.append((name, "unknown", None))
+            continue
         point = parse_point([row[where[a]] for a in "xyz"], path, name)
         entries.append((name, "present", to_lps(point, system)))
+    numbered = entries and all(name.isdigit() for name, _, _ in entries)
+    if numbered and all(descriptions) and len(set(descriptions)) == len(descriptions):
+        entries = [(check_name(d, path), status, point) for d, (_, status, point) in zip(descriptions, entries)]
     return build_landmarks(entries, path)
 
 
@@ -102,11 +142,18 @@ def _csv_rows(data):
         yield number, next(csv.reader([line]))
 
 
-def write_fcsv(landmarks: Landmarks, path, coordinate_system: str = "LPS") -> None:
+def write_fcsv(landmarks: Landmarks, path, coordinate_system: str = "LPS", names=None) -> None:
     """Write a Slicer fiducial CSV with a ``# CoordinateSystem`` header.
 
-    ``.fcsv`` has no state for missing points, so only present landmarks are
-    written.
+    Row *i* is the *i*-th of ``names`` (default ``landmarks.names``, present
+    landmarks first; see :func:`~nnlandmark.data.formats.json_formats.states_in_order`).
+    Absent and unknown landmarks are written in their place as Slicer 5 writes
+    a missing control point: coordinates ``0,0,0`` and position status ``3``
+    in the unnamed field after ``associatedNodeID``. Slicer 5 reads them as
+    missing, in place; they read back here as unknown. A reader that ignores
+    that field (Slicer 4, plain CSV tools) sees a point at the origin: use
+    ``.mrk.json`` or ``.csv`` for those. Rows of present landmarks are
+    Slicer's 14 standard fields.
     """
     system = check_output_system(coordinate_system)
     buffer = io.StringIO()
@@ -114,13 +161,13 @@ def write_fcsv(landmarks: Landmarks, path, coordinate_system: str = "LPS") -> No
     buffer.write(f"# CoordinateSystem = {system}\n")
     buffer.write(f"# columns = {','.join(FCSV_COLUMNS)}\n")
     writer = csv.writer(buffer, lineterminator="\n")
-    n = 0
-    for name, status, point in iter_states(landmarks):
-        if status != "present":
-            continue
-        n += 1
-        x, y, z = (format_float(v) for v in from_lps(point, system))
-        writer.writerow([f"vtkMRMLMarkupsFiducialNode_{n}", x, y, z, 0, 0, 0, 1, 1, 1, 0, name, "", ""])
+    for n, (name, status, point) in enumerate(states_in_order(landmarks, names), start=1):
+        row = [f"vtkMRMLMarkupsFiducialNode_{n}", 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, name, "", ""]
+        if status == "present":
+            row[1:4] = (format_float(v) for v in from_lps(point, system))
+        else:
+            row.append(FCSV_MISSING)
+        writer.writerow(row)
     Path(path).write_text(buffer.getvalue())
 
 
@@ -213,10 +260,15 @@ def _write_plain(rows, path, key_columns, system):
     Path(path).write_text(buffer.getvalue())
 
 
-def write_csv_landmarks(landmarks: Landmarks, path, coordinate_system: str = "LPS") -> None:
-    """Write a one-case CSV with columns ``name,x,y,z,status,coordinate_system``."""
+def write_csv_landmarks(landmarks: Landmarks, path, coordinate_system: str = "LPS",
+                        names=None) -> None:
+    """Write a one-case CSV with columns ``name,x,y,z,status,coordinate_system``.
+
+    ``names`` sets the row order (see
+    :func:`~nnlandmark.data.formats.json_formats.states_in_order`).
+    """
     system = check_output_system(coordinate_system)
-    rows = [((name,), status, point) for name, status, point in iter_states(landmarks)]
+    rows = [((name,), status, point) for name, status, point in states_in_order(landmarks, names)]
     _write_plain(rows, path, ["name"], system)
 
 

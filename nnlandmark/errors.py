@@ -1,0 +1,36 @@
+"""The errors a user can fix, kept apart from bugs.
+
+Every command of the CLI prints a :class:`UserError` as ``error: <message>``
+lines (one per problem, each naming the file or flag) and exits with code 2.
+Any other exception is a bug in nnlandmark and keeps its traceback, so an
+``except ValueError`` somewhere cannot hide one. The subclasses also derive
+from the matching built-in error, so Python callers may catch either.
+
+>>> try:
+...     raise InvalidInput("--step-size: must be in (0, 1], got 3.0")
+... except ValueError as e:
+...     print(isinstance(e, UserError), e)
+True --step-size: must be in (0, 1], got 3.0
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's files, folders or flags; the message says which and why."""
+
+
+class InvalidInput(UserError, ValueError):
+    """A value, flag or file content that cannot be used."""
+
+
+class MissingPath(UserError, FileNotFoundError):
+    """A file or folder the command needs does not exist (or is not what it should be)."""
+
+
+class OutputExists(UserError, FileExistsError):
+    """The command would overwrite something the user did not ask it to replace."""
+
+
+#: exit codes of the CLI
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C

@@ -1,0 +1,137 @@
+"""From an augmented nnU-Net batch to what the network learns from.
+
+nnU-Net's data loader and augmentation hand the trainer image patches and
+label patches, in which landmark ``l`` is a small cube of label ``l + 1``
+(:mod:`nnlandmark.nnunet.raw`), moved with the image. :class:`LandmarkBatches`
+turns one such batch into the network input, one target per landmark and the
+loss mask; the trainer (:class:`nnlandmark.nnunet.trainer.LandmarkTrainer`)
+calls it for every batch as its recipe's ``prepare_batch``:
+
+- each landmark's point is the centroid of its (moved) cube, corrected to the
+  landmark's exact, sub-voxel position where it is known
+  (:meth:`LandmarkBatches.subvoxel_offsets`);
+- landmarks that a case leaves unannotated are masked out of its loss;
+  absent ones have no cube, hence an all-zero target that counts;
+- when the settings ask for it (:meth:`TrainingSettings.mirroring`), half of
+  the training patches are flipped along the patient's left-right axis and
+  paired landmarks swap (the left eye of a mirrored head is its right eye).
+  The left-right axis of the preprocessed array is read per case from its
+  direction matrix and nnU-Net's ``transpose_forward``, never assumed. Like
+  nnU-Net's own mirroring, the flip follows the spatial augmentation;
+- optionally, intensities are remapped (``contrast_augmentation``);
+- the preset renders the targets from the points.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnlandmark.data.pairs import left_right_axis, swap_permutation
+from nnlandmark.geometry import world_to_preprocessed
+from nnlandmark.nnunet.planning import case_direction, case_grids, load_preprocessed_case
+from nnlandmark.training.intensity import random_intensity_remap
+from nnlandmark.training.presets import TrainingSettings
+from nnlandmark.training.targets import inside_patch, mirror_samples, points_from_label_patch
+
+
+class LandmarkBatches:
+    """``batches(data, seg, case_ids, augment)`` -> ``(network input, targets, loss mask (B, L))``.
+
+    Parameters
+    ----------
+    settings : TrainingSettings
+        Targets, mirroring and contrast augmentation.
+    landmark_names : list of str
+        The channel order.
+    pairs : list of (str, str)
+        The dataset's left/right pairs (mirroring swaps them).
+    preprocessed_dir : path
+        nnU-Net's preprocessed folder of the configuration being trained,
+        where each case's direction matrix and label cubes are read.
+    transpose_forward : sequence of 3 int
+        The plans' ``transpose_forward``.
+    unknown_landmarks : dict, optional
+        Case id -> names left unannotated in that case (masked out of the loss).
+    world_points : dict, optional
+        Case id -> {name: world LPS point}; makes targets sub-voxel exact
+        (see :meth:`subvoxel_offsets`).
+    """
+
+    def __init__(self, settings: TrainingSettings, landmark_names, pairs, preprocessed_dir, transpose_forward,
+                 unknown_landmarks: dict | None = None, world_points: dict | None = None):
+        self.settings = settings
+        self.landmark_names = list(landmark_names)
+        self.mirror = settings.mirroring(pairs)
+        self.swap = swap_permutation(self.landmark_names, pairs)
+        self.preprocessed_dir = Path(preprocessed_dir)
+        self.transpose_forward = transpose_forward
+        self._unknown = {case: [self.landmark_names.index(n) for n in names]
+                         for case, names in (unknown_landmarks or {}).items()}
+        self._world_points = world_points or {}
+        # per case, read on first use: a case comes back in many batches
+        self._lr_axes = {}  # case id -> left-right axis of its preprocessed array
+        self._offsets = {}  # case id -> (L, 3) tensor
+
+    def left_right_axis(self, case_id: str) -> int:
+        """Spatial axis of the case's preprocessed array closest to the patient's left-right."""
+        if case_id not in self._lr_axes:
+            direction = case_direction(self.preprocessed_dir, case_id)
+            self._lr_axes[case_id] = left_right_axis(direction, self.transpose_forward)
+        return self._lr_axes[case_id]
+
+    def subvoxel_offsets(self, case_id: str) -> torch.Tensor:
+        """``(L, 3)``: exact landmark point minus its label cube's centroid, in preprocessed voxels.
+
+        A cube sits on the voxel nearest its landmark, and nnU-Net's resampling
+        moves its centroid a little more: up to half a voxel per axis of label
+        noise (0.75 mm on average at 1.5 mm, measured). The exact point is known
+        (the world point through :mod:`nnlandmark.geometry`), so the difference is
+        added to the centroid found in each augmented patch. It is exact for a
+        patch that was only shifted, cropped, mirrored (applied after) or
+        intensity-augmented, and approximate under rotation and scaling (the
+        offset, at most about a voxel, is not rotated with the patch). Zero for
+        landmarks without a world point.
+        """
+        if case_id not in self._offsets:
+            n = len(self.landmark_names)
+            offsets = torch.zeros(n, 3)
+            points = self._world_points.get(case_id, {})
+            if points:
+                _, seg, properties = load_preprocessed_case(self.preprocessed_dir, case_id)
+                seg = torch.from_numpy(np.asarray(seg[:]).astype(np.int16))
+                centroids = points_from_label_patch(seg[None], n)[0].double().numpy()
+                pgrid, grid = case_grids(properties, self.transpose_forward, seg.shape[1:])
+                for i, name in enumerate(self.landmark_names):
+                    if name in points and np.all(np.isfinite(centroids[i])):
+                        exact = world_to_preprocessed(np.asarray(points[name], float), pgrid, grid)
+                        offsets[i] = torch.from_numpy(exact - centroids[i])
+            self._offsets[case_id] = offsets
+        return self._offsets[case_id]
+
+    def __call__(self, data: torch.Tensor, seg: torch.Tensor, case_ids, augment: bool = False):
+        """Network input, heatmap targets and loss mask (B, L) of a batch.
+
+        ``data`` (B, C, *patch) and ``seg`` (B, label maps, *patch) are on the
+        training device. Absent landmarks have no cube, hence a NaN point and
+        an all-zero target; unknown ones are masked out. With ``augment``
+        (training batches), each sample is mirrored left-right with
+        probability 1/2 when mirroring is on.
+        """
+        points = points_from_label_patch(seg, len(self.landmark_names))
+        if self._world_points:  # before mirroring, which flips the offsets with the points
+            points = points + torch.stack([self.subvoxel_offsets(k) for k in case_ids]).to(points)
+        mask = torch.ones(points.shape[:2], dtype=torch.bool, device=seg.device)
+        for b, key in enumerate(case_ids):
+            mask[b, self._unknown.get(key, [])] = False
+        if augment and self.mirror:
+            flip = (torch.rand(len(case_ids)) < 0.5).tolist()
+            axes = [self.left_right_axis(key) if f else 0 for key, f in zip(case_ids, flip)]
+            data, points, mask = mirror_samples(data, points, mask, flip, axes, self.swap)
+        if augment and self.settings.contrast_augmentation > 0:
+            data = random_intensity_remap(data, self.settings.contrast_augmentation)
+        if self.settings.output == "softmax":
+            # a distribution over the patch's voxels cannot say "outside": such landmarks are not supervised
+            mask &= inside_patch(points, seg.shape[2:])
+        return data, self.settings.make_targets(points, seg.shape[2:]), mask
