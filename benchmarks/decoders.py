@@ -27,10 +27,10 @@ import numpy as np
 def heatmaps_per_case(model_dir, images: dict, grids: dict, tta_settings, device: str = "cpu") -> dict:
     """``{tta: {case: (heatmaps, pgrid)}}``: one sliding-window prediction per case and setting."""
     from nnlandmark.data.pairs import left_right_axis, swap_permutation
-    from nnlandmark.inference.model_folder import load_predictor
+    from nnlandmark.inference.model_folder import ModelFolder
     description = json.loads((Path(model_dir) / "nnlandmark.json").read_text())
-    predictor = load_predictor(model_dir, [0], device=device,
-                               mirror_swap=swap_permutation(description["landmarks"], description["pairs"]))
+    predictor = ModelFolder(model_dir).predictor([0], device=device,
+                                                 mirror_swap=swap_permutation(description["landmarks"], description["pairs"]))
     out = {tta: {} for tta in tta_settings}
     for case, files in images.items():
         data, pgrid = predictor.preprocess(files)
@@ -65,7 +65,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     import nnlandmark as nl
-    from nnlandmark.data.dataset import discover_images, read_image_grid
+    from nnlandmark.data.dataset import discover_images
+    from nnlandmark.data.images import read_image_grid
     from nnlandmark.data.formats import read_landmarks
     from nnlandmark.inference.decoding import DECODERS
 

@@ -299,9 +299,9 @@ def summarise(result: dict) -> dict:
 
 def plan_summary(model: Path) -> str:
     """Spacing and patch of each stage the model predicts with."""
-    from nnlandmark.inference.model_folder import model_stages
+    from nnlandmark.inference.model_folder import ModelFolder
     plans = json.loads((model / "plans.json").read_text())
-    stages = model_stages(json.loads((model / "nnlandmark.json").read_text()))
+    stages = ModelFolder(model).stages
     parts = []
     for configuration_name in stages.values():
         configuration = plans["configurations"][configuration_name]

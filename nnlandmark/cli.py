@@ -22,15 +22,16 @@ def _registries() -> dict:
 
 
 def _add_training_options(p: argparse.ArgumentParser, choices: dict) -> None:
-    p.add_argument("--preset", default="softmax", choices=choices["preset"],
+    p.add_argument("--preset", choices=choices["preset"],
                    help="softmax: Gaussian s=1.5 as a distribution over voxels + softmax cross-entropy + Adam "
                         "(default, learns in minutes); cone: the MIDL method, EDT cone r=15 + top-20%% BCE + SGD; "
                         "v1: Gaussian s=4 + MSE + Adam")
-    p.add_argument("--configuration", default="cascade", choices=choices["configuration"],
+    p.add_argument("--configuration", choices=choices["configuration"],
                    help="cascade: whole scan at a coarse spacing, then full-resolution patches around each "
                         "landmark (default); fullres: full-resolution sliding window (the MIDL method)")
-    p.add_argument("--architecture", default="unet", choices=choices["architecture"],
-                   help="unet: the U-Net nnU-Net planned (plain or ResEnc); h3de: H3DE-style hybrid attention net")
+    p.add_argument("--architecture", choices=choices["architecture"],
+                   help="unet: the U-Net nnU-Net planned, plain or ResEnc (default); h3de: H3DE-style hybrid "
+                        "attention net")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="fit the schedule to this wall-clock time per fold (all stages together)")
     p.add_argument("--epochs", type=int, default=None,
@@ -50,18 +51,12 @@ def _add_training_options(p: argparse.ArgumentParser, choices: dict) -> None:
 _MIRROR = {"auto": None, "on": True, "off": False}
 
 
-def _settings(args):
-    """Settings from the options; a resumed run keeps its saved schedule unless overridden."""
-    from nnlandmark.training.presets import TrainingSettings
-    from nnlandmark.training.train import saved_settings
-    given = {"preset": args.preset, "architecture": args.architecture, "configuration": args.configuration,
-             "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
-             "time_budget_minutes": args.time_budget, "learning_rate": args.lr, "mirror": _MIRROR[args.mirror],
-             "contrast_augmentation": args.contrast_augmentation}
-    given = {k: v for k, v in given.items() if v is not None}
-    saved = saved_settings(args.project, args.preset, args.architecture, args.configuration) \
-        if args.continue_training else {}
-    return TrainingSettings(**{**saved, **given})
+def _settings(args) -> dict:
+    """The training settings the user gave (the API fills in the rest)."""
+    return {"preset": args.preset, "architecture": args.architecture, "configuration": args.configuration,
+            "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
+            "time_budget_minutes": args.time_budget, "learning_rate": args.lr, "mirror": _MIRROR[args.mirror],
+            "contrast_augmentation": args.contrast_augmentation}
 
 
 def _biometry(items):

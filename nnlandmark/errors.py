@@ -23,6 +23,14 @@ class InvalidInput(UserError, ValueError):
     """A value, flag or file content that cannot be used."""
 
 
+class DatasetError(InvalidInput):
+    """Problems with a dataset or its files; one line per problem, each naming its file."""
+
+    def __init__(self, problems):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
 class MissingPath(UserError, FileNotFoundError):
     """A file or folder the command needs does not exist (or is not what it should be)."""
 

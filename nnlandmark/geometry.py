@@ -82,6 +82,12 @@ class ImageGrid:
         return cls(size=image.GetSize(), spacing=image.GetSpacing(), origin=image.GetOrigin(),
                    direction=np.array(image.GetDirection()).reshape(3, 3))
 
+    @property
+    def array_shape(self) -> tuple:
+        """The shape of this grid's voxels as a numpy array from SimpleITK: (k, j, i), the
+        reverse of ``size``."""
+        return self.size[::-1]
+
     def validate(self) -> None:
         """Raise :class:`GeometryError` for non-positive spacing or a non-orthonormal direction."""
         spacing = np.asarray(self.spacing)

@@ -25,6 +25,7 @@ SLOW_FIXTURES = frozenset({
     "project_for",                     # test_architectures_training: a project per planner
     "absent_project",                  # test_presence: copies of the prepared project and model
     "bench",                           # test_afids_smoke: the AFIDs benchmark runner
+    "two_channel_model",               # test_multichannel: prepares and trains its own dataset
 })
 
 

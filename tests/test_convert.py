@@ -12,7 +12,8 @@ from scipy.io import savemat
 
 from nnlandmark.data.convert import CONVERTERS, ConversionError, run_converter, seeded_split
 from nnlandmark.data.convert import afids, feta, fetal_pose, lfc, mml
-from nnlandmark.data.convert._common import infer_lr_pairs, read_image_grid
+from nnlandmark.data.convert._common import infer_lr_pairs
+from nnlandmark.data.images import read_image_grid
 from nnlandmark.data.formats import MARKUPS_SCHEMA, read_landmarks
 from nnlandmark.geometry import ImageGrid, index_to_world, lps_to_ras, world_to_index
 

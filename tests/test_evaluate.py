@@ -2,6 +2,8 @@
 import csv
 import json
 import math
+import re
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -170,3 +172,155 @@ def test_bad_sdr_thresholds_are_refused_before_anything_is_written(dataset, tmp_
     if thresholds:
         assert main(["evaluate", "-p", str(pred), "-r", str(ds), "--thresholds", *map(str, thresholds)]) == 2
         assert "--thresholds" in capsys.readouterr().err
+
+
+class _Tables(HTMLParser):
+    """Every ``<table>`` of an HTML page as a list of rows of cell texts (entities decoded)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tables = []
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def _text_rows(table: str, first_header: str) -> dict:
+    """Rows of one monospace table of format_table, by their first cell."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_header + "  "))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_every_renderer_shows_the_same_numbers(tmp_path):
+    """Text table, CSVs, evaluation.json and report.html agree with each other and with the errors."""
+    from nnlandmark.evaluation.result import EvaluationResult
+    from nnlandmark.report.html import write_report
+
+    nan = np.nan
+    errors = np.array([[1.0, 3.0, nan], [2.25, nan, nan], [0.5, 4.0, nan]])
+    pred = np.array([["present", "present", "absent"], ["present", "absent", "absent"],
+                     ["present", "present", "missing"]])
+    ref = np.array([["present", "present", "absent"], ["present", "present", "absent"],
+                    ["present", "present", "unknown"]])
+    cases, names, thresholds = ["c1", "c2", "c3"], ["a", "b", "zz"], (2.0, 2.5)
+    result = EvaluationResult.from_errors(errors, cases, names, thresholds, pred, ref)
+    assert result.presence is not None  # "absent" on either side: presence is scored and shown too
+
+    # what every renderer must show, computed here from the errors (NaN where undefined)
+    def mean(values):
+        values = values[~np.isnan(values)]
+        return values.mean() if values.size else nan
+
+    def sdr(values, t):
+        values = values[~np.isnan(values)]
+        return (values <= t).mean() if values.size else nan
+
+    case_mre = {c: mean(errors[i]) for i, c in enumerate(cases)}
+    landmark_mre = {n: mean(errors[:, j]) for j, n in enumerate(names)}
+    landmark_sdr = {n: {k: sdr(errors[:, j], t) for k, t in (("2", 2.0), ("2.5", 2.5))}
+                    for j, n in enumerate(names)}
+    overall_mre, overall_sdr = mean(errors), {k: sdr(errors, t) for k, t in (("2", 2.0), ("2.5", 2.5))}
+    assert math.isnan(landmark_mre["zz"]) and overall_mre == pytest.approx(2.15)
+
+    def shown(value, none):  # how the text and HTML tables print a number
+        return none if math.isnan(value) else f"{value:.2f}"
+
+    def pct(value, none):
+        return none if math.isnan(value) else f"{100 * value:.1f}%"
+
+    def same(value, written):  # CSV cell or JSON value against a number; NaN is "" / null
+        if math.isnan(value):
+            return written in ("", None)
+        return float(written) == pytest.approx(value)
+
+    # text: the per-landmark table (MRE +- std, SDR columns) and the overall lines
+    text = result.format_table()
+    rows = _text_rows(text, "landmark")
+    assert list(rows) == names + ["ALL"]
+    for name, mre, s in [(n, landmark_mre[n], landmark_sdr[n]) for n in names] + [("ALL", overall_mre, overall_sdr)]:
+        assert rows[name][2].split(" +- ")[0] == shown(mre, "-"), name
+        assert rows[name][5:7] == [pct(s["2"], "-"), pct(s["2.5"], "-")], name
+    assert f"MRE    {overall_mre:.2f} +- " in text
+    assert f"SDR    2 mm: {pct(overall_sdr['2'], '-')}   2.5 mm: {pct(overall_sdr['2.5'], '-')}" in text
+
+    # CSV: per case (MRE and each error) and per landmark (MRE, SDR)
+    result.to_csv(tmp_path)
+    with open(tmp_path / "per_case.csv") as f:
+        per_case = {r["case"]: r for r in csv.DictReader(f)}
+    with open(tmp_path / "per_landmark.csv") as f:
+        per_landmark = {r["landmark"]: r for r in csv.DictReader(f)}
+    assert list(per_case) == cases and list(per_landmark) == names
+    for i, c in enumerate(cases):
+        assert same(case_mre[c], per_case[c]["mre_mm"]), c
+        for j, n in enumerate(names):
+            assert same(errors[i, j], per_case[c][f"{n}_error_mm"]), (c, n)
+    for n in names:
+        assert same(landmark_mre[n], per_landmark[n]["mre_mm"]), n
+        for k in ("2", "2.5"):
+            assert same(landmark_sdr[n][k], per_landmark[n][f"sdr_{k}mm"]), (n, k, per_landmark[n])
+
+    # JSON: the summary and the per-case errors
+    saved = json.loads(result.to_json(tmp_path / "evaluation.json").read_text())
+    summary = saved["summary"]
+    for i, c in enumerate(cases):
+        assert same(case_mre[c], summary["per_case"][c]["mre_mm"]), c
+        for j, n in enumerate(names):
+            assert same(errors[i, j], saved["per_case"][c][n]["error_mm"]), (c, n)
+            assert (saved["per_case"][c][n]["prediction"], saved["per_case"][c][n]["reference"]) == \
+                (pred[i, j], ref[i, j])
+    for n in names:
+        assert same(landmark_mre[n], summary["per_landmark"][n]["mre_mm"]), n
+        for k in ("2", "2.5"):
+            assert same(landmark_sdr[n][k], summary["per_landmark"][n]["sdr"][k]), (n, k)
+    assert same(overall_mre, summary["overall"]["mre_mm"])
+    for k in ("2", "2.5"):
+        assert same(overall_sdr[k], summary["overall"]["sdr"][k]), k
+
+    # HTML: overall SDR, per-landmark and per-case tables
+    parser = _Tables()
+    parser.feed(write_report(result, tmp_path / "report").read_text())
+    ndash = "\u2013"
+
+    def table(*headers):  # the table whose header row starts with these
+        return next(t for t in parser.tables if t[0][:len(headers)] == list(headers))
+
+    assert table("SDR@2 mm", "SDR@2.5 mm")[1] == [pct(overall_sdr["2"], ndash), pct(overall_sdr["2.5"], ndash)]
+    landmarks = {r[0]: r for r in table("landmark", "n")[1:]}
+    assert list(landmarks) == names + ["all"]
+    for name, mre, s in [(n, landmark_mre[n], landmark_sdr[n]) for n in names] + [("all", overall_mre, overall_sdr)]:
+        assert landmarks[name][2].split(" \u00b1 ")[0] == shown(mre, ndash), name
+        assert landmarks[name][5:7] == [pct(s["2"], ndash), pct(s["2.5"], ndash)], name
+    html_cases = {r[0]: r for r in table("case")[1:]}
+    assert list(html_cases) == cases
+    for c in cases:
+        assert html_cases[c][1] == shown(case_mre[c], ndash), c
+
+    # presence: the same counts in the text table, the CSV, the JSON and the HTML
+    text_presence = _text_rows(text, "presence")
+    html_presence = table("landmark", "TP")
+    for n, html_row in zip(names, html_presence[1:]):
+        counts = [per_landmark[n][f"presence_{k}"] for k in ("tp", "fp", "fn", "tn")]
+        assert text_presence[n][1:5] == html_row[1:5] == counts, n
+        assert [str(saved["presence"]["per_landmark"][n][k]) for k in ("tp", "fp", "fn", "tn")] == counts, n

@@ -104,17 +104,32 @@ def test_trainer_reads_each_cases_left_right_axis(prepared_project, tmp_path):
     assert batches.mirror
     # the synthetic images have an identity direction: world x is ITK i, the last array axis
     assert batches.left_right_axis("case_000") == list(project.plans()["transpose_forward"]).index(2)
-    # one training step with mirroring: both flipped and unflipped samples give a finite loss
-    batch = {"data": torch.randn(2, 1, 48, 48, 48), "target": torch.zeros(2, 1, 48, 48, 48, dtype=torch.int16),
-             "keys": ["case_000", "case_001"]}
-    batch["target"][0, 0, 10:13, 20:23, 30:33] = 2    # left_eye
+    # a batch of eight samples, each holding only the left eye's cube (label 2) at one place;
+    # mirroring flips about half of them (the seed gives both kinds), each checked for what it is
+    n, size, axis = 8, 48, batches.left_right_axis("case_000")
+    batch = {"data": torch.randn(n, 1, size, size, size), "target": torch.zeros(n, 1, size, size, size,
+                                                                                   dtype=torch.int16),
+             "keys": ["case_000", "case_001"] * (n // 2)}
+    batch["target"][:, 0, 10:13, 20:23, 30:33] = 2
+    left, right = project.landmarks.index("left_eye"), project.landmarks.index("right_eye")
+    centre = np.array([11, 21, 31])
+    mirrored_centre = centre.copy()
+    mirrored_centre[axis] = size - 1 - centre[axis]
     torch.manual_seed(0)
     data, target, mask = trainer._inputs(batch, augment=True)
-    flipped = [not torch.equal(data[b], batch["data"][b]) for b in range(2)]
-    if flipped[0]:  # the left eye became the right eye, mirrored along the left-right axis
-        assert target[0, 2].max() == 1 and target[0, 1].max() == 0
-    else:
-        assert target[0, 1].max() == 1 and target[0, 2].max() == 0
+    flipped = [not torch.equal(data[b], batch["data"][b]) for b in range(n)]
+    assert 0 < sum(flipped) < n, flipped
+    for b in range(n):
+        peak = lambda c: np.unravel_index(int(torch.argmax(target[b, c])), target.shape[2:])
+        if flipped[b]:  # mirrored along the left-right axis: the left eye became the right eye
+            assert torch.equal(data[b], torch.flip(batch["data"][b], (axis + 1,)))
+            assert target[b, left].max() == 0 and target[b, right].max() == 1, b
+            np.testing.assert_array_equal(peak(right), mirrored_centre)
+        else:
+            assert torch.equal(data[b], batch["data"][b])
+            assert target[b, left].max() == 1 and target[b, right].max() == 0, b
+            np.testing.assert_array_equal(peak(left), centre)
+        assert mask[b, left] and mask[b, right], b  # both inside the patch: supervised
 
 
 def _mirrored_copy(image: sitk.Image) -> sitk.Image:
@@ -127,22 +142,21 @@ def _mirrored_copy(image: sitk.Image) -> sitk.Image:
 def test_test_time_mirroring_is_equivariant_with_swapped_pairs(tiny_model, synthetic_dataset, tmp_path):
     """A mirrored input gives the mirrored prediction with left and right landmarks exchanged,
     in each stage of the model: the whole-scan sliding window and the local patches."""
-    from nnlandmark.data.dataset import read_image_grid
+    from nnlandmark.data.images import read_image_grid
     from nnlandmark.geometry import patch_start
-    from nnlandmark.inference.model_folder import model_stages
-    from nnlandmark.inference.model_folder import load_predictor
+    from nnlandmark.inference.model_folder import ModelFolder
     from nnlandmark.inference.predict import crop_patches
     description = json.loads((tiny_model / "nnlandmark.json").read_text())
     assert description["mirror"] is True  # the synthetic dataset has pairs
-    assert list(model_stages(description)) == ["global", "local"]
+    assert list(ModelFolder(tiny_model).stages) == ["global", "local"]
     names = description["landmarks"]
     swap = swap_permutation(names, description["pairs"])
     original = next((synthetic_dataset / "images").iterdir())
     mirrored = tmp_path / "mirrored.nii.gz"
     sitk.WriteImage(_mirrored_copy(sitk.ReadImage(str(original))), str(mirrored))
 
-    for stage in model_stages(description):
-        predictor = load_predictor(tiny_model, [0], mirror_swap=swap, stage=stage)
+    for stage in ModelFolder(tiny_model).stages:
+        predictor = ModelFolder(tiny_model).predictor([0], stage, mirror_swap=swap)
         x, pgrid = predictor.preprocess([original])
         xm, _ = predictor.preprocess([mirrored])
         axis = left_right_axis(read_image_grid(original, read_pixels=False).direction, pgrid.transpose_forward)

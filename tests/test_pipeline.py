@@ -72,15 +72,15 @@ def test_tiny_model_folder_is_self_contained(tiny_model, prepared_project, synth
     assert list(record) == json.loads((tiny_model / "nnlandmark.json").read_text())["landmarks"]
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnlandmark.inference.model_folder import model_stages, stage_dir
+    from nnlandmark.inference.model_folder import ModelFolder
     from nnlandmark.nnunet.networks import build_network
     description = json.loads((tiny_model / "nnlandmark.json").read_text())
     assert description["landmarks"][0] == "nose_tip"
     plans = PlansManager(json.loads((tiny_model / "plans.json").read_text()))
-    stages = model_stages(description)
+    stages = ModelFolder(tiny_model).stages
     assert stages == {"global": "3d_global", "local": "3d_local"}
     for stage, configuration in stages.items():
-        folder = stage_dir(tiny_model, 0, stage)
+        folder = ModelFolder(tiny_model).stage_dir(0, stage)
         assert (folder / "training_curves.json").is_file()
         network = build_network("unet", plans.get_configuration(configuration), 1, len(description["landmarks"]))
         weights = torch.load(folder / "checkpoint_best.pth", map_location="cpu", weights_only=False)
@@ -94,6 +94,15 @@ def test_export_import_round_trip_predicts_the_same(tiny_model, synthetic_datase
     from nnlandmark import export_model, import_model, predict
     zip_path = export_model(tiny_model, tmp_path / "model.zip")
     imported = import_model(zip_path, tmp_path / "imported")
+    # what prediction needs, byte for byte: the model's files and, per stage, the checkpoints
+    # prediction may pick and the curves; not the logs, nnU-Net's debug.json or a latest checkpoint
+    expected = {"plans.json", "dataset.json", "dataset_fingerprint.json", "nnlandmark.json"} | {
+        f"fold_0/{stage}/{name}" for stage in ("global", "local")
+        for name in ("checkpoint_best.pth", "checkpoint_final.pth", "training_curves.json", "training_curves.png")}
+    files = {p.relative_to(imported).as_posix() for p in imported.rglob("*") if p.is_file()}
+    assert files == expected
+    for name in files:
+        assert (imported / name).read_bytes() == (tiny_model / name).read_bytes(), name
     image = sorted((synthetic_dataset / "images").iterdir())[0]
     out = predict([image], tmp_path / "pred", imported, progress=False)
     original = predict([image], tmp_path / "pred_original", tiny_model, progress=False)

@@ -50,8 +50,14 @@ def test_calibrated_threshold_keeps_a_margin_below_the_lowest_score(tmp_path):
 
 @pytest.fixture(scope="module")
 def absent_project(tmp_path_factory, synthetic_dataset, prepared_project, tiny_model):
-    """Copies of the session dataset and project (with its tiny model) where, among fold 0's
-    validation cases, 'left_ear' is annotated absent in the first and 'vertex' unknown in the second."""
+    """Copies of the session dataset and project (with its tiny model) where, of fold 0's two
+    validation cases, 'left_ear' is annotated absent in the one where the model scores it lower
+    and 'vertex' unknown in the other.
+
+    The choice makes the calibration's outcome definite: the absent ear scores below the one
+    present ear, so the F1-best threshold separates them (the model, trained on the unedited
+    project, scores the images the same whatever their annotations say)."""
+    from nnlandmark.inference.predict import predict
     root = tmp_path_factory.mktemp("absent")
     data = Path(shutil.copytree(synthetic_dataset, root / "data"))
     project = Path(shutil.copytree(prepared_project, root / "project"))
@@ -60,13 +66,19 @@ def absent_project(tmp_path_factory, synthetic_dataset, prepared_project, tiny_m
     (project / "project.json").write_text(json.dumps(description))
     splits = next(project.glob("nnUNet_preprocessed/*/splits_final.json"))
     val = json.loads(splits.read_text())[0]["val"]
-    assert len(val) >= 2
-    for case, name, value in ((val[0], "left_ear", "absent"), (val[1], "vertex", None)):
+    assert len(val) == 2
+    images = {c: [next((synthetic_dataset / "images").glob(f"{c}.*"))] for c in val}
+    scored = predict(images, root / "scores", tiny_model, progress=False)
+    scores = {c: json.loads((scored / f"{c}.json").read_text())["left_ear"]["score"] for c in val}
+    absent, unknown = sorted(val, key=scores.get)
+    # predictions keep 5 decimals of a score: two that close could not be told apart
+    assert scores[unknown] - scores[absent] > 1e-4, scores
+    for case, name, value in ((absent, "left_ear", "absent"), (unknown, "vertex", None)):
         path = data / "landmarks" / f"{case}.json"
         record = json.loads(path.read_text())
         record["landmarks"][name] = value
         path.write_text(json.dumps(record))
-    return SimpleNamespace(data=data, project=project, absent_case=val[0], unknown_case=val[1],
+    return SimpleNamespace(data=data, project=project, absent_case=absent, unknown_case=unknown,
                            model=Path(tiny_model).resolve().relative_to(Path(prepared_project).resolve()))
 
 
@@ -125,29 +137,30 @@ def test_calibrated_thresholds_make_predictions_absent_and_evaluation_reports_pr
 
     preds = {c: json.loads((tmp_path / "cv" / "predictions" / f"{c}.json").read_text()) for c in cv.case_ids}
     summary = (tmp_path / "cv" / "predictions" / "predictions.csv").read_text().splitlines()[1:]
-    assert {row.split(",")[0] for row in summary} == set(cv.case_ids)
-    s_absent = preds[a]["left_ear"]["score"]
-    present_scores = [p["left_ear"]["score"] for c, p in preds.items() if c != a]
+    assert {row.split(",")[0] for row in summary} == set(cv.case_ids) == {a, u}
+    s_absent, s_present = preds[a]["left_ear"]["score"], preds[u]["left_ear"]["score"]
+    assert s_absent < s_present  # as the fixture chose the cases
     description = json.loads((model / "nnlandmark.json").read_text())
     thresholds = description["presence_thresholds"]
-    assert set(thresholds) == {"left_ear"}   # the only landmark annotated both present and absent
+    # the only landmark annotated both present and absent; F1 is 1 for any threshold in
+    # (s_absent, s_present], and the threshold is put halfway down to the next lower score
+    assert thresholds == {"left_ear": pytest.approx((s_absent + s_present) / 2, abs=1e-9)}
     assert thresholds == calibrate_presence(tmp_path / "cv" / "predictions", absent_project.data,
                                             description["landmarks"])[0]
-    assert min(present_scores) >= thresholds["left_ear"]  # F1 keeps every present left ear
-    assert description["presence_calibration"]["landmarks"]["left_ear"]["n_absent"] == 1
+    calibration = description["presence_calibration"]["landmarks"]["left_ear"]
+    assert (calibration["n_present"], calibration["n_absent"], calibration["f1"]) == (1, 1, 1.0)
 
     images = {c: [next((absent_project.data / "images").glob(f"{c}.*"))] for c in cv.case_ids}
     out = predict(images, tmp_path / "again", model, progress=False)
     record = json.loads((out / f"{a}.json").read_text())["left_ear"]
-    correct = s_absent < thresholds["left_ear"]
-    assert record["present"] is (not correct) and record["score"] == s_absent
-    if correct:
-        assert record["world_lps_mm"] is None and record["voxel_index"] is None
+    assert record == {"world_lps_mm": None, "voxel_index": None, "score": s_absent, "present": False}
+    kept = json.loads((out / f"{u}.json").read_text())["left_ear"]
+    assert kept["present"] is True and kept["world_lps_mm"] == preds[u]["left_ear"]["world_lps_mm"]
 
     result = evaluate(out, absent_project.data)
     ear = result.presence["per_landmark"]["left_ear"]
-    assert (ear["tp"], ear["fn"], ear["tn"], ear["fp"]) == (len(present_scores), 0, int(correct), int(not correct))
-    assert ear["f1"] == pytest.approx(1.0 if correct else 2 * ear["tp"] / (2 * ear["tp"] + 1))
+    assert (ear["tp"], ear["fn"], ear["tn"], ear["fp"]) == (1, 0, 1, 0)
+    assert ear["f1"] == 1.0
     # unknown references are in no presence count; MRE is over true positives only
     vertex = result.presence["per_landmark"]["vertex"]
     assert vertex["n"] == len(cv.case_ids) - 1

@@ -1,6 +1,7 @@
 """Interrupted work resumes instead of starting over.
 
-- ``train`` killed with SIGKILL mid-run continues from its last checkpoint with ``--continue``;
+- ``train`` killed with SIGKILL mid-run continues from its last checkpoint with ``--continue``
+  (or ``continue_training=True``), keeping the schedule it saved when none is given;
 - a rerun of ``prepare`` redoes only the cases that are missing or were re-exported;
 - ``predict --continue`` skips finished cases, predicts the rest and leaves no temporary files.
 """
@@ -55,8 +56,56 @@ def _logged_epochs(log: Path) -> list:
     return [int(n) for n in re.findall(r": Epoch (\d+)\s*$", log.read_text(), flags=re.M)]
 
 
+def _kill_when(argv, done, console: Path, timeout: float = 400) -> str:
+    """Run ``argv`` and SIGKILL it as soon as ``done()``; returns its console output."""
+    with open(console, "w") as out:
+        run = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while run.poll() is None and not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    text = console.read_text()
+    assert run.returncode == -signal.SIGKILL, text  # still running: killed, not finished or crashed
+    return text
+
+
+def _resume_keeping_to(argv, model: Path, epochs: int, console: Path, timeout: float = 400) -> str:
+    """Run the resuming ``argv`` to its end and return its console output, but stop it, and fail,
+    as soon as it shows another schedule than ``epochs``: its model description says so, or a
+    stage's curves grow past it (a resume that forgot the saved schedule would otherwise train
+    for nnU-Net's default 1000 epochs of 250 iterations)."""
+    description = model / "nnlandmark.json"
+    before = description.read_text()
+    with open(console, "w") as out:
+        run = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        problem = None
+        while run.poll() is None and problem is None:
+            time.sleep(0.1)
+            text = description.read_text()  # replaced atomically
+            settings = json.loads(text)["settings"]
+            if text != before and settings["epochs"] != epochs:
+                problem = f"the resumed run's description says {settings['epochs']} epochs"
+            for curves in model.rglob("training_curves.json"):
+                try:
+                    if len(json.loads(curves.read_text())["train_loss"]) > epochs:
+                        problem = f"{curves.parent.name} trained past epoch {epochs}"
+                except ValueError:
+                    pass  # caught mid-write
+            if time.monotonic() > deadline:
+                problem = f"still running after {timeout} s"
+        if problem is not None:
+            run.kill()
+            run.wait()
+            pytest.fail(f"resume did not keep the saved schedule of {epochs} epochs: {problem}")
+    text = console.read_text()
+    assert run.returncode == 0, text
+    return text
+
+
 @pytest.mark.slow
-def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path, capsys):
+def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path):
     from nnlandmark.planning.project import Project
     from nnlandmark.training.presets import TrainingSettings
     from nnlandmark.training.train import model_dir_for
@@ -65,25 +114,21 @@ def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path
     _shrink_plans(project)
     fold = model_dir_for(Project.load(project), TrainingSettings(configuration="fullres")) / "fold_0"
 
-    with open(tmp_path / "killed_run.txt", "w") as console:
-        run = subprocess.Popen([sys.executable, "-m", "nnlandmark.cli", "train", str(project), *SCHEDULE],
-                               stdout=console, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 400
-        while run.poll() is None and not (fold / "checkpoint_latest.pth").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        run.send_signal(signal.SIGKILL)
-        run.wait()
-    console_text = (tmp_path / "killed_run.txt").read_text()
-    assert run.returncode == -signal.SIGKILL, console_text  # still running: killed, not finished or crashed
+    console_text = _kill_when([sys.executable, "-m", "nnlandmark.cli", "train", str(project), *SCHEDULE],
+                              lambda: (fold / "checkpoint_latest.pth").exists(), tmp_path / "killed_run.txt")
     assert "fold 0 fullres" in console_text  # the progress bar
     assert not (fold / "checkpoint_final.pth").exists()
     killed = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
     done = killed["current_epoch"]  # nnU-Net stores the next epoch to run
     assert 1 <= done < EPOCHS
 
-    capsys.readouterr()
-    assert main(["train", str(project), "--continue", *SCHEDULE]) == 0
-    assert "fold 0 fullres" in capsys.readouterr().err
+    # resumed without the schedule: the run keeps the one it saved (epochs and iterations)
+    console_text = _resume_keeping_to(
+        [sys.executable, "-m", "nnlandmark.cli", "train", str(project), "--continue", "--configuration", "fullres"],
+        fold.parent, EPOCHS, tmp_path / "resumed_run.txt")
+    assert "fold 0 fullres" in console_text
+    settings = json.loads((fold.parent / "nnlandmark.json").read_text())["settings"]
+    assert (settings["epochs"], settings["iterations_per_epoch"], settings["val_iterations"]) == (EPOCHS, 2, 1)
 
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == EPOCHS
@@ -100,6 +145,44 @@ def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path
     assert len(curves["train_loss"]) == EPOCHS
     np.testing.assert_allclose(curves["train_loss"][:done], killed["logging"]["train_losses"][:done])
     assert (fold / "training_curves.png").stat().st_size > 0
+
+
+_TRAIN_API = "import sys; from nnlandmark import train, TrainingSettings; "
+
+
+@pytest.mark.slow
+def test_api_resume_without_settings_keeps_the_saved_schedule(prepared_project, tmp_path):
+    """``train(project, fold, continue_training=True)`` with no settings resumes the project's model
+    with the schedule it saved: the killed global stage finishes its 3 epochs of 2 iterations, then
+    the local stage trains the same, not nnU-Net's default 1000 x 250."""
+    from nnlandmark.planning.project import Project
+    from nnlandmark.training.presets import TrainingSettings
+    from nnlandmark.training.train import model_dir_for
+
+    project = _project_copy(prepared_project, tmp_path / "project")
+    epochs = 3
+    schedule = f"epochs={epochs}, iterations_per_epoch=2, val_iterations=1"
+    model = model_dir_for(Project.load(project), TrainingSettings())  # the default model: the cascade
+    first = model / "fold_0" / "global"
+    _kill_when([sys.executable, "-c", _TRAIN_API + f"train(sys.argv[1], 0, TrainingSettings({schedule}), "
+                "progress=False)", str(project)],
+               lambda: (first / "checkpoint_latest.pth").exists(), tmp_path / "killed_run.txt")
+    killed = torch.load(first / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    assert 1 <= killed["current_epoch"] < epochs and not (model / "fold_0" / "local").exists()
+
+    _resume_keeping_to([sys.executable, "-c", _TRAIN_API + "train(sys.argv[1], 0, continue_training=True, "
+                        "progress=False)", str(project)], model, epochs, tmp_path / "resumed_run.txt")
+    for stage in ("global", "local"):
+        final = torch.load(model / "fold_0" / stage / "checkpoint_final.pth", map_location="cpu",
+                           weights_only=False)
+        assert final["current_epoch"] == epochs, stage
+        curves = json.loads((model / "fold_0" / stage / "training_curves.json").read_text())
+        assert len(curves["train_loss"]) == epochs, stage
+    epochs_logged = [n for log in sorted(first.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime_ns)
+                     for n in _logged_epochs(log)]
+    assert epochs_logged.count(0) == 1  # the global stage continued, not restarted
+    settings = json.loads((model / "nnlandmark.json").read_text())["settings"]
+    assert (settings["epochs"], settings["iterations_per_epoch"], settings["val_iterations"]) == (epochs, 2, 1)
 
 
 def test_run_resumed_in_the_same_second_appends_to_the_log(tmp_path):

@@ -125,6 +125,19 @@ def test_default_order_is_unchanged(tmp_path):
     assert [cp["label"] for cp in control_points(tmp_path / "a.mrk.json")] == case().names
 
 
+@pytest.mark.parametrize("suffix", [".mrk.json", ".fcsv", ".json", ".csv"])
+def test_a_file_read_and_written_again_keeps_its_order(tmp_path, suffix):
+    """Absent and unknown points stay where the file had them, without passing ``names``."""
+    names = ["nasion", "left_eye", "sella", "right_eye", "basion"]
+    original = Landmarks(points={"nasion": np.array([1.0, 2.0, 3.0]), "sella": np.array([4.0, 5.0, 6.0]),
+                                 "basion": np.array([7.0, 8.0, 9.0])}, absent=["left_eye"], unknown=["right_eye"])
+    write_landmarks(original, tmp_path / f"a{suffix}", names=names)
+    again = read_landmarks(tmp_path / f"a{suffix}")
+    assert again.names == names
+    write_landmarks(again, tmp_path / f"b{suffix}")
+    assert read_landmarks(tmp_path / f"b{suffix}").names == names
+
+
 # ------------------------------------------------------------------ files Slicer writes
 
 # vtkMRMLMarkupsFiducialStorageNode of slicer-core 5.13.31053.0, a point list with

@@ -19,33 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnlandmark.data.formats import LANDMARK_SUFFIXES
+from nnlandmark.data.images import (DICOM_SERIES, IMAGE_SUFFIXES, dicom_series_ids, image_name, read_image,
+                                    read_image_grid, split_suffix)
 from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
-from nnlandmark.errors import InvalidInput
-from nnlandmark.geometry import GeometryError, ImageGrid, world_to_index
+from nnlandmark.errors import DatasetError
+from nnlandmark.geometry import ImageGrid, world_to_index
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-LANDMARK_SUFFIXES = (".mrk.json", ".json", ".fcsv", ".csv")
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-class DatasetError(InvalidInput):
-    """Problems with a dataset; one line per problem, each naming its file."""
-
-    def __init__(self, problems):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
-
-
-def split_suffix(path: Path, suffixes) -> tuple[str, str] | None:
-    """(stem, suffix) for the first matching (multi-part) suffix, else None."""
-    name = path.name
-    for suffix in suffixes:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], suffix
-    return None
 
 
 @dataclass
@@ -120,16 +103,16 @@ class Case:
     landmarks: Landmarks
     grid: ImageGrid
 
+    def read_image(self, channel: int = 0):
+        """The SimpleITK image of one channel (a file or a DICOM series)."""
+        return read_image(self.image_files[channel])
+
 
 @dataclass
 class LandmarkDataset:
     root: Path
     spec: DatasetSpec
     cases: list
-
-    @property
-    def file_ending(self) -> str:
-        return split_suffix(self.cases[0].image_files[0], IMAGE_SUFFIXES)[1]
 
 
 def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
@@ -140,14 +123,21 @@ def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
     ``patient_0001`` stays whole; only when *every* file ends in ``_0000``
     (nnU-Net's naming) is that suffix read as the channel.
     """
-    problems, stems = [], []
+    problems, stems, strays = [], [], []
     for path in sorted(images_dir.iterdir()):
-        split = split_suffix(path, IMAGE_SUFFIXES)
+        split = image_name(path)
         if split is None:
             if not path.name.startswith("."):
-                problems.append(f"{path}: not a recognised image file ({', '.join(IMAGE_SUFFIXES)})")
+                strays.append(path)
             continue
         stems.append((path, split))
+    if len(strays) > 1 and dicom_series_ids(images_dir):
+        # slices of a series side by side: one line for all, not one per slice
+        problems.append(f"{images_dir}: holds {len(strays)} DICOM slice files; put each series in a folder of "
+                        f"its own ({images_dir}/<case>/), which is read as one image")
+    else:
+        problems += [f"{path}: not a recognised image file ({', '.join(IMAGE_SUFFIXES)}) or a folder with one "
+                     f"{DICOM_SERIES}" for path in strays]
     nnunet_single = bool(stems) and all(stem.endswith("_0000") for _, (stem, _) in stems)
     by_case = {}
     for path, (stem, suffix) in stems:
@@ -189,105 +179,6 @@ def discover_landmark_files(landmarks_dir: Path) -> tuple[dict, list]:
             continue
         files[split[0]] = path
     return files, problems
-
-
-def _itk_reason(error: RuntimeError) -> str:
-    """The informative part of a SimpleITK exception, without source locations and object addresses.
-
-    ITK appends ``Reason: <strerror>`` from a stale ``errno`` (often "No such
-    file or directory" for a file that exists); that line is dropped because it
-    misleads more than it helps.
-    """
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    kept = []
-    for line in lines:
-        if line.startswith("Exception thrown in SimpleITK") or line.startswith("Reason: "):
-            continue
-        line = re.sub(r"^(ITK ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", line)
-        kept.append(line)
-    return " ".join(kept) or "unknown error"
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """Raise DatasetError when a NIfTI file holds less voxel data than its header declares.
-
-    ITK's NIfTI reader silently fills a truncated ``.nii``/``.nii.gz`` with
-    zeros, so the check is ours: the byte count after the header's voxel
-    offset must cover the declared shape, and a gzip stream must end properly
-    with a valid checksum.
-    """
-    import gzip
-    import zlib
-
-    import nibabel
-    try:
-        proxy = nibabel.load(str(path)).dataobj
-        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
-    except Exception:  # nibabel is stricter than ITK about some headers; ITK has read this file already
-        return
-    if path.name.lower().endswith(".gz"):
-        actual = 0
-        try:
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    actual += len(chunk)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DatasetError(f"{path}: compressed image data are truncated or corrupt ({e})") from e
-    else:
-        actual = path.stat().st_size
-    if actual < expected:
-        raise DatasetError(f"{path}: image file is truncated: {actual} bytes where its header needs {expected}")
-
-
-def read_image_grid(path: Path, read_pixels: bool, finite: bool = False) -> ImageGrid:
-    """The 3D grid of an image file; raises DatasetError naming the file.
-
-    The grid is taken from the header exactly as written (ITK's pixel reader
-    would silently turn a negative spacing into a flipped direction). With
-    ``read_pixels`` the whole file is decoded as well, so truncated or corrupt
-    data are caught here and not hours later; with ``finite`` too, NaN or
-    infinite voxels are refused (nnU-Net's normalisation would spread them, and
-    a model would still answer with confident points).
-    """
-    path = Path(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot read image header, not an image file or corrupt ({_itk_reason(e)})") from e
-    dim, components = reader.GetDimension(), reader.GetNumberOfComponents()
-    size, spacing = reader.GetSize(), reader.GetSpacing()
-    origin, direction = reader.GetOrigin(), reader.GetDirection()
-    if dim == 4 and size[3] == 1:
-        raise DatasetError(f"{path}: 4D image with a single volume; save it as 3D")
-    if dim != 3:
-        raise DatasetError(f"{path}: expected a 3D image, got {dim}D (size {tuple(size)})")
-    if components != 1:
-        raise DatasetError(f"{path}: expected a scalar image, got {components} components per voxel; "
-                           "store channels as separate files <case>_0000, <case>_0001, ...")
-    if min(size) < 2:
-        raise DatasetError(f"{path}: image of size {tuple(size)} is not a 3D volume")
-    grid = ImageGrid(size=size, spacing=spacing, origin=origin, direction=np.array(direction).reshape(3, 3))
-    try:
-        grid.validate()
-    except GeometryError as e:
-        raise DatasetError(f"{path}: {e}") from e
-    if read_pixels or finite:
-        try:
-            image = reader.Execute()
-        except RuntimeError as e:
-            raise DatasetError(f"{path}: image data cannot be read, the file is truncated or corrupt "
-                               f"({_itk_reason(e)})") from e
-        if path.name.lower().endswith((".nii", ".nii.gz")):
-            _check_nifti_complete(path)
-        if finite:
-            voxels = sitk.GetArrayViewFromImage(image)
-            if voxels.dtype.kind == "f":
-                bad = int(np.count_nonzero(~np.isfinite(voxels)))
-                if bad:
-                    raise DatasetError(f"{path}: {bad} of {voxels.size} voxels are NaN or infinite")
-    return grid
 
 
 NAMES_DIFFER = "landmark names differ from dataset.json"
@@ -365,7 +256,7 @@ def load_dataset(root, read_pixels: bool = True, progress: bool = True) -> Landm
         problems.append(f"{images[case][0]}: image has no landmark file landmarks/{case}.<json|mrk.json|fcsv|csv>")
     for case in sorted(set(landmark_files) - set(images)):
         problems.append(f"{landmark_files[case]}: landmark file has no image images/{case}.<ext>")
-    endings = {split_suffix(f[0], IMAGE_SUFFIXES)[1] for f in images.values()}
+    endings = {image_name(f[0])[1] for f in images.values()}
     if len(endings) > 1:
         problems.append(f"{root / 'images'}: mixed image file types {sorted(endings)}; use one")
     case_ids = sorted(set(images) & set(landmark_files))

@@ -31,11 +31,16 @@ class Landmarks:
     absent: list = field(default_factory=list)
     unknown: list = field(default_factory=list)
     source: Path | None = None
+    #: the names in the order a file listed them (set by the readers), so that a file read and
+    #: written again keeps its order with absent points in place; not part of equality
+    order: list = field(default_factory=list, compare=False, repr=False)
 
     @property
     def names(self) -> list:
-        """Every name mentioned, present ones first (file order)."""
-        return list(self.points) + [n for n in self.absent + self.unknown if n not in self.points]
+        """Every name mentioned: in file order when read from a file, else present ones first."""
+        mentioned = list(self.points) + [n for n in self.absent + self.unknown if n not in self.points]
+        listed = [n for n in self.order if n in mentioned]
+        return listed + [n for n in mentioned if n not in listed]
 
     def point(self, name: str) -> np.ndarray | None:
         """The LPS point of ``name``, or None when it is absent or unknown."""

@@ -30,7 +30,7 @@ def mean_positions(dataset_dir) -> dict:
 def write_baseline_predictions(train_dir, test_images, out_dir) -> dict:
     """Write each baseline's predictions of the images in ``test_images`` (a folder), one
     ``<case>.json`` each, into ``out_dir/<baseline>/``; returns ``{baseline: folder}``."""
-    from nnlandmark.data.dataset import IMAGE_SUFFIXES, read_image_grid, split_suffix
+    from nnlandmark.data.images import image_name, read_image_grid
     from nnlandmark.data.formats.json_formats import write_prediction_json
     from nnlandmark.data.landmarks import Landmarks
     atlas = mean_positions(train_dir)
@@ -38,10 +38,10 @@ def write_baseline_predictions(train_dir, test_images, out_dir) -> dict:
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     for image_file in sorted(Path(test_images).iterdir()):
-        split = split_suffix(image_file, IMAGE_SUFFIXES)
+        split = image_name(image_file)
         if split is None:
             continue
-        grid = read_image_grid(image_file, read_pixels=False)
+        grid = read_image_grid(image_file)
         centre = index_to_world((np.asarray(grid.size) - 1) / 2.0, grid)
         write_prediction_json(Landmarks(points=dict(atlas)), folders["mean position"] / f"{split[0]}.json")
         write_prediction_json(Landmarks(points={n: centre for n in atlas}),

@@ -52,7 +52,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     """
     from nnlandmark.data.dataset import discover_images
     from nnlandmark.evaluation.evaluate import OUTPUT_FILES, evaluate
-    from nnlandmark.inference.model_folder import ModelFolderError, check_model_folder, resolve_model
+    from nnlandmark.inference.model_folder import ModelFolder, ModelFolderError, resolve_model
     from nnlandmark.inference.predict import clear_outputs, previous_outputs, predict, write_summary
     from nnlandmark.nnunet.paths import read_splits, splits_file
     from nnlandmark.planning.project import Project
@@ -79,7 +79,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     folds_done, predicted = [], []
     for fold, split in enumerate(splits):
         try:
-            check_model_folder(model_dir, [fold])  # every stage of the fold has a checkpoint
+            ModelFolder(model_dir).check([fold])  # every stage of the fold has a checkpoint
         except ModelFolderError:
             print(f"fold {fold}: no checkpoint, skipped")
             continue
@@ -163,8 +163,8 @@ def calibrate_presence(prediction_dir, reference_dir, landmark_names) -> tuple[d
 
 def store_presence_thresholds(model_dir, thresholds: dict, record: dict | None = None) -> None:
     """Replace ``presence_thresholds`` (and ``presence_calibration``) in the model's ``nnlandmark.json``."""
-    from nnlandmark.inference.model_folder import update_description
+    from nnlandmark.inference.model_folder import ModelFolder
     fields = {PRESENCE_KEY: {name: float(t) for name, t in thresholds.items()}}
     if record is not None:
         fields["presence_calibration"] = record
-    update_description(model_dir, fields)
+    ModelFolder(model_dir).update(fields)

@@ -1,8 +1,11 @@
-"""Find, export and import self-contained model folders.
+"""Model folders: one owner of their files, and how to find, export and import them.
 
 A model folder holds everything prediction needs: nnU-Net's ``plans.json`` and
-``dataset.json``, our ``nnlandmark.json`` (landmark names = channel order,
-pairs, training settings) and ``fold_N/checkpoint_*.pth``.
+``dataset.json``, our ``nnlandmark.json`` (the *description*: landmark names =
+channel order, pairs, stages, training settings, presence thresholds) and the
+checkpoints, ``fold_N/`` (full resolution) or ``fold_N/global`` and
+``fold_N/local`` (the cascade). :class:`ModelFolder` is the only code that
+reads or writes the description, so no command can erase what another stored.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
+
 MODEL_FILE = "nnlandmark.json"
 _EXPORTED = ("plans.json", "dataset.json", "dataset_fingerprint.json", MODEL_FILE)
 _EXPORTED_PER_FOLD = ("checkpoint_best.pth", "checkpoint_final.pth", "training_curves.json", "training_curves.png")
@@ -22,84 +26,113 @@ class ModelFolderError(InvalidInput):
     """A model folder that cannot be used; the message names what is missing."""
 
 
-def update_description(model_dir, fields: dict) -> dict:
-    """Merge ``fields`` into the model's ``nnlandmark.json`` (created if missing), atomically.
+class ModelFolder:
+    """A model folder on disk (which need not exist yet: training creates it).
 
-    The one writer of that file: training writes what the channels mean,
-    ``evaluate-cv`` its presence thresholds, and neither erases the other's.
+    >>> import tempfile
+    >>> model = ModelFolder(tempfile.mkdtemp())
+    >>> _ = model.update({"landmarks": ["a", "b"], "configuration": "3d_fullres"})
+    >>> _ = model.update({"presence_thresholds": {"a": 0.5}})   # merged, not replaced
+    >>> model.description["landmarks"], model.stages
+    (['a', 'b'], {'fullres': '3d_fullres'})
+    >>> model.stage_dir(2, "local").relative_to(model.path).as_posix()
+    'fold_2/local'
     """
-    path = Path(model_dir) / MODEL_FILE
-    description = {**(json.loads(path.read_text()) if path.is_file() else {}), **fields}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}")
-    tmp.write_text(json.dumps(description, indent=2))
-    tmp.replace(path)
-    return description
 
+    def __init__(self, path):
+        self.path = Path(path)
 
-def stage_dir(model_dir, fold: int, stage: str = "fullres") -> Path:
-    """Where a stage of a fold keeps its checkpoints: ``fold_N`` for a full-resolution
-    model, ``fold_N/global`` and ``fold_N/local`` for the cascade's stages."""
-    fold_dir = Path(model_dir) / f"fold_{fold}"
-    return fold_dir if stage == "fullres" else fold_dir / stage
+    def __repr__(self) -> str:
+        return f"ModelFolder({str(self.path)!r})"
 
+    @property
+    def description_file(self) -> Path:
+        return self.path / MODEL_FILE
 
-def model_stages(description: dict) -> dict:
-    """stage -> nnU-Net configuration of a model description (models written before the
-    cascade have one full-resolution stage)."""
-    return description.get("stages") or {"fullres": description["configuration"]}
+    @property
+    def description(self) -> dict:
+        """``nnlandmark.json``; ModelFolderError (naming the file) when missing or malformed."""
+        path = self.description_file
+        if not path.is_file():
+            raise ModelFolderError(f"{self.path}: {MODEL_FILE} missing; not a complete nnlandmark model folder")
+        try:
+            description = json.loads(path.read_text())
+            if not isinstance(description, dict) or not isinstance(description["landmarks"], list):
+                raise TypeError("expected an object with a 'landmarks' list")
+            self._stages_of(description)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelFolderError(f"{path}: not a valid model description ({e})") from e
+        return description
 
+    def update(self, fields: dict) -> dict:
+        """Merge ``fields`` into the description (created if missing) and replace the file atomically:
+        training writes what the channels mean, ``evaluate-cv`` its presence thresholds, and
+        neither erases the other's."""
+        path = self.description_file
+        description = {**(self.description if path.is_file() else {}), **fields}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp_{path.name}")
+        tmp.write_text(json.dumps(description, indent=2))
+        tmp.replace(path)
+        return description
 
-def fold_checkpoint(model_dir: Path, fold: int, stage: str = "fullres") -> Path:
-    folder = stage_dir(model_dir, fold, stage)
-    for name in CHECKPOINT_PREFERENCE:
-        path = folder / name
-        if path.is_file():
-            return path
-    raise ModelFolderError(f"{folder}: no checkpoint for fold {fold}"
-                           f"{'' if stage == 'fullres' else f' ({stage} stage)'} "
-                           f"(looked for {', '.join(CHECKPOINT_PREFERENCE)})")
+    @staticmethod
+    def _stages_of(description: dict) -> dict:
+        # models written before the cascade have one full-resolution stage
+        return description.get("stages") or {"fullres": description["configuration"]}
 
+    @property
+    def stages(self) -> dict:
+        """stage -> nnU-Net configuration, in the order prediction runs them."""
+        return self._stages_of(self.description)
 
-def check_model_folder(model_dir: Path, folds) -> dict:
-    """The model description; raises ModelFolderError for missing plans, description or folds."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelFolderError(f"{model_dir}: model folder not found")
-    for name in ("plans.json", "dataset.json", "nnlandmark.json"):
-        if not (model_dir / name).is_file():
-            raise ModelFolderError(f"{model_dir}: {name} missing; not a complete nnlandmark model folder")
-    try:
-        description = json.loads((model_dir / MODEL_FILE).read_text())
-        stages = model_stages(description)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelFolderError(f"{model_dir / MODEL_FILE}: not a valid model description ({e})") from e
-    for fold in folds:
-        for stage in stages:
-            checkpoint = fold_checkpoint(model_dir, fold, stage)
-            # torch writes checkpoints as zip archives: a truncated copy has lost the archive's
-            # directory at its end, which this reads without loading the weights
-            if not zipfile.is_zipfile(checkpoint):
-                raise ModelFolderError(f"{checkpoint}: not a readable checkpoint (truncated or damaged "
-                                       "copy?); copy or export the model again")
-    return description
+    def stage_dir(self, fold: int, stage: str = "fullres") -> Path:
+        """Where a stage of a fold keeps its checkpoints."""
+        fold_dir = self.path / f"fold_{fold}"
+        return fold_dir if stage == "fullres" else fold_dir / stage
 
+    def checkpoint(self, fold: int, stage: str = "fullres") -> Path:
+        """The checkpoint prediction uses (best, else final, else latest)."""
+        folder = self.stage_dir(fold, stage)
+        for name in CHECKPOINT_PREFERENCE:
+            if (folder / name).is_file():
+                return folder / name
+        raise ModelFolderError(f"{folder}: no checkpoint for fold {fold}"
+                               f"{'' if stage == 'fullres' else f' ({stage} stage)'} "
+                               f"(looked for {', '.join(CHECKPOINT_PREFERENCE)})")
 
-def load_predictor(model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5, mirror_swap=None,
-                   progress: bool = False, stage: str = "fullres"):
-    """nnU-Net's sliding-window predictor for one stage of a model folder, the weights of
-    ``folds`` averaged (:class:`nnlandmark.nnunet.predictor.LandmarkPredictor`; ``mirror_swap``
-    is explained there). Raises ModelFolderError like :func:`check_model_folder`."""
-    from nnlandmark.nnunet.predictor import LandmarkPredictor
-    model_dir = Path(model_dir)
-    description = check_model_folder(model_dir, folds)
-    return LandmarkPredictor(plans=json.loads((model_dir / "plans.json").read_text()),
-                             dataset_json=json.loads((model_dir / "dataset.json").read_text()),
-                             configuration=model_stages(description)[stage],
-                             architecture=description["settings"]["architecture"],
-                             num_landmarks=len(description["landmarks"]),
-                             checkpoints=[fold_checkpoint(model_dir, f, stage) for f in folds],
-                             device=device, step_size=step_size, mirror_swap=mirror_swap, progress=progress)
+    def check(self, folds) -> dict:
+        """The description, after checking that everything prediction with ``folds`` reads is
+        there and readable; ModelFolderError naming the first file that is not."""
+        if not self.path.is_dir():
+            raise ModelFolderError(f"{self.path}: model folder not found")
+        for name in ("plans.json", "dataset.json"):
+            if not (self.path / name).is_file():
+                raise ModelFolderError(f"{self.path}: {name} missing; not a complete nnlandmark model folder")
+        description = self.description
+        for fold in folds:
+            for stage in self._stages_of(description):
+                checkpoint = self.checkpoint(fold, stage)
+                # torch writes checkpoints as zip archives: a truncated copy has lost the archive's
+                # directory at its end, which this reads without loading the weights
+                if not zipfile.is_zipfile(checkpoint):
+                    raise ModelFolderError(f"{checkpoint}: not a readable checkpoint (truncated or damaged "
+                                           "copy?); copy or export the model again")
+        return description
+
+    def predictor(self, folds=(0,), stage: str = "fullres", device: str = "cpu", step_size: float = 0.5,
+                  mirror_swap=None, progress: bool = False):
+        """nnU-Net's sliding-window predictor for one stage, the weights of ``folds`` averaged
+        (:class:`nnlandmark.nnunet.predictor.LandmarkPredictor`, which explains ``mirror_swap``)."""
+        from nnlandmark.nnunet.predictor import LandmarkPredictor
+        description = self.check(folds)
+        return LandmarkPredictor(plans=json.loads((self.path / "plans.json").read_text()),
+                                 dataset_json=json.loads((self.path / "dataset.json").read_text()),
+                                 configuration=self._stages_of(description)[stage],
+                                 architecture=description["settings"]["architecture"],
+                                 num_landmarks=len(description["landmarks"]),
+                                 checkpoints=[self.checkpoint(f, stage) for f in folds],
+                                 device=device, step_size=step_size, mirror_swap=mirror_swap, progress=progress)
 
 
 def list_models(project_dir) -> list:

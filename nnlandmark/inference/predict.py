@@ -45,18 +45,20 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnlandmark.data.dataset import (CHANNEL_SUFFIX, IMAGE_SUFFIXES, DatasetError, discover_images,
-                                     read_image_grid)
+from nnlandmark.data.dataset import CHANNEL_SUFFIX, discover_images
+from nnlandmark.data.images import IMAGE_SUFFIXES, image_name, read_image, read_image_grid
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats import write_landmarks
 from nnlandmark.data.landmarks import Landmarks
-from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
+from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
 from nnlandmark.geometry import (ImageGrid, patch_start, patch_to_preprocessed, preprocessed_image_grid,
                                  preprocessed_to_world, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
@@ -82,23 +84,21 @@ def _images_by_case(inputs, n_channels: int) -> dict:
             cases[case] = files
 
     for item in inputs:
-        if item.is_dir():
+        name = image_name(item)
+        if item.is_dir() and name is None:
             folder = item / "images" if (item / "images").is_dir() else item
             found, p = discover_images(folder, n_channels)
             problems += p or _channel_like_names(folder, found, n_channels)
             for case, files in found.items():
                 add(case, files)
-        elif item.is_file():
+        elif item.exists():  # one image: a file, or a folder with a DICOM series
             if n_channels != 1:
                 problems.append(f"{item}: the model needs {n_channels} channels; give a folder with "
-                                "<case>_0000, <case>_0001, ... files")
-                continue
-            from nnlandmark.data.dataset import split_suffix
-            split = split_suffix(item, IMAGE_SUFFIXES)
-            if split is None:
-                problems.append(f"{item}: not a recognised image file")
-                continue
-            add(split[0], [item])
+                                "<case>_0000, <case>_0001, ... images")
+            elif name is None:
+                problems.append(f"{item}: not a recognised image file ({', '.join(IMAGE_SUFFIXES)})")
+            else:
+                add(name[0], [item])
         else:
             problems.append(f"{item}: no such file or folder")
     if not cases and not problems:
@@ -280,6 +280,24 @@ def crop_patches(data, starts, patch_size):
     return out
 
 
+@contextmanager
+def _image_files(images):
+    """The images as files nnU-Net's reader opens: a DICOM series (a folder) is written to a
+    temporary MetaImage file first, geometry included, and removed afterwards."""
+    if not any(Path(f).is_dir() for f in images):
+        yield images
+        return
+    with tempfile.TemporaryDirectory(prefix="nnlandmark_dicom_") as tmp:
+        files = []
+        for i, image in enumerate(images):
+            if Path(image).is_dir():
+                files.append(Path(tmp) / f"channel_{i:04d}.mha")
+                sitk.WriteImage(read_image(image), str(files[-1]))
+            else:
+                files.append(image)
+        yield files
+
+
 def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str, output: str,
                   mirror: bool) -> tuple[dict, tuple]:
     """``{name: (world, index, score)}`` of one case, plus (maps, pgrid) of the first stage for saving."""
@@ -363,7 +381,7 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         landmarks swapped (twice the compute). Default: on when the model was
         trained with mirroring (``"mirror"`` in its ``nnlandmark.json``).
     """
-    from nnlandmark.inference.model_folder import check_model_folder, load_predictor, model_stages, resolve_model
+    from nnlandmark.inference.model_folder import ModelFolder, resolve_model
     # every check before any work or any write: flags, model, inputs, output folder
     if decoder is not None and decoder not in DECODERS:
         raise InvalidInput(f"--decoder: unknown decoder '{decoder}', choose from {sorted(DECODERS)}")
@@ -372,8 +390,8 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     if overwrite and resume:
         raise InvalidInput("--overwrite and --continue: choose one")
     folds = [int(f) for f in folds]
-    model_dir = resolve_model(model_dir)
-    description = check_model_folder(model_dir, folds)
+    model = ModelFolder(resolve_model(model_dir))
+    description = model.check(folds)
     decoder = decoder or default_decoder(description)
     output = _output(description)
     names = description["landmarks"]
@@ -386,15 +404,14 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     thresholds = description.get("presence_thresholds") or {}
     mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
     swap = swap_permutation(names, description.get("pairs") or [])
-    predictors = {stage: load_predictor(model_dir, folds, device=device, step_size=step_size, mirror_swap=swap,
-                                        stage=stage)
-                  for stage in model_stages(description)}
+    predictors = {stage: model.predictor(folds, stage, device=device, step_size=step_size, mirror_swap=swap)
+                  for stage in model.stages}
     if overwrite:
         clear_outputs(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for case in tqdm(todo, desc="predicting", disable=not progress):
-        decoded, (maps, pgrid) = _predict_case(cases[case], grids[case], predictors, names, decoder, output,
-                                               mirror)
+        with _image_files(cases[case]) as files:
+            decoded, (maps, pgrid) = _predict_case(files, grids[case], predictors, names, decoder, output, mirror)
         if save_heatmaps:  # before the case JSON, which marks the case done for --continue
             _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grids[case])
         _write_case(output_dir, case, decoded, thresholds)

@@ -34,6 +34,7 @@ it), read through these attributes only, as
 
 - ``dataset.spec.landmarks`` (names, the channel order), ``.channels``, ``.name``;
 - ``dataset.cases``, each with ``case_id``, ``image_files`` (one per channel),
+  ``read_image(channel)`` (a SimpleITK image: files and DICOM series alike),
   ``grid`` (an :class:`nnlandmark.geometry.ImageGrid`) and ``landmarks``
   (``points``: name -> world LPS point; ``status(name)``: ``present``,
   ``absent`` or ``unknown``).
@@ -231,8 +232,8 @@ def write_raw_dataset(dataset, raw_dir: Path, target_spacing=None, progress: boo
                 and all(f.exists() for f in image_files):
             continue
         if main_labels and not (same_record and all(f.exists() for f in image_files)):
-            for src, dst in zip(case.image_files, image_files):
-                _atomic_write_image(sitk.ReadImage(str(src)), dst)
+            for channel, dst in enumerate(image_files):
+                _atomic_write_image(case.read_image(channel), dst)
         reference = sitk.ReadImage(str(image_files[0]))
         _atomic_write_image(label_image(landmark_label_maps(case, names, n_maps, target_spacing), reference),
                             label_file)

@@ -19,11 +19,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nnlandmark.data.dataset import DatasetError, load_dataset
+from nnlandmark.data.dataset import load_dataset
 from nnlandmark.nnunet import planning
 from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
 from nnlandmark.nnunet.raw import write_raw_dataset
-from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
+from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
 
 PROJECT_FILE = "project.json"
 #: nnU-Net's cross-validation: the folds planned for every project and trained by ``--fold all``

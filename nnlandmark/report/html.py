@@ -1,4 +1,4 @@
-"""A self-contained HTML report of an :class:`~nnlandmark.evaluation.evaluate.EvaluationResult`.
+"""A self-contained HTML report of an :class:`~nnlandmark.evaluation.result.EvaluationResult`.
 
 :func:`write_report` writes into ``out_dir``::
 
@@ -8,16 +8,20 @@
     slices/<case>.png    orthogonal slices through each landmark (when images are given)
 
 The HTML refers to the PNGs by relative path, so the folder can be moved as a whole.
+Its numbers come from the result's row model (:mod:`nnlandmark.evaluation.result`); the
+per-landmark, biometry and presence tables are the ones the text report prints, in
+:data:`HTML` notation.
 """
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 
 from nnlandmark.data.formats import read_landmarks
-from nnlandmark.evaluation.evaluate import EvaluationResult, list_case_files, resolve_reference
-from nnlandmark.evaluation.metrics import threshold_key
+from nnlandmark.evaluation.evaluate import list_case_files, resolve_reference
+from nnlandmark.evaluation.result import (
+    EvaluationResult, Notation, biometry_table, landmark_table, presence_table,
+)
 from nnlandmark.report.plots import plot_error_boxplot, plot_sdr_curve
 from nnlandmark.report.slices import plot_landmark_slices
 from nnlandmark.errors import InvalidInput, OutputExists
@@ -34,13 +38,9 @@ img { max-width: 100%; }
 """
 
 
-def _num(value, digits: int = 2) -> str:
-    return "&ndash;" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{value:.{digits}f}"
-
-
-def _pct(value) -> str:
-    return "&ndash;" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+#: the HTML spelling of the tables shared with the text report
+HTML = Notation(pm="&plusmn;", none="&ndash;", total="all", pair=" &ndash; ", minus=" &minus; ",
+                compact=False, escape=html.escape)
 
 
 def _table(headers, rows, total_rows=0) -> str:
@@ -52,15 +52,6 @@ def _table(headers, rows, total_rows=0) -> str:
         out.append(f"<tr{css}>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
-
-
-def _landmark_rows(result: EvaluationResult, keys):
-    def row(name, s):
-        return ([html.escape(name), s["n_valid"], f"{_num(s['mre_mm'])} &plusmn; {_num(s['std_mm'])}",
-                 _num(s["median_mm"]), _num(s["max_mm"])] + [_pct(s["sdr"][k]) for k in keys]
-                + [s["missing_in_prediction"], s["missing_in_reference"]])
-    rows = [row(n, result.summary["per_landmark"][n]) for n in result.landmark_names]
-    return rows + [row("all", result.summary["overall"])]
 
 
 def _slice_pngs(result, out_dir: Path, images, predictions_dir, reference_dir) -> dict:
@@ -108,17 +99,13 @@ def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
 
     Examples
     --------
-    >>> import numpy as np, tempfile, pathlib
-    >>> from nnlandmark.evaluation.evaluate import EvaluationResult
-    >>> from nnlandmark.evaluation.metrics import summarize_errors
-    >>> errors = np.array([[1.0, 2.0]])
-    >>> status = np.array([["present", "present"]])
-    >>> result = EvaluationResult(["c1"], ["a", "b"], (2.0,), errors, status, status,
-    ...     summarize_errors(errors, [2.0], landmark_names=["a", "b"], case_ids=["c1"],
-    ...                      missing_in_prediction=status != "present",
-    ...                      missing_in_reference=status != "present"))
-    >>> out = write_report(result, tempfile.mkdtemp())
-    >>> "error_boxplot.png" in out.read_text()
+    >>> import tempfile
+    >>> from nnlandmark.evaluation.result import EvaluationResult
+    >>> result = EvaluationResult.from_errors([[1.0, 2.0]], ["c1"], ["a", "b"], thresholds=(2,))
+    >>> text = write_report(result, tempfile.mkdtemp()).read_text()
+    >>> "error_boxplot.png" in text
+    True
+    >>> "<tr><td>b</td><td>1</td><td>2.00 &plusmn; 0.00</td>" in text
     True
     """
     out_dir = Path(out_dir)
@@ -126,7 +113,7 @@ def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
     if report.exists() and not overwrite:
         raise OutputExists(f"{report}: exists; use --overwrite to replace the earlier report")
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = [threshold_key(t) for t in result.thresholds]
+    keys = result.sdr_keys
 
     plot_error_boxplot(result.errors, result.landmark_names, out_dir / "error_boxplot.png")
     plot_sdr_curve(result.errors, out_dir / "sdr_curve.png", landmark_names=result.landmark_names,
@@ -139,8 +126,8 @@ def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
             raise InvalidInput("slice images need predictions_dir and reference_dir")
         slices = _slice_pngs(result, out_dir, images, predictions_dir, reference_dir)
 
-    e = html.escape
-    o = result.summary["overall"]
+    e, n = html.escape, HTML
+    o = result.overall_row()
     parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{e(title)}</title>"
              f"<style>{_STYLE}</style></head><body>", f"<h1>{e(title)}</h1>", "<ul>"]
     if result.prediction_dir is not None:
@@ -158,46 +145,34 @@ def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
 
     parts.append("<h2>Overall</h2>")
     parts.append(
-        f"<p>MRE <b>{_num(o['mre_mm'])} &plusmn; {_num(o['std_mm'])} mm</b> (population std), "
-        f"median {_num(o['median_mm'])} mm, max {_num(o['max_mm'])} mm, over {o['n_valid']} valid "
-        f"errors; missing: {o['missing_in_prediction']} in prediction, "
-        f"{o['missing_in_reference']} in reference.</p>")
-    parts.append(_table([f"SDR@{k} mm" for k in keys], [[_pct(o["sdr"][k]) for k in keys]]))
+        f"<p>MRE <b>{n.mean_std(o.mre_mm, o.std_mm)} mm</b> (population std), "
+        f"median {n.mm(o.median_mm)} mm, max {n.mm(o.max_mm)} mm, over {o.n_valid} valid "
+        f"errors; missing: {o.missing_in_prediction} in prediction, "
+        f"{o.missing_in_reference} in reference.</p>")
+    parts.append(_table([f"SDR@{k} mm" for k in keys], [[n.pct(o.sdr[k]) for k in keys]]))
     parts.append("<p class='note'>A detection succeeds when error &le; threshold.</p>")
 
     parts.append("<h2>Per landmark</h2>")
-    parts.append(_table(["landmark", "n", "MRE &plusmn; std (mm)", "median", "max"]
-                        + [f"SDR@{k}" for k in keys] + ["missing in prediction", "missing in reference"],
-                        _landmark_rows(result, keys), total_rows=1))
+    parts.append(_table(*landmark_table(result, n), total_rows=1))
     parts.append("<img src='error_boxplot.png' alt='radial error per landmark'>")
     parts.append("<img src='sdr_curve.png' alt='success detection rate curve'>")
 
     if result.biometry_pairs:
         parts.append("<h2>Biometry</h2>")
-        rows = [[e(n), " &ndash; ".join(e(x) for x in result.biometry_pairs[n]),
-                 s["n_valid"], f"{_num(s['mean_mm'])} &plusmn; {_num(s['std_mm'])}",
-                 _num(s["median_mm"]), _num(s["max_mm"]), s["n_missing"]]
-                for n, s in result.biometry_summary.items()]
-        parts.append(_table(["measurement", "landmarks", "n", "|pred &minus; ref| mean &plusmn; std (mm)",
-                             "median", "max", "missing"], rows))
+        parts.append(_table(*biometry_table(result, n)))
 
     if result.presence is not None:
         parts.append("<h2>Presence</h2>")
-        items = list(result.presence["per_landmark"].items()) + [("all", result.presence["overall"])]
-        rows = [[e(n), m["tp"], m["fp"], m["fn"], m["tn"], _num(m["precision"], 3),
-                 _num(m["recall"], 3), _num(m["f1"], 3)] for n, m in items]
-        parts.append(_table(["landmark", "TP", "FP", "FN", "TN", "precision", "recall", "F1"],
-                            rows, total_rows=1))
+        parts.append(_table(*presence_table(result, n), total_rows=1))
         parts.append("<p class='note'>Positive = present; the MRE is over true positives only.</p>")
 
     parts.append("<h2>Per case</h2>")
     rows = []
-    for case in result.case_ids:
-        s = result.summary["per_case"][case]
-        shot = slices.get(case)
-        link = f"<a href='#slices-{e(case)}'>slices</a>" if isinstance(shot, Path) else e(shot or "")
-        rows.append([e(case), _num(s["mre_mm"]), _num(s["max_mm"]), s["n_valid"],
-                     s["missing_in_prediction"], s["missing_in_reference"], link])
+    for r in result.case_rows():
+        shot = slices.get(r.case)
+        link = f"<a href='#slices-{e(r.case)}'>slices</a>" if isinstance(shot, Path) else e(shot or "")
+        rows.append([e(r.case), n.mm(r.mre_mm), n.mm(r.max_mm), r.n_valid,
+                     r.missing_in_prediction, r.missing_in_reference, link])
     parts.append(_table(["case", "MRE (mm)", "max (mm)", "n", "missing in prediction",
                          "missing in reference", "QC"], rows))
 

@@ -63,7 +63,8 @@ def load_display_image(image) -> sitk.Image:
         A 3D image; of a vector image the first component is shown.
     """
     if not isinstance(image, sitk.Image):
-        image = sitk.ReadImage(str(image))
+        from nnlandmark.data.images import read_image
+        image = read_image(image)
     if image.GetDimension() != 3:
         raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() > 1:

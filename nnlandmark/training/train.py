@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from nnlandmark.inference.model_folder import MODEL_FILE, stage_dir, update_description
+from nnlandmark.inference.model_folder import ModelFolder
 from nnlandmark.nnunet import nnunetv2_version
 from nnlandmark.nnunet.paths import nnunet_environment, read_splits, splits_file
 from nnlandmark.nnunet.planning import (CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION,
@@ -25,11 +25,18 @@ def model_dir_for(project: Project, settings: TrainingSettings) -> Path:
     return project.folders.results / project.dataset_name / settings.model_name(project.plans_identifier)
 
 
-def saved_settings(project_dir, preset: str, architecture: str, configuration: str = "cascade") -> dict:
-    """The settings an earlier run of this model saved in its ``nnlandmark.json`` ({} if none)."""
-    probe = TrainingSettings(preset=preset, architecture=architecture, configuration=configuration)
-    path = model_dir_for(Project.load(project_dir), probe) / MODEL_FILE
-    return json.loads(path.read_text())["settings"] if path.is_file() else {}
+def settings_for(project_dir, given: dict, continue_training: bool) -> TrainingSettings:
+    """The settings of a run from the fields ``given``: the rest are the defaults, or, when a
+    run continues, what the earlier run of that model (same preset, architecture and
+    configuration) saved, so that it resumes with its own schedule."""
+    given = {k: v for k, v in given.items() if v is not None}
+    saved = {}
+    if continue_training:
+        identity = {k: given[k] for k in ("preset", "architecture", "configuration") if k in given}
+        model = ModelFolder(model_dir_for(Project.load(project_dir), TrainingSettings(**identity)))
+        if model.description_file.is_file():
+            saved = model.description["settings"]
+    return TrainingSettings(**{**saved, **given})
 
 
 def resolve_device(device: str) -> torch.device:
@@ -52,7 +59,7 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
                    "plans_identifier": project.plans_identifier, "configuration": stages[settings.stages[-1]],
                    "stages": stages, "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
                    "nnunetv2_version": nnunetv2_version()}
-    update_description(model_dir, description)
+    ModelFolder(model_dir).update(description)
 
 
 def _landmark_records(project: Project) -> dict:
@@ -106,14 +113,18 @@ def check_folds(project: Project, folds, settings: TrainingSettings | None = Non
                          f"{NUM_FOLDS}-fold cross-validation needs at least {NUM_FOLDS} cases")
 
 
-def train(project_dir, fold=0, settings: TrainingSettings | None = None, device: str = "cpu",
+def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, device: str = "cpu",
           continue_training: bool = False, progress: bool = True) -> Path:
     """Train ``fold`` (0-4, or ``"all"`` for the five folds in turn); returns the model folder.
 
     With ``continue_training`` a fold resumes from its latest checkpoint (a
     finished fold is left as it is); without it, an existing fold is refused.
+    ``settings`` given as a dict of some fields, or None, takes the other
+    fields from the earlier run when continuing (its schedule), else the
+    defaults (:func:`settings_for`).
     """
-    settings = settings or TrainingSettings()
+    if not isinstance(settings, TrainingSettings):
+        settings = settings_for(project_dir, settings or {}, continue_training)
     project = Project.load(project_dir)
     folds = list(range(NUM_FOLDS)) if fold == "all" else [int(fold)]
     model_dir = model_dir_for(project, settings)
@@ -139,7 +150,7 @@ def _train_fold(project, fold, settings, device, model_dir, continue_training, p
 
 
 def _train_stage(project, fold, stage, settings, device, model_dir, continue_training, progress) -> None:
-    fold_dir = stage_dir(model_dir, fold, stage)
+    fold_dir = ModelFolder(model_dir).stage_dir(fold, stage)
     if continue_training and (fold_dir / "checkpoint_final.pth").exists():
         print(f"{fold_dir}: already finished")
         return

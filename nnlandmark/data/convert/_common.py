@@ -27,12 +27,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnlandmark.data.formats import write_landmarks
+from nnlandmark.data.images import IMAGE_SUFFIXES, read_image_grid, split_suffix  # noqa: F401 (read_image_grid: for the converters)
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import InvalidInput
 from nnlandmark.geometry import GeometryError, ImageGrid, world_to_index
 
-#: Image suffixes recognised when copying, longest first.
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 #: Default train/val/test fractions of a seeded split.
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -72,8 +71,8 @@ def clean_up_on_failure(convert):
 
 def image_suffix(path) -> str | None:
     """The image suffix of ``path`` (``.nii.gz`` before ``.gz``), or None."""
-    name = Path(path).name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+    split = split_suffix(path, IMAGE_SUFFIXES)
+    return split[1] if split else None
 
 
 def safe_case_id(text: str) -> str:
@@ -113,21 +112,6 @@ def prepare_destination(src, dst) -> tuple[Path, Path]:
     (dst / "images").mkdir(parents=True, exist_ok=True)
     (dst / "landmarks").mkdir(exist_ok=True)
     return src, dst
-
-
-def read_image_grid(path) -> ImageGrid:
-    """The grid of an image file, reading only its header."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise ConversionError(f"{path}: cannot read image header "
-                              f"({str(err).strip().splitlines()[-1]})") from None
-    if reader.GetDimension() != 3:
-        raise ConversionError(f"{path}: expected a 3D image, got {reader.GetDimension()}D")
-    return ImageGrid(size=reader.GetSize(), spacing=reader.GetSpacing(), origin=reader.GetOrigin(),
-                     direction=np.array(reader.GetDirection()).reshape(3, 3))
 
 
 def with_spacing(grid: ImageGrid, spacing) -> ImageGrid:

@@ -116,6 +116,7 @@ def build_landmarks(entries, path) -> Landmarks:
         if name in seen:
             raise fail(path, f"duplicate landmark name {name!r}")
         seen.add(name)
+        lm.order.append(name)
         if status == "present":
             lm.points[name] = np.asarray(point, dtype=float)
         elif status == "absent":
