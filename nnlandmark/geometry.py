@@ -127,6 +127,25 @@ def array_to_itk_index(index) -> np.ndarray:
     return np.asarray(index, dtype=float)[..., ::-1]
 
 
+def itk_to_array_axis(axis: int) -> int:
+    """The NumPy array axis of ITK axis ``axis`` (arrays from SimpleITK are (k, j, i)).
+
+    >>> [itk_to_array_axis(a) for a in (0, 1, 2)]
+    [2, 1, 0]
+    """
+    return 2 - int(axis)
+
+
+def itk_to_array_order(values) -> list:
+    """Per-axis values (spacing, sizes) from ITK order (x, y, z) to NumPy array order (z, y, x),
+    the order nnU-Net takes them in before its own transpose.
+
+    >>> itk_to_array_order((0.5, 0.6, 2.0))
+    [2.0, 0.6, 0.5]
+    """
+    return [float(v) for v in values][::-1]
+
+
 def nearest_voxel(index) -> np.ndarray:
     """Round a continuous index to the nearest integer voxel."""
     return np.floor(np.asarray(index, dtype=float) + 0.5).astype(int)

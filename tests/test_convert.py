@@ -12,7 +12,6 @@ from scipy.io import savemat
 
 from nnlandmark.data.convert import CONVERTERS, ConversionError, run_converter, seeded_split
 from nnlandmark.data.convert import afids, feta, fetal_pose, lfc, mml
-from nnlandmark.data.convert._common import infer_lr_pairs
 from nnlandmark.data.images import read_image_grid
 from nnlandmark.data.formats import MARKUPS_SCHEMA, read_landmarks
 from nnlandmark.geometry import ImageGrid, index_to_world, lps_to_ras, world_to_index
@@ -91,10 +90,12 @@ def test_seeded_split_stratified_grouped_reproducible():
         assert len(members) == 2 * 3  # 20 % of 10 groups, 3 frames each
 
 
-def test_infer_lr_pairs():
+def test_converters_pair_names_with_the_one_rule():
+    """Converters propose left/right pairs with :func:`nnlandmark.data.pairs.propose_pairs`,
+    the rule that also suggests them for user datasets."""
+    from nnlandmark.data.pairs import propose_pairs
     names = ["Chin", "Condyle_L", "Condyle_R", "left-eye", "right-eye", "Lt.ear", "Rt.ear", "LR"]
-    assert infer_lr_pairs(names) == [["Condyle_L", "Condyle_R"], ["left-eye", "right-eye"],
-                                     ["Lt.ear", "Rt.ear"]]
+    assert propose_pairs(names) == [("Condyle_L", "Condyle_R"), ("left-eye", "right-eye"), ("Lt.ear", "Rt.ear")]
 
 
 # ------------------------------------------------------------------ AFIDs

@@ -88,7 +88,11 @@ def read_image(path) -> sitk.Image:
 
 def to_sitk(array: np.ndarray, grid: ImageGrid) -> sitk.Image:
     """A SimpleITK image of ``array`` (numpy order z, y, x: ``grid.array_shape``) placed on ``grid``."""
-    image = sitk.GetImageFromArray(array)
+    return place(sitk.GetImageFromArray(array), grid)
+
+
+def place(image: sitk.Image, grid: ImageGrid) -> sitk.Image:
+    """``image`` (scalar or vector) given the spacing, origin and direction of ``grid``; returned."""
     image.SetSpacing([float(s) for s in grid.spacing])
     image.SetOrigin([float(o) for o in grid.origin])
     image.SetDirection([float(d) for d in np.asarray(grid.direction).ravel()])

@@ -48,6 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
+from nnlandmark.data.images import to_sitk
 from nnlandmark.geometry import (
     ImageGrid,
     array_to_itk_index,
@@ -295,7 +296,7 @@ def make_synthetic_case(seed: int, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0),
     canonical = _canonical_landmarks(head)
     landmarks = {name: centre + translation + scale * (rotation @ p) for name, p in canonical.items()}
 
-    array_shape = shape[::-1]
+    array_shape = grid.array_shape
     array_index = np.indices(array_shape, dtype=float).reshape(3, -1).T
     world = index_to_world(array_to_itk_index(array_index), grid)
     # inverse pose on row vectors: (w - c - t) @ R == R^T (w - c - t)
@@ -313,11 +314,7 @@ def make_synthetic_case(seed: int, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0),
     noisy = np.clip(clean, 0.0, None) ** gamma * bias + rng.normal(0.0, noise_sigma, size=array_shape)
     array = (noisy * intensity_scale + offset).astype(np.float32)
 
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(tuple(grid.direction.ravel()))
-    return image, landmarks
+    return to_sitk(array, grid), landmarks
 
 
 def _case_seed(dataset_seed: int, index: int) -> int:

@@ -54,7 +54,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnlandmark.data.dataset import CHANNEL_SUFFIX, discover_images
-from nnlandmark.data.images import IMAGE_SUFFIXES, image_name, read_image, read_image_grid
+from nnlandmark.data.images import IMAGE_SUFFIXES, image_name, place, read_image, read_image_grid
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats import write_landmarks
 from nnlandmark.data.landmarks import Landmarks
@@ -347,10 +347,7 @@ def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict)
 def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
     placement = preprocessed_image_grid(pgrid, grid)
     channels = [sitk.GetImageFromArray(heatmaps[c].float().numpy()) for c in range(heatmaps.shape[0])]
-    image = sitk.Compose(channels) if len(channels) > 1 else channels[0]
-    image.SetSpacing(placement.spacing)
-    image.SetOrigin(placement.origin)
-    image.SetDirection(placement.direction.ravel().tolist())
+    image = place(sitk.Compose(channels) if len(channels) > 1 else channels[0], placement)
     _atomic(path, lambda p: sitk.WriteImage(image, str(p), useCompression=True))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nnlandmark.geometry import array_to_itk_index, untranspose
+from nnlandmark.geometry import array_to_itk_index, itk_to_array_order, untranspose
 from nnlandmark.errors import InvalidInput
 
 CONFIGURATION = "3d_fullres"
@@ -58,7 +58,7 @@ def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> di
     kwargs = {}
     if target_spacing is not None:
         # nnU-Net's spacing is in array order (z, y, x) before its own transpose
-        kwargs["overwrite_target_spacing"] = [float(s) for s in reversed(target_spacing)]
+        kwargs["overwrite_target_spacing"] = itk_to_array_order(target_spacing)
     return planner_class(dataset_name, suppress_transpose=False, **kwargs).plan_experiment()
 
 

@@ -138,7 +138,7 @@ def landmark_label_maps(case, names, n_maps: int, target_spacing=None) -> np.nda
     """Label arrays (n_maps, k, j, i): one cube per present landmark (3x3x3, larger
     where ``target_spacing`` is coarser, see :func:`cube_half_widths`), in the map
     :func:`assign_label_maps` gives it."""
-    size = case.grid.size[::-1]
+    size = case.grid.array_shape
     centres = cube_centres(case, names)
     half_widths = cube_half_widths(case.grid.spacing, target_spacing)
     maps = assign_label_maps(centres, half_widths)

@@ -38,7 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnlandmark.data.landmarks import Landmarks
-from nnlandmark.geometry import ImageGrid, nearest_voxel, world_to_index
+from nnlandmark.geometry import ImageGrid, itk_to_array_axis, nearest_voxel, world_to_index
 from nnlandmark.report.plots import new_figure, save_figure
 
 REFERENCE_STYLE = dict(marker="o", markersize=11, markerfacecolor="none", markeredgecolor="lime",
@@ -73,12 +73,9 @@ def load_display_image(image) -> sitk.Image:
 
 
 def _slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """The 2D slice of a (k, j, i) array at ITK ``axis`` = ``index``, as (vertical, horizontal)."""
-    if axis == 2:
-        return array[index, :, :]  # (j, i)
-    if axis == 1:
-        return array[:, index, :]  # (k, i)
-    return array[:, :, index]      # (k, j)
+    """The 2D slice of a (k, j, i) array at ITK ``axis`` = ``index``, as (vertical, horizontal):
+    (j, i) for axis 2, (k, i) for axis 1, (k, j) for axis 0."""
+    return np.take(array, index, axis=itk_to_array_axis(axis))
 
 
 def _describe(name: str, predicted: Landmarks, reference: Landmarks | None) -> str:

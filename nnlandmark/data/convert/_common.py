@@ -120,45 +120,6 @@ def with_spacing(grid: ImageGrid, spacing) -> ImageGrid:
                      origin=grid.origin, direction=grid.direction)
 
 
-def infer_lr_pairs(names) -> list:
-    """Left/right pairs among ``names``, as ``[left, right]`` lists.
-
-    Two names pair when they differ only by one word-like token that is a
-    left/right marker (``L``/``R``, ``Lt``/``Rt``, ``left``/``right``, any case),
-    tokens being separated by ``_``, ``-``, ``.``, or spaces.
-
-    Examples
-    --------
-    >>> infer_lr_pairs(["Chin", "Condyle_L", "Condyle_R", "left eye", "right eye"])
-    [['Condyle_L', 'Condyle_R'], ['left eye', 'right eye']]
-    """
-    swap = {"l": "r", "r": "l", "lt": "rt", "rt": "lt", "left": "right", "right": "left"}
-    left_tokens = {"l", "lt", "left"}
-    names = list(names)
-    present = set(names)
-    pairs, used = [], set()
-    for name in names:
-        if name in used:
-            continue
-        parts = re.split(r"([_\-. ]+)", name)
-        for i, part in enumerate(parts):
-            low = part.lower()
-            if low not in swap:
-                continue
-            mirrored = swap[low]
-            if part.isupper():
-                mirrored = mirrored.upper()
-            elif part[:1].isupper():
-                mirrored = mirrored.capitalize()
-            other = "".join(parts[:i] + [mirrored] + parts[i + 1:])
-            if other in present and other not in used and other != name:
-                pair = [name, other] if low in left_tokens else [other, name]
-                pairs.append(pair)
-                used.update(pair)
-                break
-    return pairs
-
-
 def seeded_split(cases, *, seed: int = 0, fractions=DEFAULT_FRACTIONS, strata=None,
                  groups=None) -> dict:
     """A reproducible train/val/test split.

@@ -45,10 +45,11 @@ import re
 from pathlib import Path
 
 from nnlandmark.data.convert._common import (
-    ConversionError, DatasetWriter, clean_up_on_failure, infer_lr_pairs, seeded_split,
+    ConversionError, DatasetWriter, clean_up_on_failure, seeded_split,
 )
 from nnlandmark.data.formats import read_landmarks
 from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
+from nnlandmark.data.pairs import propose_pairs
 
 #: (first, last) case number of each official package and the split it maps to.
 OFFICIAL_RANGES = (((1, 328), "train"), ((329, 479), "val"), ((555, 746), "test"), ((788, 878), "test"))
@@ -119,7 +120,8 @@ def convert(src: Path, dst: Path, *, seed: int = 0) -> Path:
     if not read:
         raise ConversionError(f"no PDDCA case under {src_resolved} has both img.nrrd and a .fcsv "
                               f"(skipped: {skipped})")
-    writer = DatasetWriter(src, dst, name="PDDCA", landmarks=names, pairs=infer_lr_pairs(names),
+    writer = DatasetWriter(src, dst, name="PDDCA", landmarks=names,
+                           pairs=[list(p) for p in propose_pairs(names)],
                            channels=["CT"], image_suffix=".nrrd")
     for case, reason in skipped.items():
         writer.skip(case, reason)

@@ -107,7 +107,7 @@ def write_label_map(landmarks: Landmarks, names, reference_image, path) -> None:
         reference = _read_image(reference_image)
         grid = _grid(reference, reference_image)
     dtype, pixel = (np.uint8, sitk.sitkUInt8) if len(names) < 256 else (np.uint16, sitk.sitkUInt16)
-    array = np.zeros(grid.size[::-1], dtype=dtype)
+    array = np.zeros(grid.array_shape, dtype=dtype)
     occupied = {}
     for label, name in enumerate(names, start=1):
         point = landmarks.point(name)
