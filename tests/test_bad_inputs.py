@@ -698,6 +698,16 @@ def test_evaluate_refuses_nothing_to_compare_and_bad_flags(synthetic_dataset, tm
                    ("--thresholds", "positive, finite"), watched=[synthetic_dataset, mine])
     assert_refused(capsys, ["evaluate", "-p", mine, "-r", synthetic_dataset, "--biometry", "width=nose_tip"],
                    ("--biometry", "NAME=A,B"), watched=[synthetic_dataset, mine])
+    assert_refused(capsys, ["evaluate", "-p", mine, "-r", synthetic_dataset, "--landmarks", "nose_tip", "nose_tipp"],
+                   ("--landmarks", "['nose_tipp'] not in any reference file"), watched=[synthetic_dataset, mine])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--epochs", "0", "must be at least 1"), ("--iterations", "0", "must be at least 1"),
+    ("--time-budget", "-1", "a positive number of minutes"), ("--contrast-augmentation", "2", "a probability"),
+])
+def test_train_names_the_flag_with_a_bad_value(tmp_path, capsys, flag, value, message):
+    assert_refused(capsys, ["train", tmp_path, flag, value], (flag, message), watched=[tmp_path])
 
 
 def test_evaluate_and_report_refuse_to_overwrite_without_the_flag(synthetic_dataset, tmp_path, capsys):

@@ -91,7 +91,7 @@ def list_case_files(folder) -> tuple[dict, list]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise MissingPath(f"{folder}: not a directory")
+        raise MissingPath(f"{folder}: folder not found")
     files, ignored = {}, []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
@@ -126,7 +126,7 @@ def resolve_reference(reference_dir) -> tuple[Path, dict | None]:
     """
     reference_dir = Path(reference_dir)
     if not reference_dir.is_dir():
-        raise MissingPath(f"{reference_dir}: not a directory")
+        raise MissingPath(f"{reference_dir}: reference folder not found")
     if (reference_dir / "landmarks").is_dir():
         dataset_json = reference_dir / "dataset.json"
         dataset = json.loads(dataset_json.read_text()) if dataset_json.is_file() else None
@@ -218,6 +218,12 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
     preds = {c: read_landmarks(pred_files[c]) for c in case_ids}
     refs = {c: read_landmarks(ref_files[c]) for c in case_ids}
 
+    if landmark_names is not None:  # asked for by name: a typo would come back as 'missing' in every case
+        known = set().union(*(refs[c].names for c in case_ids))
+        unknown = [str(n) for n in landmark_names if str(n) not in known]
+        if unknown:
+            raise InvalidInput(f"--landmarks: {unknown} not in any reference file of {landmarks_dir} "
+                               f"(its landmarks: {sorted(known)})")
     if landmark_names is None and dataset is not None and dataset.get("landmarks"):
         landmark_names = dataset["landmarks"]
     if landmark_names is None:
@@ -229,7 +235,8 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
         landmark_names = list(seen)
     landmark_names = [str(n) for n in landmark_names]
     if len(set(landmark_names)) != len(landmark_names):
-        raise InvalidInput(f"duplicate landmark names: {landmark_names}")
+        raise InvalidInput(f"--landmarks: duplicate landmark names {landmark_names}")
+
 
     if biometry is None and dataset is not None:
         # the dataset's measurements that the evaluated landmarks allow (all, unless a subset was asked for)

@@ -90,7 +90,7 @@ class TrainingSettings:
         if self.configuration not in CONFIGURATIONS:
             raise InvalidInput(f"unknown configuration '{self.configuration}', choose from {list(CONFIGURATIONS)}")
         if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
-            raise InvalidInput(f"time budget must be a positive number of minutes, got {self.time_budget_minutes}")
+            raise InvalidInput(f"--time-budget: a positive number of minutes, got {self.time_budget_minutes}")
         # a time budget fits the number of epochs, so epochs are kept short to fit it closely
         budgeted = self.time_budget_minutes is not None
         if self.iterations_per_epoch is None:
@@ -98,12 +98,14 @@ class TrainingSettings:
         if self.val_iterations is None:
             self.val_iterations = 3 if budgeted else 50
         if not 0.0 <= self.contrast_augmentation <= 1.0:
-            raise InvalidInput(f"contrast_augmentation is a probability in [0, 1], got {self.contrast_augmentation}")
+            raise InvalidInput(f"--contrast-augmentation: a probability in [0, 1], got {self.contrast_augmentation}")
         if self.gaussian_sigma is None:
             self.gaussian_sigma = PRESETS[self.preset]["sigma"]
-        for name in ("epochs", "iterations_per_epoch", "val_iterations", "save_every"):
+        flags = {"epochs": "--epochs", "iterations_per_epoch": "--iterations", "val_iterations": "--val-iterations",
+                 "save_every": "save_every"}
+        for name, flag in flags.items():
             if getattr(self, name) < 1:
-                raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidInput(f"{flag}: must be at least 1, got {getattr(self, name)}")
 
     @property
     def stages(self) -> tuple:
