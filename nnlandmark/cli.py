@@ -15,10 +15,12 @@ def _registries() -> dict:
     from nnlandmark.inference.decoding import DECODERS
     from nnlandmark.nnunet.networks import ARCHITECTURES
     from nnlandmark.nnunet.planning import PLANNERS
-    from nnlandmark.training.presets import CONFIGURATIONS, PRESETS
+    from nnlandmark.training.presets import CONFIGURATIONS, HEATMAPS, PRESETS
     from nnlandmark.data.convert import CONVERTERS
+    # heatmap: name -> description (argparse takes the names as choices, the help shows both)
     return {"benchmark": tuple(CONVERTERS), "preset": tuple(PRESETS), "configuration": tuple(CONFIGURATIONS),
-            "architecture": tuple(ARCHITECTURES), "decoder": tuple(DECODERS), "planner": tuple(PLANNERS)}
+            "architecture": tuple(ARCHITECTURES), "decoder": tuple(DECODERS), "planner": tuple(PLANNERS),
+            "heatmap": dict(HEATMAPS)}
 
 
 def _add_training_options(p: argparse.ArgumentParser, choices: dict) -> None:
@@ -32,6 +34,13 @@ def _add_training_options(p: argparse.ArgumentParser, choices: dict) -> None:
     p.add_argument("--architecture", choices=choices["architecture"],
                    help="unet: the U-Net nnU-Net planned, plain or ResEnc (default); h3de: H3DE-style hybrid "
                         "attention net")
+    p.add_argument("--heatmap", choices=tuple(choices["heatmap"]),
+                   help="the target's shape (default: the preset's own): "
+                        + "; ".join(f"{name}: {text}" for name, text in choices["heatmap"].items()))
+    p.add_argument("--sigma", type=float, nargs="+", default=None, metavar="VOXELS",
+                   help="the target's spread (standard deviation per axis, in voxels of each stage's grid): one "
+                        "value, or one per landmark in dataset.json order (default: the preset's, 1.5 for softmax, "
+                        "4 for v1); with --heatmap adaptive, where the learned sigmas start")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="fit the schedule to this wall-clock time per fold (all stages together)")
     p.add_argument("--epochs", type=int, default=None,
@@ -56,7 +65,8 @@ def _settings(args) -> dict:
     return {"preset": args.preset, "architecture": args.architecture, "configuration": args.configuration,
             "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
             "time_budget_minutes": args.time_budget, "learning_rate": args.lr, "mirror": _MIRROR[args.mirror],
-            "contrast_augmentation": args.contrast_augmentation}
+            "contrast_augmentation": args.contrast_augmentation, "heatmap": args.heatmap,
+            "gaussian_sigma": args.sigma}
 
 
 def _biometry(items):
@@ -110,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from the latest checkpoint")
+    p.add_argument("--num-gpus", type=int, default=1, metavar="N",
+                   help="with --device cuda: train on N GPUs with nnU-Net's DDP (one process per GPU, each "
+                        "planned batch split across them)")
     _add_training_options(p, choices)
 
     p = sub.add_parser("predict", help="predict landmarks of new images, in world coordinates",
@@ -118,7 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "to rank and threshold, not a calibrated probability: for softmax models the share of "
                               "the landmark's probability within 2 voxels of the point (0-1), for cone and v1 models "
                               "the sigmoid heatmap's peak. 'evaluate-cv' calibrates per-landmark presence "
-                              "thresholds on it, which later predictions apply ('present': false below them).")
+                              "thresholds on it, which later predictions apply ('present': false below them). "
+                              "uncertainty_mm: how far, in mm, the model's own distribution (softmax) or heatmap "
+                              "blob (cone, v1) spreads around the point (root-mean-square distance, the width of "
+                              "the training target taken out); a relative measure, not a guarantee. radius_95_mm: the radius around the point that holds the "
+                              "true landmark in 95% of cases, calibrated by 'evaluate-cv' on the model's "
+                              "cross-validation predictions (scale x uncertainty_mm); null until the model is "
+                              "calibrated. Both are in the case JSON, predictions.csv and each Slicer control "
+                              "point's description.")
     p.add_argument("-i", "--input", required=True, nargs="+", help="image folder or image files")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("-m", "--model", required=True, help="model folder (or a project folder: its only model)")
@@ -132,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the (first stage's) heatmaps, placed in world space")
     p.add_argument("--mirror", default="auto", choices=["auto", "on", "off"],
                    help="left-right test-time mirroring (auto: when the model was trained with mirroring)")
+    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
+                   help="pixel spacing of PNG/JPEG inputs, one or two numbers (x y) in mm (default: the "
+                        "training dataset's 'spacing', else 1)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true")
     group.add_argument("--continue", dest="resume", action="store_true", help="skip cases already predicted")
@@ -149,13 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("evaluate-cv", help="predict each fold's validation cases, evaluate them together, "
-                                            "calibrate presence thresholds")
+                                            "calibrate presence thresholds and the uncertainty radius")
     p.add_argument("project")
     p.add_argument("-m", "--model", help="model folder (default: the project's only model)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--decoder", default=None, choices=choices["decoder"],
                    help="default: mass for softmax models, else argmax")
+    p.add_argument("--coverage", type=float, default=0.95, metavar="C",
+                   help="fraction of cases whose true landmark the calibrated radius must hold (default 0.95: "
+                        "prediction then writes radius_95_mm = scale x uncertainty_mm, the scale per landmark the "
+                        "split-conformal quantile of error / uncertainty_mm over the cross-validation predictions)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs")
     group.add_argument("--continue", dest="resume", action="store_true",
@@ -204,19 +231,18 @@ def run(args) -> int:
         print(f"{args.dataset}: OK, {len(ds.cases)} cases, {len(ds.spec.landmarks)} landmarks")
     elif args.command == "prepare":
         project = api.prepare(args.dataset, args.project, planner=args.planner,
-                              num_processes=args.num_processes,
-                              target_spacing=args.spacing[0] if args.spacing and len(args.spacing) == 1
-                              else args.spacing)
+                              num_processes=args.num_processes, target_spacing=args.spacing)
         print(f"prepared {project.dataset_name} in {project.root}")
     elif args.command == "train":
         model = api.train(args.project, args.fold, _settings(args), device=args.device,
-                          continue_training=args.continue_training)
+                          continue_training=args.continue_training, num_gpus=args.num_gpus)
         print(f"model folder: {model}")
     elif args.command == "predict":
         out = api.predict(args.input, args.output, args.model, folds=args.folds,
                           device=args.device, step_size=args.step_size, decoder=args.decoder,
                           save_heatmaps=args.save_heatmaps, overwrite=args.overwrite, resume=args.resume,
-                          mirror=_MIRROR[args.mirror])
+                          mirror=_MIRROR[args.mirror],
+                          spacing=args.spacing[0] if args.spacing and len(args.spacing) == 1 else args.spacing)
         print(f"predictions in {out}")
     elif args.command == "evaluate":
         result = api.evaluate(args.predictions, args.reference, landmark_names=args.landmarks,
@@ -225,7 +251,8 @@ def run(args) -> int:
         print(result.format_table())
     elif args.command == "evaluate-cv":
         result = api.evaluate_cv(args.project, args.output, model_dir=args.model, device=args.device,
-                                 decoder=args.decoder, overwrite=args.overwrite, resume=args.resume)
+                                 decoder=args.decoder, overwrite=args.overwrite, resume=args.resume,
+                                 coverage=args.coverage)
         print(result.format_table())
     elif args.command == "export-model":
         print(api.export_model(args.model, args.zip))

@@ -83,6 +83,25 @@ class ImageGrid:
                    direction=np.array(image.GetDirection()).reshape(3, 3))
 
     @property
+    def is_2d(self) -> bool:
+        """True for a 2D image: one slice along the third axis (see :mod:`nnlandmark.data.images`).
+
+        >>> ImageGrid(size=(64, 48, 1), spacing=(0.1, 0.1, 1.0), origin=(0, 0, 0)).is_2d
+        True
+        """
+        return self.size[2] == 1
+
+    def plane_offset_mm(self, point) -> np.ndarray:
+        """Signed distance (mm, ``(...)``) of world points from the plane of the grid's slice
+        k = 0 (for a 2D image: how far a point is off the image).
+
+        >>> grid = ImageGrid(size=(64, 48, 1), spacing=(0.1, 0.1, 1.0), origin=(0, 0, 2.0))
+        >>> float(grid.plane_offset_mm([3.0, 1.0, 5.0]))
+        3.0
+        """
+        return world_to_index(point, self)[..., 2] * self.spacing[2]
+
+    @property
     def array_shape(self) -> tuple:
         """The shape of this grid's voxels as a numpy array from SimpleITK: (k, j, i), the
         reverse of ``size``."""

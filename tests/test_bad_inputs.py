@@ -136,8 +136,11 @@ DATASET_CASES = {
     "non-numeric coordinate": (lambda ds: _edit_json(ds / "landmarks/case_004.json",
                                                      _set_point("vertex", ["12a", 0.0, 0.0])),
                                [("landmarks/case_004.json", "'vertex'", "non-numeric coordinate '12a'")]),
-    "two coordinates": (lambda ds: _edit_json(ds / "landmarks/case_004.json", _set_point("vertex", [1.0, 2.0])),
-                        [("landmarks/case_004.json", "'vertex'", "expected 3 coordinates")]),
+    "two coordinates on a 3D image": (
+        lambda ds: _edit_json(ds / "landmarks/case_004.json", _set_point("vertex", [1.0, 2.0])),
+        [("landmarks/case_004.json", "'vertex'", "2 coordinates, but the image is 3D")]),
+    "one coordinate": (lambda ds: _edit_json(ds / "landmarks/case_004.json", _set_point("vertex", [1.0])),
+                       [("landmarks/case_004.json", "'vertex'", "expected 3 coordinates")]),
     "non-numeric coordinate in a CSV": (
         lambda ds: ((ds / "landmarks/case_002.json").unlink(),
                     (ds / "landmarks/case_002.csv").write_text("name,x,y,z\nnose_tip,1,abc,3\n")),
@@ -180,11 +183,18 @@ DATASET_CASES = {
                         [("dataset.json", "'biometry' must map each measurement")]),
     "dataset.json not JSON": (lambda ds: (ds / "dataset.json").write_text("{landmarks: [a]"),
                               [("dataset.json", "not valid JSON")]),
-    "2D image": (lambda ds: sitk.WriteImage(sitk.Image(40, 40, sitk.sitkFloat32), str(ds / "images/case_001.mha")),
-                 [("images/case_001.mha", "expected a 3D image, got 2D")]),
+    "2D image among 3D ones": (
+        lambda ds: sitk.WriteImage(sitk.Image(40, 40, sitk.sitkFloat32), str(ds / "images/case_001.mha")),
+        [("images/case_001.mha", "a 2D image in a dataset of 3D images", "either 2D or 3D")]),
     "4D image": (lambda ds: sitk.WriteImage(sitk.Image([40, 40, 40, 2], sitk.sitkFloat32),
                                             str(ds / "images/case_001.mha")),
-                 [("images/case_001.mha", "expected a 3D image, got 4D")]),
+                 [("images/case_001.mha", "expected a 2D or 3D image, got 4D")]),
+    "one voxel thick along x": (
+        lambda ds: sitk.WriteImage(sitk.Image([1, 40, 40], sitk.sitkFloat32), str(ds / "images/case_001.mha")),
+        [("images/case_001.mha", "neither a 3D volume nor a 2D image")]),
+    "picture spacing for MetaImage files": (
+        lambda ds: _edit_json(ds / "dataset.json", lambda d: d.__setitem__("spacing", 0.5)),
+        [("dataset.json", "'spacing' is for PNG/JPEG images only", "carries its own")]),
     "vector image": (lambda ds: sitk.WriteImage(sitk.Compose([sitk.Image(40, 40, 40, sitk.sitkFloat32)] * 2),
                                                 str(ds / "images/case_003.mha")),
                      [("images/case_003.mha", "expected a scalar image, got 2 components")]),
@@ -390,7 +400,7 @@ def test_predict_4d_input(tiny_model, tmp_path, capsys):
     sitk.WriteImage(sitk.Image([12, 12, 12, 2], sitk.sitkFloat32), str(four))
     out = tmp_path / "out"
     assert_refused(capsys, ["predict", "-i", four, "-o", out, "-m", tiny_model],
-                   ("four.nii.gz", "expected a 3D image, got 4D"), watched=[four], absent=[out])
+                   ("four.nii.gz", "expected a 2D or 3D image, got 4D"), watched=[four], absent=[out])
 
 
 def test_predict_missing_input(tiny_model, tmp_path, capsys):

@@ -18,7 +18,7 @@ print("HEAVY", sorted(m for m in ("torch", "nnunetv2", "SimpleITK") if m in sys.
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train"], ["predict", "-i", "x"],
-                                  ["train", "p", "--preset", "nope"]])
+                                  ["train", "p", "--preset", "nope"], ["train", "p", "--heatmap", "nope"]])
 def test_help_and_argument_errors_import_nothing_heavy(argv):
     run = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=60)
     line = next(x for x in run.stdout.splitlines() if x.startswith("HEAVY"))

@@ -64,7 +64,11 @@ def test_two_channels_are_exported_trained_on_and_predicted_from(two_channel_mod
     data, _, _, _ = infer_dataset_class(str(folder))(str(folder)).load_case("case_000")
     data = np.asarray(data)
     assert data.shape[0] == 2
-    # nnU-Net normalises each channel on its own: the negative image normalises to the negative
+    # in order (the image first: at the planned 3 mm, uncropped, it is the voxels as read) and each
+    # normalised on its own by nnU-Net, so that the negative image normalises to the negative
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(m.data / "images" / "case_000_0000.nii.gz")))
+    assert data.shape[1:] == image.shape
+    assert np.corrcoef(data[0].ravel(), image.ravel())[0, 1] > 0.999
     np.testing.assert_allclose(data[1], -data[0], atol=1e-3)
 
     # the model knows its channels; every stage's network takes two input channels
@@ -76,10 +80,15 @@ def test_two_channels_are_exported_trained_on_and_predicted_from(two_channel_mod
         first_conv = next(w for w in weights.values() if w.ndim == 5)
         assert first_conv.shape[1] == 2, stage
 
-    # prediction finds <case>_0000 and <case>_0001 in a folder and reads both, in order
+    # prediction preprocesses the two files as prepare did, in the same order
+    from nnlandmark.inference.model_folder import ModelFolder
+    files = [m.data / "images" / f"case_000_{c:04d}.nii.gz" for c in range(2)]
+    x, _ = ModelFolder(m.model).predictor([0], "local").preprocess(files)  # full resolution, as prepared
+    np.testing.assert_allclose(np.asarray(x), data, atol=1e-4)
+
+    # prediction finds <case>_0000 and <case>_0001 in a folder and reads both
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    files = [m.data / "images" / f"case_000_{c:04d}.nii.gz" for c in range(2)]
     for f in files:
         shutil.copy(f, inputs / f.name)
     out = predict(inputs, tmp_path / "pred", m.model, progress=False)

@@ -153,7 +153,11 @@ def test_calibrated_thresholds_make_predictions_absent_and_evaluation_reports_pr
     images = {c: [next((absent_project.data / "images").glob(f"{c}.*"))] for c in cv.case_ids}
     out = predict(images, tmp_path / "again", model, progress=False)
     record = json.loads((out / f"{a}.json").read_text())["left_ear"]
-    assert record == {"world_lps_mm": None, "voxel_index": None, "score": s_absent, "present": False}
+    uncertainty = record.pop("uncertainty_mm")  # the spread is kept for an absent landmark, like its score
+    assert uncertainty > 0
+    # no radius without a point (and with 12 calibration points no finite 95 % radius at all)
+    assert record == {"world_lps_mm": None, "voxel_index": None, "score": s_absent, "present": False,
+                      "radius_95_mm": None}
     kept = json.loads((out / f"{u}.json").read_text())["left_ear"]
     assert kept["present"] is True and kept["world_lps_mm"] == preds[u]["left_ear"]["world_lps_mm"]
 

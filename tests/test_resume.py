@@ -197,7 +197,7 @@ def test_run_resumed_in_the_same_second_appends_to_the_log(tmp_path):
     default_fold.mkdir(parents=True)
     (default_fold / "training_log_1.txt").write_text("resumed run: header\n")
     trainer = SimpleNamespace(output_folder=str(default_fold), log_file=str(default_fold / "training_log_1.txt"),
-                              fold=0, logger=SimpleNamespace(output_folder=None))
+                              fold=0, local_rank=0, logger=SimpleNamespace(output_folder=None))
     LandmarkTrainer._relocate(trainer, model_dir, model_dir / "fold_0")
     assert (model_dir / "fold_0" / "training_log_1.txt").read_text() == "killed run: Epoch 0\nresumed run: header\n"
     assert trainer.log_file == str(model_dir / "fold_0" / "training_log_1.txt")

@@ -22,10 +22,16 @@ fewer iterations when other jobs share the cores.
 Outputs in ``--out``: ``results.json``, ``results.md`` (one table per subset, worst
 subset first, and the learning curves as numbers) and ``learning_curve.png``.
 
+``--heatmaps gaussian laplace adaptive`` trains every method once per target shape
+(:data:`nnlandmark.training.presets.HEATMAPS`), each at every budget: an equal-budget comparison
+of the shapes (the rows are labelled ``method+shape``; adaptive runs report their learned sigmas).
+
 Usage (main venv, from the repository root)::
 
     python benchmarks/afids_template/run_cascade.py --out bench_output/afids_cascade \\
         --budgets 4 10 30 [--methods softmax:cascade cone:fullres softmax:cascade:0.5]
+    python benchmarks/afids_template/run_cascade.py --out bench_output/afids_heatmaps \\
+        --budgets 4 10 --heatmaps gaussian laplace adaptive
 
 A second invocation with the same ``--out`` adds its rows to the report (rows of the same
 method and budget are replaced).
@@ -78,20 +84,28 @@ def _row(result, **fields) -> dict:
             "sdr": {f"{t:g}": sdr.get(run_benchmark.threshold_key(t)) for t in THRESHOLDS_MM}}
 
 
+def method_label(method: str, heatmap: str | None) -> str:
+    """The ``method`` column of a run: ``method``, or ``method+heatmap`` when a shape was asked for."""
+    return method if heatmap is None else f"{method}+{heatmap}"
+
+
 def train_and_predict(project: Path, method: str, budget: float, subsets: dict, decoders, out: Path,
-                      threads: int) -> list:
-    """``method`` is ``preset:configuration``, optionally ``:P`` for contrast augmentation P."""
+                      threads: int, heatmap: str | None = None) -> list:
+    """``method`` is ``preset:configuration``, optionally ``:P`` for contrast augmentation P;
+    ``heatmap`` a target shape (default: the preset's)."""
     import nnlandmark as nl
     from nnlandmark.evaluation.evaluate import evaluate
     preset, configuration, *contrast = method.split(":")
     settings = nl.TrainingSettings(preset=preset, configuration=configuration, time_budget_minutes=budget,
-                                   contrast_augmentation=float(contrast[0]) if contrast else 0.0)
-    name = f"{preset}_{configuration}_c{settings.contrast_augmentation:g}_{budget:g}min"
+                                   contrast_augmentation=float(contrast[0]) if contrast else 0.0, heatmap=heatmap)
+    name = (f"{preset}{'' if heatmap is None else '-' + heatmap}_{configuration}"
+            f"_c{settings.contrast_augmentation:g}_{budget:g}min")
+    label = method_label(method, heatmap)
     kept = out / "models" / name
     if kept.exists():
         shutil.rmtree(kept)
     t0 = time.perf_counter()
-    print(f"\n== {method}, {budget:g} min (load average {os.getloadavg()[0]:.2f})", flush=True)
+    print(f"\n== {label}, {budget:g} min (load average {os.getloadavg()[0]:.2f})", flush=True)
     model = nl.train(project, 0, settings, progress=False)
     train_seconds = time.perf_counter() - t0
     kept.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +116,9 @@ def train_and_predict(project: Path, method: str, budget: float, subsets: dict, 
                             .read_text())
         iterations[stage] = len(curves["train_loss"]) * settings.iterations_per_epoch
     print(f"  trained in {train_seconds:.0f} s: {iterations} iterations", flush=True)
+    learned = json.loads((kept / "nnlandmark.json").read_text()).get("learned_sigmas", {}).get("fold_0", {})
+    if learned:
+        print(f"  learned sigmas (voxels): {learned}", flush=True)
     rows = []
     for subset, folder in subsets.items():
         for decoder in decoders:
@@ -111,9 +128,10 @@ def train_and_predict(project: Path, method: str, budget: float, subsets: dict, 
                        progress=False)
             per_case = (time.perf_counter() - t0) / len(list((folder / "images").iterdir()))
             result = evaluate(predictions, folder, thresholds=THRESHOLDS_MM)
-            rows.append(_row(result, subset=subset, method=method, budget_minutes=budget, decoder=decoder,
+            rows.append(_row(result, subset=subset, method=label, budget_minutes=budget, decoder=decoder,
                              train_seconds=train_seconds, iterations=iterations, predict_seconds_per_case=per_case,
-                             threads=threads))
+                             threads=threads, heatmap=settings.heatmap, sigma=settings.gaussian_sigma,
+                             learned_sigmas=learned))
             print(f"  {subset:<22} {decoder:<7} MRE {rows[-1]['mre']:6.2f} mm, SDR@2 {rows[-1]['sdr']['2']:.1%}, "
                   f"SDR@4 {rows[-1]['sdr']['4']:.1%}, {per_case:.1f} s/case", flush=True)
     return rows
@@ -147,7 +165,8 @@ def write_report(out: Path, rows: list, args, started: float, load_start) -> Non
              f"{' / '.join(f'{v:.2f}' for v in load_start)}; the whole run took "
              f"{(time.time() - started) / 60:.0f} min. Last command: `python benchmarks/afids_template/run_cascade.py "
              f"--out {args.out} --budgets {' '.join(f'{b:g}' for b in args.budgets)} --methods "
-             f"{' '.join(args.methods)}`.", ""]
+             f"{' '.join(args.methods)}"
+             f"{' --heatmaps ' + ' '.join(args.heatmaps) if args.heatmaps else ''}`.", ""]
     for subset in worst_first:
         lines += [f"## {subset}", "",
                   "| method | budget | decoder | MRE +- std (mm) | median | SDR@2 | SDR@2.5 | SDR@4 | iterations "
@@ -160,6 +179,16 @@ def write_report(out: Path, rows: list, args, started: float, load_start) -> Non
                          f"{r['std']:.2f} | {r['median']:.2f} | {_pct(r['sdr']['2'])} | {_pct(r['sdr']['2.5'])} | "
                          f"{_pct(r['sdr']['4'])} | {its} | {r.get('train_seconds', 0):.0f} | "
                          f"{r.get('predict_seconds_per_case', 0):.1f} |")
+        lines.append("")
+    adaptive = {(r["method"], r["budget_minutes"]): r["learned_sigmas"] for r in learned if r.get("learned_sigmas")}
+    if adaptive:
+        lines += ["## Learned sigmas (voxels of each stage's grid, fold 0)", "",
+                  "| method | budget | stage | mean | min | max |", "|---|---|---|---|---|---|"]
+        for (method, budget), stages in sorted(adaptive.items()):
+            for stage, sigmas in stages.items():
+                values = list(sigmas.values())
+                lines.append(f"| {method} | {budget:g} min | {stage} | {sum(values) / len(values):.2f} | "
+                             f"{min(values):.2f} | {max(values):.2f} |")
         lines.append("")
     lines.append(f"Peak resident memory of the run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB.")
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -194,6 +223,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", type=float, nargs="+", default=[4.0, 10.0, 30.0], help="training minutes")
     ap.add_argument("--methods", nargs="+", default=["softmax:cascade"],
                     help="preset:configuration, or preset:configuration:P with contrast augmentation P")
+    ap.add_argument("--heatmaps", nargs="+", default=None, metavar="SHAPE",
+                    help="train every method once per target shape (gaussian, laplace, adaptive, cone), each at "
+                         "every budget; default: each preset's own shape")
     ap.add_argument("--decoders", nargs="+", default=["mass", "argmax"])
     ap.add_argument("--n-train", type=int, default=24)
     ap.add_argument("--n-test", type=int, default=8)
@@ -201,6 +233,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    from nnlandmark.training.presets import HEATMAPS
+    unknown = sorted(set(args.heatmaps or []) - set(HEATMAPS))
+    if unknown:
+        ap.error(f"unknown heatmap(s) {unknown}, choose from {list(HEATMAPS)}")
     import torch
     import nnlandmark as nl
     if args.threads:
@@ -217,13 +253,17 @@ def main(argv=None) -> int:
     rows = baseline_rows(Path(data["train"]), subsets, out)
     # runs of other methods or budgets from an earlier invocation on the same data stay in the report
     earlier = out / "results.json"
-    planned = {(m, float(b)) for m in args.methods for b in args.budgets}
+    runs = [(m, h) for m in args.methods for h in (args.heatmaps or [None])]
+    planned = {(method_label(m, h), float(b)) for m, h in runs for b in args.budgets}
     if earlier.is_file():
         rows += [r for r in json.loads(earlier.read_text()) if not r["method"].startswith("no learning")
                  and (r["method"], float(r["budget_minutes"])) not in planned]
-    for method in args.methods:
-        for budget in args.budgets:
-            rows += train_and_predict(out / "project", method, budget, subsets, args.decoders, out, args.threads)
+    # budget by budget, the shapes one after the other: a change in the machine's load during the
+    # run then costs the shapes of one budget alike, not one shape all its budgets
+    for budget in args.budgets:
+        for method, heatmap in runs:
+            rows += train_and_predict(out / "project", method, budget, subsets, args.decoders, out, args.threads,
+                                      heatmap=heatmap)
             write_report(out, rows, args, started, load_start)  # after each run: a partial report survives
     print("\n" + (out / "results.md").read_text(), flush=True)
     return 0

@@ -40,10 +40,9 @@ from pathlib import Path
 import torch
 
 import nnlandmark as nl
+from nnlandmark.data.images import IMAGE_SUFFIXES
 from nnlandmark.nnunet.planning import CONFIGURATION
 from nnlandmark.planning.project import Project
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def _epoch_durations(fold_dir: Path) -> dict:

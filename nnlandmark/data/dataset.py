@@ -7,9 +7,14 @@ It only reads: nothing is ever written into the dataset folder.
 
 Example
 -------
->>> from nnlandmark.data.synthetic import make_synthetic_dataset  # doctest: +SKIP
->>> ds = load_dataset(make_synthetic_dataset("/tmp/syn"))           # doctest: +SKIP
->>> ds.spec.landmarks, len(ds.cases)                                 # doctest: +SKIP
+>>> import tempfile, pathlib
+>>> from nnlandmark.data.synthetic import make_synthetic_dataset
+>>> tmp = tempfile.TemporaryDirectory()
+>>> folder = make_synthetic_dataset(pathlib.Path(tmp.name) / "syn", n_cases=2)
+>>> ds = load_dataset(folder, progress=False)
+>>> ds.spec.landmarks, len(ds.cases)
+(['nose_tip', 'left_eye', 'right_eye', 'vertex', 'left_ear', 'right_ear'], 2)
+>>> tmp.cleanup()
 """
 from __future__ import annotations
 
@@ -22,10 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from nnlandmark.data.formats import LANDMARK_SUFFIXES
-from nnlandmark.data.images import (DICOM_SERIES, IMAGE_SUFFIXES, dicom_series_ids, image_name, read_image,
-                                    read_image_grid, split_suffix)
+from nnlandmark.data.images import (DICOM_SERIES, IMAGE_SUFFIXES, dicom_series_ids, image_name,
+                                    is_picture, picture_spacing, read_image, read_image_grid, split_suffix)
 from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
-from nnlandmark.errors import DatasetError
+from nnlandmark.errors import DatasetError, InvalidInput
 from nnlandmark.geometry import ImageGrid, world_to_index
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -40,6 +45,8 @@ class DatasetSpec:
     pairs: list = field(default_factory=list)
     biometry: dict = field(default_factory=dict)
     channels: list = field(default_factory=lambda: ["image"])
+    #: pixel spacing (x, y mm) of PNG/JPEG images, which have none of their own (None: 1 mm)
+    spacing: list | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> "DatasetSpec":
@@ -83,14 +90,24 @@ class DatasetSpec:
         channels = raw.get("channels", ["image"])
         if not isinstance(channels, list) or not channels:
             problems.append(f"{path}: 'channels' must be a non-empty list")
+        spacing = raw.get("spacing")
+        if spacing is not None:
+            try:
+                spacing = list(picture_spacing(spacing))
+            except InvalidInput:
+                problems.append(f"{path}: 'spacing' (of PNG/JPEG images) must be one or two positive numbers "
+                                f"(mm per pixel along x and y), got {json.dumps(spacing)}")
         if problems:
             raise DatasetError(problems)
         return cls(name=str(raw.get("name", path.parent.name)), landmarks=names, pairs=[list(p) for p in pairs],
-                   biometry={k: list(v) for k, v in biometry.items()}, channels=channels)
+                   biometry={k: list(v) for k, v in biometry.items()}, channels=channels, spacing=spacing)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "landmarks": self.landmarks, "pairs": self.pairs,
-                "biometry": self.biometry, "channels": self.channels}
+        out = {"name": self.name, "landmarks": self.landmarks, "pairs": self.pairs,
+               "biometry": self.biometry, "channels": self.channels}
+        if self.spacing is not None:
+            out["spacing"] = self.spacing
+        return out
 
 
 @dataclass
@@ -102,10 +119,12 @@ class Case:
     landmark_file: Path
     landmarks: Landmarks
     grid: ImageGrid
+    #: the dataset's picture spacing (PNG/JPEG), None for images that carry their own
+    spacing: list | None = None
 
     def read_image(self, channel: int = 0):
-        """The SimpleITK image of one channel (a file or a DICOM series)."""
-        return read_image(self.image_files[channel])
+        """The SimpleITK image of one channel (a file or a DICOM series; a 2D image as one slice)."""
+        return read_image(self.image_files[channel], self.spacing)
 
 
 @dataclass
@@ -220,6 +239,11 @@ def check_case_landmarks(landmarks: Landmarks, spec: DatasetSpec, grid: ImageGri
         detail = "; ".join(s for s in (f"missing {_some(missing)}" if missing else "",
                                        f"not in dataset.json {_some(extra)}" if extra else "") if s)
         problems.append(f"{path}: {NAMES_DIFFER} ({detail})")
+    if grid.is_2d:
+        return problems + _check_planar_landmarks(landmarks, grid, path)
+    if landmarks.planar:
+        problems.append(f"{path}: landmark(s) {_some(landmarks.planar)} have 2 coordinates, but the image is 3D; "
+                        "give x, y, z")
     for name, point in landmarks.points.items():
         index = world_to_index(point, grid)
         if not grid.contains_index(index):
@@ -228,14 +252,52 @@ def check_case_landmarks(landmarks: Landmarks, spec: DatasetSpec, grid: ImageGri
     return problems
 
 
+#: how far (mm) a landmark of a 2D image may lie off the image's plane (rounding in files)
+PLANE_TOLERANCE_MM = 1e-3
+
+
+def _check_planar_landmarks(landmarks: Landmarks, grid: ImageGrid, path: Path) -> list:
+    """Problems with the landmarks of a 2D image: each in the image's plane, inside the image."""
+    problems = []
+    plane_z = float(grid.origin[2])
+    for name, point in landmarks.points.items():
+        off = float(grid.plane_offset_mm(point))
+        if abs(off) > PLANE_TOLERANCE_MM:
+            where = "z = 0 or only x, y" if np.allclose(grid.direction[:, 2], [0, 0, 1]) and plane_z == 0 \
+                else "a point in the image's plane"
+            problems.append(f"{path}: landmark '{name}' at {np.round(point, 3).tolist()} mm (LPS) is a 3D point "
+                            f"{abs(off):.3g} mm off the plane of its 2D image; give {where}")
+            continue
+        index = world_to_index(point, grid)
+        if not grid.contains_index(index[:2].tolist() + [0.0]):
+            problems.append(f"{path}: landmark '{name}' at {np.round(point, 2).tolist()} mm (LPS) lies outside "
+                            f"its 2D image (pixel {np.round(index[:2], 1).tolist()}, size {list(grid.size[:2])}, "
+                            f"spacing {list(grid.spacing[:2])} mm)")
+    return problems
+
+
+def _picture_spacing_problems(root: Path, spec: DatasetSpec, images: dict) -> list:
+    """A dataset.json ``spacing`` is for pictures only: formats with a spacing of their own keep it."""
+    if spec.spacing is None:
+        return []
+    others = [files[0] for files in images.values() if not is_picture(files[0])]
+    if not others:
+        return []
+    return [f"{root / 'dataset.json'}: 'spacing' is for PNG/JPEG images only, and {others[0]} carries its own; "
+            "remove 'spacing'"]
+
+
 def load_dataset(root, read_pixels: bool = True, progress: bool = True) -> LandmarkDataset:
     """Discover and validate a dataset folder; raise :class:`DatasetError` listing every problem.
 
     Checks: dataset.json; an image for every landmark file and the reverse;
     readable 3D scalar images with positive spacing and an orthonormal
-    direction; one geometry for all channels of a case; readable landmark
-    files with exactly the dataset's names, finite coordinates, inside the
-    image; one image file extension for the whole dataset.
+    direction, or 2D images (one slice), not both in one dataset; one geometry
+    for all channels of a case; readable landmark files with exactly the
+    dataset's names, finite coordinates, inside the image (on a 2D image: in
+    its plane, as z = 0 or two coordinates; on a 3D image: three coordinates);
+    one image file extension for the whole dataset; ``spacing`` in
+    dataset.json only for pictures (PNG/JPEG).
     """
     from nnlandmark.data.formats import read_landmarks  # formats import this module's neighbours
 
@@ -262,14 +324,17 @@ def load_dataset(root, read_pixels: bool = True, progress: bool = True) -> Landm
     case_ids = sorted(set(images) & set(landmark_files))
     if not case_ids and not problems:
         problems.append(f"{root}: empty dataset (no image with a landmark file)")
+    problems += _picture_spacing_problems(root, spec, images)
 
-    cases = []
+    cases, dimensions = [], {}
     for case in tqdm(case_ids, desc="checking cases", disable=not progress, leave=False):
+        spacing = spec.spacing if is_picture(images[case][0]) else None
         try:
-            grids = [read_image_grid(f, read_pixels) for f in images[case]]
+            grids = [read_image_grid(f, read_pixels, spacing=spacing) for f in images[case]]
         except DatasetError as e:
             problems += e.problems
             continue
+        dimensions.setdefault(2 if grids[0].is_2d else 3, []).append(images[case][0])
         for f, g in zip(images[case][1:], grids[1:]):
             if g.size != grids[0].size or not np.allclose(g.spacing, grids[0].spacing) or \
                     not np.allclose(g.origin, grids[0].origin, atol=1e-3) or \
@@ -281,7 +346,12 @@ def load_dataset(root, read_pixels: bool = True, progress: bool = True) -> Landm
             problems.append(str(e))
             continue
         problems += check_case_landmarks(landmarks, spec, grids[0], landmark_files[case])
-        cases.append(Case(case, images[case], landmark_files[case], landmarks, grids[0]))
+        cases.append(Case(case, images[case], landmark_files[case], landmarks, grids[0], spacing))
+    if len(dimensions) > 1:
+        fewer, more = sorted(dimensions, key=lambda d: (len(dimensions[d]), d))
+        problems.append(f"{dimensions[fewer][0]}: a {fewer}D image in a dataset of {more}D images (such as "
+                        f"{dimensions[more][0].name}; {len(dimensions[fewer])} {fewer}D, {len(dimensions[more])} "
+                        f"{more}D); a dataset is either 2D or 3D")
     if problems:
         raise DatasetError(_once_for_all_files(problems))
     return LandmarkDataset(root=root, spec=spec, cases=cases)

@@ -1,10 +1,23 @@
 """Reading images: the one place that knows image files, DICOM series and their geometry.
 
-An image is a file with one of :data:`IMAGE_SUFFIXES` (NIfTI, NRRD, MetaImage)
-or a folder holding one DICOM series (read with SimpleITK's GDCM series reader,
-which orders the slices by position and takes the geometry from their headers).
-Every error names the file or folder and is a :class:`DatasetError` (one line
-per problem).
+An image is a file with one of :data:`IMAGE_SUFFIXES` (NIfTI, NRRD, MetaImage,
+and the 2D picture formats PNG and JPEG) or a folder holding one DICOM series
+(read with SimpleITK's GDCM series reader, which orders the slices by position
+and takes the geometry from their headers). Every error names the file or
+folder and is a :class:`DatasetError` (one line per problem).
+
+**2D images** (X-ray radiographs, ultrasound frames) are 3D images of one slice
+inside nnlandmark: a 2D file of W x H pixels reads as a grid of size (W, H, 1)
+with spacing (sx, sy, 1), origin (ox, oy, 0) and its 2x2 direction in the upper
+left of an otherwise identity direction (:func:`read_image`,
+:func:`read_image_grid`), so that geometry, landmarks (z = 0) and evaluation are
+the same code as in 3D. A 3D file with one slice (size (W, H, 1)) is a 2D image
+too, with the geometry it declares. Pictures (:data:`PICTURE_SUFFIXES`) have no
+spacing of their own (a PNG's ``pHYs`` is a print resolution): theirs is given
+by the caller (a dataset's ``spacing`` in ``dataset.json``), else
+:data:`DEFAULT_PICTURE_SPACING`; their origin is 0 and their direction the
+identity, so pixel (i, j) lies at (i sx, j sy, 0) mm. Colour pictures are read as
+their luminance (0.299 R + 0.587 G + 0.114 B; an alpha channel is ignored).
 
 Examples
 --------
@@ -26,10 +39,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnlandmark.errors import DatasetError
+from nnlandmark.errors import DatasetError, InvalidInput
 from nnlandmark.geometry import GeometryError, ImageGrid
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: 2D picture formats: no spacing, origin or direction of their own
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd") + PICTURE_SUFFIXES
+#: the pixel spacing (mm; x, y) of a picture whose dataset gives none
+DEFAULT_PICTURE_SPACING = (1.0, 1.0)
 #: what a folder of DICOM slices is called in messages and in ``image_name``
 DICOM_SERIES = "DICOM series"
 
@@ -45,6 +62,30 @@ def split_suffix(path, suffixes) -> tuple[str, str] | None:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)], suffix
     return None
+
+
+def is_picture(path) -> bool:
+    """True for a PNG or JPEG file (:data:`PICTURE_SUFFIXES`), whose spacing is not its own.
+
+    >>> is_picture("a/ceph_001.PNG"), is_picture("a/scan.nii.gz")
+    (True, False)
+    """
+    return split_suffix(path, PICTURE_SUFFIXES) is not None
+
+
+def picture_spacing(spacing=None) -> tuple:
+    """A picture's pixel spacing (x, y) in mm from one number or two, or the default.
+
+    >>> picture_spacing(0.1), picture_spacing([0.1, 0.2]), picture_spacing()
+    ((0.1, 0.1), (0.1, 0.2), (1.0, 1.0))
+    """
+    if spacing is None:
+        return DEFAULT_PICTURE_SPACING
+    values = [spacing] * 2 if isinstance(spacing, (int, float)) else list(spacing)
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                                   and v > 0 for v in values):
+        raise InvalidInput(f"picture spacing must be one or two positive numbers (mm), got {spacing!r}")
+    return float(values[0]), float(values[1])
 
 
 def dicom_series_ids(folder) -> tuple:
@@ -73,17 +114,64 @@ def _series_files(folder: Path) -> list:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
-def read_image(path) -> sitk.Image:
-    """The image at ``path`` (a file, or a folder with one DICOM series), pixels and geometry."""
+def read_image(path, spacing=None) -> sitk.Image:
+    """The image at ``path`` (a file, or a folder with one DICOM series), pixels and geometry.
+
+    A 2D image comes back as a 3D image of one slice, a picture as its
+    luminance with ``spacing`` (see the module notes and :func:`picture_spacing`;
+    ``spacing`` is ignored for formats that carry their own).
+    """
     path = Path(path)
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(_series_files(path))
             return reader.Execute()
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise DatasetError(f"{path}: image cannot be read ({_itk_reason(e)})") from e
+    if is_picture(path):
+        image = _picture(image, spacing)
+    return as_volume(image)
+
+
+def _picture(image: sitk.Image, spacing=None) -> sitk.Image:
+    """A picture as a scalar 2D image with ``spacing``, origin 0 and identity direction."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if components >= 3:  # RGB or RGBA: luminance, alpha ignored
+        channels = [sitk.Cast(sitk.VectorIndexSelectionCast(image, c), sitk.sitkFloat32) for c in range(3)]
+        image = channels[0] * 0.299 + channels[1] * 0.587 + channels[2] * 0.114
+    elif components == 2:  # grey and alpha
+        image = sitk.VectorIndexSelectionCast(image, 0)
+    if image.GetDimension() == 2:
+        image.SetSpacing(picture_spacing(spacing))
+        image.SetOrigin((0.0, 0.0))
+        image.SetDirection((1.0, 0.0, 0.0, 1.0))
+    return image
+
+
+def as_volume(image: sitk.Image) -> sitk.Image:
+    """A 2D image as a 3D image of one slice (spacing 1 and origin 0 along the third axis,
+    its direction the third column of the identity); other images unchanged.
+
+    >>> flat = sitk.Image(4, 3, sitk.sitkFloat32)
+    >>> flat.SetSpacing((0.5, 0.25)); flat.SetOrigin((10.0, 20.0))
+    >>> volume = as_volume(flat)
+    >>> volume.GetSize(), volume.GetSpacing(), volume.GetOrigin()
+    ((4, 3, 1), (0.5, 0.25, 1.0), (10.0, 20.0, 0.0))
+    """
+    if image.GetDimension() != 2:
+        return image
+    volume = sitk.JoinSeries(image)
+    volume.SetDirection([float(v) for v in _planar_direction(image.GetDirection()).ravel()])
+    return volume
+
+
+def _planar_direction(direction_2d) -> np.ndarray:
+    """A 2D image's 2x2 direction in the upper left of a 3x3 identity."""
+    direction = np.eye(3)
+    direction[:2, :2] = np.reshape(direction_2d, (2, 2))
+    return direction
 
 
 def to_sitk(array: np.ndarray, grid: ImageGrid) -> sitk.Image:
@@ -182,9 +270,11 @@ def _check_nifti_complete(path: Path) -> None:
         raise DatasetError(f"{path}: image file is truncated: {actual} bytes where its header needs {expected}")
 
 
-def read_image_grid(path, read_pixels: bool = False, finite: bool = False) -> ImageGrid:
+def read_image_grid(path, read_pixels: bool = False, finite: bool = False, spacing=None) -> ImageGrid:
     """The 3D grid of an image (a file, or a folder with one DICOM series); raises
-    DatasetError naming the file.
+    DatasetError naming the file. A 2D image's grid has one slice (see the
+    module notes); ``spacing`` is a picture's (:func:`picture_spacing`), ignored
+    for formats that carry their own.
 
     The grid is taken from the header exactly as written (ITK's pixel reader
     would silently turn a negative spacing into a flipped direction). With
@@ -203,18 +293,31 @@ def read_image_grid(path, read_pixels: bool = False, finite: bool = False) -> Im
     except RuntimeError as e:
         raise DatasetError(f"{path}: cannot read image header, not an image file or corrupt ({_itk_reason(e)})") from e
     dim, components = reader.GetDimension(), reader.GetNumberOfComponents()
-    size, spacing = reader.GetSize(), reader.GetSpacing()
-    origin, direction = reader.GetOrigin(), reader.GetDirection()
+    size, origin, direction = reader.GetSize(), reader.GetOrigin(), reader.GetDirection()
+    picture = is_picture(path)
+    if picture:
+        try:
+            pixel_spacing = picture_spacing(spacing)
+        except InvalidInput as e:
+            raise DatasetError(f"{path}: {e}") from e
+    else:
+        pixel_spacing = reader.GetSpacing()
     if dim == 4 and size[3] == 1:
         raise DatasetError(f"{path}: 4D image with a single volume; save it as 3D")
-    if dim != 3:
-        raise DatasetError(f"{path}: expected a 3D image, got {dim}D (size {tuple(size)})")
-    if components != 1:
+    if dim not in (2, 3):
+        raise DatasetError(f"{path}: expected a 2D or 3D image, got {dim}D (size {tuple(size)})")
+    if components != 1 and not (picture and components <= 4):
         raise DatasetError(f"{path}: expected a scalar image, got {components} components per voxel; "
                            "store channels as separate files <case>_0000, <case>_0001, ...")
-    if min(size) < 2:
-        raise DatasetError(f"{path}: image of size {tuple(size)} is not a 3D volume")
-    grid = ImageGrid(size=size, spacing=spacing, origin=origin, direction=np.array(direction).reshape(3, 3))
+    if min(size[:2]) < 2:
+        raise DatasetError(f"{path}: image of size {tuple(size)} is neither a 3D volume nor a 2D image")
+    if dim == 2:
+        if picture:
+            origin, direction = (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)
+        grid = ImageGrid(size=(*size, 1), spacing=(*pixel_spacing, 1.0), origin=(*origin, 0.0),
+                         direction=_planar_direction(direction))
+    else:
+        grid = ImageGrid(size=size, spacing=pixel_spacing, origin=origin, direction=np.array(direction).reshape(3, 3))
     try:
         grid.validate()
     except GeometryError as e:

@@ -34,6 +34,9 @@ class Landmarks:
     #: the names in the order a file listed them (set by the readers), so that a file read and
     #: written again keeps its order with absent points in place; not part of equality
     order: list = field(default_factory=list, compare=False, repr=False)
+    #: names a file gave with two coordinates (x, y), read as z = 0: points of a 2D image
+    #: (a 3D image refuses them); not part of equality
+    planar: list = field(default_factory=list, compare=False, repr=False)
 
     @property
     def names(self) -> list:

@@ -64,6 +64,9 @@ __all__ = [
     "DATASET_NAME",
     "make_synthetic_case",
     "make_synthetic_dataset",
+    "LANDMARK_NAMES_2D",
+    "make_synthetic_case_2d",
+    "make_synthetic_dataset_2d",
 ]
 
 DATASET_NAME = "Synthetic"
@@ -412,5 +415,168 @@ def make_synthetic_dataset(out_dir, n_cases: int = 12, seed: int = 0, shape=(48,
         "biometry": {name: list(pair) for name, pair in BIOMETRY.items()},
         "channels": list(CHANNELS),
     }
+    (out_dir / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    return out_dir
+
+
+# --- 2D phantoms: a frontal "radiograph" of the head ------------------------------------------
+#
+# In the image plane (x: patient left, y: downwards on the screen), in units of the head size H:
+# soft tissue and a bright skull ring (ellipses), a grey inside, two dark orbits with a bright
+# "lens" at their centre, a soft nose bump below them and a very dense "incisor" disc further
+# down. Same pose and intensity model as in 3D, in the plane: rotation up to 15 degrees,
+# translation, scale 0.9-1.1, contrast jitter, gamma, bias field, noise.
+
+LANDMARK_NAMES_2D = ("vertex", "left_eye", "right_eye", "nose_tip", "incisor")
+PAIRS_2D = (("left_eye", "right_eye"),)
+BIOMETRY_2D = {"interocular": ("left_eye", "right_eye")}
+CHANNELS_2D = ("XR",)  # not "CT": nnU-Net z-scores it, as the random intensities need
+SUPPORTED_FILE_ENDINGS_2D = (".png", ".jpg", ".nii.gz", ".nrrd", ".mha")
+
+_SOFT_2D = (0.80, 0.98)
+_SKULL_OUTER_2D = (0.74, 0.92)
+_SKULL_INNER_2D = (0.64, 0.82)
+_EYE_CENTRE_2D = (0.30, -0.08)
+_ORBIT_RADIUS_2D = 0.15
+_LENS_RADIUS_2D = 0.05
+_NOSE_CENTRE_2D = (0.0, 0.22)
+_NOSE_AXES_2D = (0.08, 0.14)
+_INCISOR_CENTRE_2D = (0.0, 0.56)
+_INCISOR_RADIUS_2D = 0.06
+_PHANTOM_RADIUS_2D = 1.0
+
+
+def _canonical_landmarks_2d(head: float) -> dict:
+    eye = np.array(_EYE_CENTRE_2D)
+    points = {"vertex": np.array([0.0, -0.5 * (_SKULL_OUTER_2D[1] + _SKULL_INNER_2D[1])]),
+              "left_eye": eye, "right_eye": eye * np.array([-1.0, 1.0]),
+              "nose_tip": np.array(_NOSE_CENTRE_2D) + np.array([0.0, _NOSE_AXES_2D[1]]),
+              "incisor": np.array(_INCISOR_CENTRE_2D)}
+    return {name: head * points[name] for name in LANDMARK_NAMES_2D}
+
+
+def _render_phantom_2d(p: np.ndarray, head: float, edge_mm: float, values: dict) -> np.ndarray:
+    """Noise-free intensity at canonical points ``p`` (2, N, mm)."""
+    out = np.zeros(p.shape[1])
+
+    def paint(centre, axes, value):
+        centre = head * np.asarray(centre, dtype=float)[:, None]
+        axes = head * np.asarray(axes, dtype=float)
+        weight = np.clip(0.5 - _ellipsoid_distance(p - centre, axes) / edge_mm, 0.0, 1.0)
+        out[:] += weight * (value - out)
+
+    paint((0.0, 0.0), _SOFT_2D, values["soft"])
+    paint((0.0, 0.0), _SKULL_OUTER_2D, values["skull"])
+    paint((0.0, 0.0), _SKULL_INNER_2D, values["brain"])
+    for side in (1.0, -1.0):
+        eye = np.array(_EYE_CENTRE_2D) * np.array([side, 1.0])
+        paint(eye, (_ORBIT_RADIUS_2D,) * 2, values["fat"])
+        paint(eye, (_LENS_RADIUS_2D,) * 2, values["lens"])
+    paint(_NOSE_CENTRE_2D, _NOSE_AXES_2D, values["eye"])
+    paint(_INCISOR_CENTRE_2D, (_INCISOR_RADIUS_2D,) * 2, values["ear"])
+    return out
+
+
+def make_synthetic_case_2d(seed: int, shape=(96, 96), spacing=(1.0, 1.0)) -> tuple[sitk.Image, dict]:
+    """Render one synthetic 2D head image and its exact landmarks.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative seed; the same seed and arguments give identical output.
+    shape : (W, H)
+        Image size in pixels (ITK order).
+    spacing : (sx, sy)
+        Pixel spacing in mm.
+
+    Returns
+    -------
+    image : SimpleITK.Image
+        2D float32 image, origin 0, identity direction, ``spacing``.
+    landmarks : dict of str to ndarray
+        World points (x, y) in mm, ordered as :data:`LANDMARK_NAMES_2D`, each at
+        least 3 pixels inside the image: pixel (i, j) lies at (i sx, j sy).
+
+    Examples
+    --------
+    >>> image, points = make_synthetic_case_2d(0)
+    >>> image.GetSize(), list(points) == list(LANDMARK_NAMES_2D)
+    ((96, 96), True)
+    """
+    seed = int(seed)
+    if seed < 0:
+        raise InvalidInput(f"seed must be non-negative, got {seed}")
+    shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 2 or len(spacing) != 2 or min(shape) < 1 or min(spacing) <= 0:
+        raise InvalidInput(f"need 2 positive sizes and spacings, got shape {shape}, spacing {spacing}")
+    rng = np.random.default_rng(seed)
+    size, step = np.asarray(shape, float), np.asarray(spacing)
+    available = float(np.min((0.5 * (size - 1) - _LANDMARK_MARGIN_VOXELS) * step))
+    t_max = min(_MAX_TRANSLATION_MM, 0.1 * max(available, 0.0))
+    head = (available - np.sqrt(2.0) * t_max) / (_SCALE_RANGE[1] * _PHANTOM_RADIUS_2D)
+    if head < 8.0 * step.max():
+        raise InvalidInput(f"grid too small for the 2D phantom: size {shape}, spacing {spacing}")
+    angle = np.deg2rad(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    translation = rng.uniform(-t_max, t_max, size=2)
+    scale = float(rng.uniform(*_SCALE_RANGE))
+    centre = (size - 1.0) / 2.0 * step
+    landmarks = {name: centre + translation + scale * (rotation @ q)
+                 for name, q in _canonical_landmarks_2d(head).items()}
+
+    array_shape = shape[::-1]  # (j, i)
+    j, i = np.indices(array_shape, dtype=float)
+    world = np.stack([i.ravel() * step[0], j.ravel() * step[1]], axis=1)
+    points = np.ascontiguousarray((((world - centre - translation) @ rotation) / scale).T)
+    values = {name: v * rng.uniform(0.9, 1.1) for name, v in _TISSUE.items()}
+    clean = _render_phantom_2d(points, head, float(np.mean(step)) / scale, values).reshape(array_shape)
+    u = np.meshgrid(*(np.linspace(-1.0, 1.0, n) for n in array_shape), indexing="ij")
+    bias = np.exp(sum(c * t for c, t in zip(rng.normal(0.0, 0.08, size=5),
+                                            (u[0], u[1], u[0] * u[1], u[0] ** 2, u[1] ** 2))))
+    gamma = rng.uniform(0.7, 1.4)
+    noisy = np.clip(clean, 0.0, None) ** gamma * bias + rng.normal(0.0, rng.uniform(0.01, 0.04), array_shape)
+    image = sitk.GetImageFromArray(noisy.astype(np.float32))
+    image.SetSpacing(spacing)
+    return image, landmarks
+
+
+def make_synthetic_dataset_2d(out_dir, n_cases: int = 12, seed: int = 0, shape=(96, 96), spacing=(1.0, 1.0),
+                              file_ending: str = ".png") -> Path:
+    """Write a 2D synthetic dataset in the layout of ``docs/dataset_layout.md``.
+
+    ``images/case_XXX<file_ending>``: 8-bit greyscale pictures for ``.png``/``.jpg``
+    (their spacing in ``dataset.json``'s ``spacing``), else float32 2D images
+    with the spacing in their header; ``landmarks/case_XXX.csv`` with two
+    coordinates per point (``name,x,y``, LPS mm); ``dataset.json`` with the left/right
+    eye pair. Case ``i`` has the seed of case ``i`` of :func:`make_synthetic_dataset`
+    (distinct datasets for distinct ``seed``). ``out_dir`` must be new or empty.
+    """
+    out_dir = Path(out_dir)
+    if file_ending not in SUPPORTED_FILE_ENDINGS_2D:
+        raise InvalidInput(f"file_ending must be one of {SUPPORTED_FILE_ENDINGS_2D}, got {file_ending!r}")
+    if int(n_cases) < 1 or int(seed) < 0:
+        raise InvalidInput(f"need n_cases >= 1 and seed >= 0, got {n_cases}, {seed}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExists(f"{out_dir}: exists and is not an empty folder")
+    picture = file_ending in (".png", ".jpg")
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "landmarks").mkdir(parents=True, exist_ok=True)
+    for index in range(int(n_cases)):
+        case = f"case_{index:03d}"
+        image, points = make_synthetic_case_2d(_case_seed(int(seed), index), shape, spacing)
+        if picture:  # 8 bits, the case's own window
+            array = sitk.GetArrayFromImage(image)
+            low, high = np.percentile(array, [0.5, 99.5])
+            image = sitk.GetImageFromArray(np.clip((array - low) / (high - low) * 255, 0, 255).astype(np.uint8))
+        sitk.WriteImage(image, str(out_dir / "images" / f"{case}{file_ending}"))
+        rows = ["name,x,y"] + [f"{name},{float(p[0])!r},{float(p[1])!r}" for name, p in points.items()]
+        (out_dir / "landmarks" / f"{case}.csv").write_text("\n".join(rows) + "\n")
+    dataset = {"name": "Synthetic2D", "landmarks": list(LANDMARK_NAMES_2D),
+               "pairs": [list(pair) for pair in PAIRS_2D],
+               "biometry": {name: list(pair) for name, pair in BIOMETRY_2D.items()},
+               "channels": list(CHANNELS_2D)}
+    if picture:
+        dataset["spacing"] = [float(s) for s in spacing]
     (out_dir / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
     return out_dir

@@ -27,9 +27,10 @@ def mean_positions(dataset_dir) -> dict:
             if any(name in c.landmarks.points for c in dataset.cases)}
 
 
-def write_baseline_predictions(train_dir, test_images, out_dir) -> dict:
+def write_baseline_predictions(train_dir, test_images, out_dir, spacing=None) -> dict:
     """Write each baseline's predictions of the images in ``test_images`` (a folder), one
-    ``<case>.json`` each, into ``out_dir/<baseline>/``; returns ``{baseline: folder}``."""
+    ``<case>.json`` each, into ``out_dir/<baseline>/``; returns ``{baseline: folder}``.
+    ``spacing`` is that of PNG/JPEG test images (their dataset's ``spacing``; default 1 mm)."""
     from nnlandmark.data.images import image_name, read_image_grid
     from nnlandmark.data.formats.json_formats import write_prediction_json
     from nnlandmark.data.landmarks import Landmarks
@@ -41,7 +42,7 @@ def write_baseline_predictions(train_dir, test_images, out_dir) -> dict:
         split = image_name(image_file)
         if split is None:
             continue
-        grid = read_image_grid(image_file)
+        grid = read_image_grid(image_file, spacing=spacing)
         centre = index_to_world((np.asarray(grid.size) - 1) / 2.0, grid)
         write_prediction_json(Landmarks(points=dict(atlas)), folders["mean position"] / f"{split[0]}.json")
         write_prediction_json(Landmarks(points={n: centre for n in atlas}),

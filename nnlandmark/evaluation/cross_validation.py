@@ -23,6 +23,16 @@ margin for new cases).
 Landmarks never annotated absent (or never present) get no threshold: there is
 nothing to calibrate against, and they stay always present. Unknown (``null``)
 references are left out.
+
+Uncertainty calibration
+-----------------------
+The same predictions calibrate the uncertainty: :func:`calibrate_uncertainty`
+turns each present landmark's radial error and raw spread (``uncertainty_mm``)
+into a split-conformal scale per landmark, with a pooled fallback
+(:mod:`nnlandmark.evaluation.conformal`), for the coverage asked for (0.95 by
+default), and :func:`store_uncertainty_calibration` writes it into
+``nnlandmark.json`` (``uncertainty_calibration``). Prediction then writes
+``radius_95_mm = scale * uncertainty_mm`` for each landmark.
 """
 from __future__ import annotations
 
@@ -35,10 +45,13 @@ from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
 
 PRESENCE_KEY = "presence_thresholds"
 CALIBRATION_FILE = "presence_calibration.json"
+UNCERTAINTY_KEY = "uncertainty_calibration"
+UNCERTAINTY_FILE = "uncertainty_calibration.json"
 
 
 def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", decoder: str | None = None,
-                overwrite: bool = False, progress: bool = True, calibrate: bool = True, resume: bool = False):
+                overwrite: bool = False, progress: bool = True, calibrate: bool = True, resume: bool = False,
+                coverage: float = 0.95):
     """Predict every fold's validation cases with that fold, then evaluate all of them.
 
     Uses nnU-Net's ``splits_final.json``; folds without a checkpoint are
@@ -47,7 +60,9 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     the model had at the time, if any). With ``calibrate``, presence thresholds
     are then calibrated on these predictions and stored in the model folder
     (see the module notes), and ``output_dir/presence_calibration.json`` says
-    what was done. Earlier outputs are refused unless ``overwrite`` (which
+    what was done; so is the uncertainty, for ``coverage`` (the fraction of
+    cases whose true landmark should lie within the predicted radius), with
+    ``output_dir/uncertainty_calibration.json``. Earlier outputs are refused unless ``overwrite`` (which
     removes them first) or ``resume`` (which keeps the cases already predicted).
     """
     from nnlandmark.data.dataset import discover_images
@@ -56,7 +71,10 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     from nnlandmark.inference.predict import clear_outputs, previous_outputs, predict, write_summary
     from nnlandmark.nnunet.paths import read_splits, splits_file
     from nnlandmark.planning.project import Project
+    from nnlandmark.inference.predict import default_decoder
+    from nnlandmark.inference.uncertainty import radius_key
 
+    radius_key(coverage)  # refuses a coverage outside (0, 1) before any work
     project = Project.load(project_dir)
     model_dir = resolve_model(model_dir or project_dir)
     splits = read_splits(project.folders, project.dataset_name)
@@ -71,7 +89,8 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     if previous_outputs(predictions) and not (overwrite or resume):
         raise OutputExists(f"{predictions}: holds predictions of an earlier run; use --overwrite to replace them "
                            "or --continue to keep them and predict the rest")
-    written = [output_dir / n for n in (*OUTPUT_FILES, CALIBRATION_FILE) if (output_dir / n).exists()]
+    written = [output_dir / n for n in (*OUTPUT_FILES, CALIBRATION_FILE, UNCERTAINTY_FILE)
+               if (output_dir / n).exists()]
     if written and not (overwrite or resume):
         raise OutputExists(f"{written[0]}: written by an earlier run; use --overwrite to replace it")
     if overwrite:  # once for all folds: each fold's predict adds its own cases
@@ -103,6 +122,12 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
         for name, threshold in thresholds.items():
             print(f"presence threshold {name}: {threshold:.4f} (F1 {details[name]['f1']:.3f} on "
                   f"{details[name]['n_present']} present, {details[name]['n_absent']} absent)")
+        calibration = calibrate_uncertainty(predictions, project.dataset_dir, project.landmarks, coverage)
+        calibration.update({"decoder": decoder or default_decoder(ModelFolder(model_dir).description),
+                            "folds": folds_done, "n_cases": len(result.case_ids)})
+        store_uncertainty_calibration(model_dir, calibration)
+        (output_dir / UNCERTAINTY_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+        print(describe_uncertainty_calibration(calibration))
     return result
 
 
@@ -168,3 +193,59 @@ def store_presence_thresholds(model_dir, thresholds: dict, record: dict | None =
     if record is not None:
         fields["presence_calibration"] = record
     ModelFolder(model_dir).update(fields)
+
+
+def calibrate_uncertainty(prediction_dir, reference_dir, landmark_names, coverage: float = 0.95,
+                          min_cases: int | None = None) -> dict:
+    """Conformal scales of the predictions' ``uncertainty_mm`` (module notes).
+
+    Scores come from every (case, landmark) with a present reference, a predicted point and a
+    spread. Returns :func:`~nnlandmark.evaluation.conformal.calibrate_scales`'s dict plus
+    ``radius_key`` (the field prediction writes, e.g. ``radius_95_mm``) and ``rule``.
+    """
+    from nnlandmark.evaluation.conformal import MIN_CASES_PER_LANDMARK, calibrate_scales, record_values
+    from nnlandmark.evaluation.evaluate import evaluate, list_case_files
+    from nnlandmark.inference.uncertainty import radius_key
+
+    key = radius_key(coverage)
+    result = evaluate(prediction_dir, reference_dir, landmark_names=landmark_names)
+    files, _ = list_case_files(prediction_dir)
+    spreads = record_values(files, result.case_ids, result.landmark_names, "uncertainty_mm")
+    present = np.asarray(result.reference_status) == "present"
+    errors = np.where(present, result.errors, np.nan)
+    calibration = calibrate_scales({n: errors[:, j] for j, n in enumerate(result.landmark_names)},
+                                   {n: spreads[:, j] for j, n in enumerate(result.landmark_names)}, coverage,
+                                   MIN_CASES_PER_LANDMARK if min_cases is None else min_cases)
+    return {"radius_key": key, "rule": "split conformal: scale = the ceil((n+1) coverage)-th smallest radial "
+            "error / uncertainty_mm of the cross-validation predictions; per landmark with at least min_cases, "
+            "else pooled over all landmarks", **calibration}
+
+
+def store_uncertainty_calibration(model_dir, calibration: dict) -> None:
+    """Replace ``uncertainty_calibration`` in the model's ``nnlandmark.json`` (prediction reads it)."""
+    from nnlandmark.inference.model_folder import ModelFolder
+    ModelFolder(model_dir).update({UNCERTAINTY_KEY: calibration})
+
+
+def describe_uncertainty_calibration(calibration: dict) -> str:
+    """What :func:`calibrate_uncertainty` found, in a few printed lines.
+
+    >>> print(describe_uncertainty_calibration({"radius_key": "radius_95_mm", "coverage": 0.95,
+    ...     "scale": {"a": 2.5, "b": 3.0}, "source": {"a": "landmark", "b": "pooled"}, "n": {"a": 30, "b": 4},
+    ...     "pooled_scale": 3.0, "n_pooled": 34, "min_cases": 20}))
+    radius_95_mm = scale x uncertainty_mm, for 95% coverage: pooled scale 3.000 from 34 points
+      a: 2.500 (its own 30 points)
+      b: 3.000 (pooled; 4 points < 20)
+    """
+    pooled = calibration["pooled_scale"]
+    lines = [f"{calibration['radius_key']} = scale x uncertainty_mm, for {100 * calibration['coverage']:g}% "
+             f"coverage: pooled scale {'none' if pooled is None else f'{pooled:.3f}'} from "
+             f"{calibration['n_pooled']} points"
+             + ("" if pooled is not None else " (too few points for this coverage: radii will be null)")]
+    for name, scale in calibration["scale"].items():
+        value = "none" if scale is None else f"{scale:.3f}"
+        n = calibration["n"][name]
+        where = (f"its own {n} points" if calibration["source"][name] == "landmark"
+                 else f"pooled; {n} points < {calibration['min_cases']}")
+        lines.append(f"  {name}: {value} ({where})")
+    return "\n".join(lines)

@@ -266,6 +266,7 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
         reference_status=ref_status, cases_without_prediction=without_prediction,
         cases_without_reference=without_reference, ignored_files=ignored, prediction_dir=prediction_dir,
         reference_dir=Path(reference_dir))
+    result.coverage = _radius_coverage(pred_files, case_ids, landmark_names, errors, ref_status)
 
     if biometry:
         index_pairs = {k: (landmark_names.index(a), landmark_names.index(b)) for k, (a, b) in biometry.items()}
@@ -281,3 +282,19 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
         write_json(result, output_dir / "evaluation.json", overwrite=overwrite)
         write_csv(result, output_dir, overwrite=overwrite)
     return result
+
+
+def _radius_coverage(pred_files, case_ids, landmark_names, errors, ref_status) -> dict | None:
+    """Observed coverage of the calibrated radius (``radius_95_mm``, ...) that prediction records carry,
+    or None when they carry none (:func:`nnlandmark.evaluation.conformal.coverage_summary`)."""
+    from nnlandmark.evaluation.conformal import coverage_summary, radius_keys, record_values
+    from nnlandmark.inference.uncertainty import coverage_of_key
+    files = {c: pred_files[c] for c in case_ids}
+    keys = radius_keys(files)
+    if not keys:
+        return None
+    # one per calibration; should records of several calibrations be mixed, the highest coverage
+    key = max(keys, key=coverage_of_key)
+    radii = record_values(files, case_ids, landmark_names, key)
+    coverage = coverage_summary(errors, radii, np.asarray(ref_status) == "present", landmark_names)
+    return {"radius": key, "target": coverage_of_key(key), **coverage}

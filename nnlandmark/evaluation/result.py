@@ -228,6 +228,9 @@ class EvaluationResult:
     ignored_files: list = field(default_factory=list)
     prediction_dir: Path | None = None
     reference_dir: Path | None = None
+    #: observed coverage of the predictions' calibrated radius (``radius_95_mm``), None when they carry
+    #: none: :func:`nnlandmark.evaluation.conformal.coverage_summary` plus ``radius`` and ``target``
+    coverage: dict | None = None
 
     @classmethod
     def from_errors(cls, errors, case_ids, landmark_names, thresholds=DEFAULT_THRESHOLDS_MM,
@@ -488,6 +491,9 @@ def format_table(result: EvaluationResult) -> str:
     if result.presence is not None:
         lines += ["", _text_table(*presence_table(result, n)),
                   "(positive = present; MRE above is over true positives only)"]
+    if result.coverage is not None:
+        from nnlandmark.evaluation.conformal import format_coverage
+        lines += ["", format_coverage(result.coverage)]
     return "\n".join(lines)
 
 
@@ -602,7 +608,7 @@ def to_json_dict(result: EvaluationResult) -> dict:
                     "per_landmark": {r.landmark: r.stats() for r in landmarks},
                     "per_case": {c.case: c.stats() for c in cases}},
         "per_case": {c.case: {name: asdict(cell) for name, cell in c.landmarks.items()} for c in cases},
-        "biometry": biometry, "presence": presence,
+        "biometry": biometry, "presence": presence, "coverage": result.coverage,
     })
 
 

@@ -86,6 +86,11 @@ class ModelFolder:
         """stage -> nnU-Net configuration, in the order prediction runs them."""
         return self._stages_of(self.description)
 
+    @property
+    def planar(self) -> bool:
+        """True for a model of 2D images: its one stage is nnU-Net's ``2d`` configuration."""
+        return "2d" in self.stages.values()
+
     def stage_dir(self, fold: int, stage: str = "fullres") -> Path:
         """Where a stage of a fold keeps its checkpoints."""
         fold_dir = self.path / f"fold_{fold}"

@@ -29,13 +29,20 @@ no position, the score kept. Landmarks without a threshold are always present.
 Outputs per case (written atomically: temporary file, then rename):
 
 ``<case>.json``
-    ``{name: {"world_lps_mm": [x, y, z], "voxel_index": [i, j, k], "score": s, "present": true}}``;
+    ``{name: {"world_lps_mm": [x, y, z], "voxel_index": [i, j, k], "score": s, "present": true,
+    "uncertainty_mm": u, "radius_95_mm": r}}``;
     ``voxel_index`` is the continuous ITK index in the input image; an absent
-    landmark has ``present: false`` and null position and index.
+    landmark has ``present: false`` and null position, index and radius.
+    ``uncertainty_mm`` is the raw spread of the stage that placed the point
+    and ``radius_95_mm`` the radius calibrated by ``evaluate-cv --coverage 0.95``
+    to hold the true landmark in 95 % of cases (null for an uncalibrated model;
+    another coverage gives another name, e.g. ``radius_90_mm``); see
+    :mod:`nnlandmark.inference.uncertainty`.
 ``<case>.mrk.json``
-    a 3D Slicer markups file that opens on top of the input image.
+    a 3D Slicer markups file that opens on top of the input image; each
+    control point's ``description`` reads ``uncertainty_mm=u; radius_95_mm=r``.
 ``predictions.csv``
-    one row per case and landmark.
+    one row per case and landmark (``uncertainty_mm`` and the radius last).
 ``<case>_heatmaps.nii.gz`` (``save_heatmaps``)
     the sigmoid heatmaps in the preprocessed grid, one vector component per
     landmark, placed in world space so that they overlay the input in Slicer.
@@ -46,6 +53,7 @@ import csv
 import json
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,12 +64,14 @@ from tqdm import tqdm
 from nnlandmark.data.dataset import CHANNEL_SUFFIX, discover_images
 from nnlandmark.data.images import IMAGE_SUFFIXES, image_name, place, read_image, read_image_grid
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
-from nnlandmark.data.formats import write_landmarks
+from nnlandmark.data.formats.json_formats import write_markups_json
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
 from nnlandmark.geometry import (ImageGrid, patch_start, patch_to_preprocessed, preprocessed_image_grid,
                                  preprocessed_to_world, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
+from nnlandmark.inference.uncertainty import (DEFAULT_COVERAGE, calibrated_radius, coverage_of_key, point_spread,
+                                              radial_spread, radius_key, spread_kind, target_sigmas)
 
 SUMMARY_FILE = "predictions.csv"
 
@@ -129,18 +139,27 @@ def _channel_like_names(folder: Path, cases: dict, n_channels: int) -> list:
             f"model takes 1 channel; if each file is a case of its own, give them as files (-i {folder}/*)"]
 
 
-def check_inputs(cases: dict) -> dict:
+def check_inputs(cases: dict, spacing=None, planar: bool | None = None, model=None) -> dict:
     """Every image to predict read whole before any work: ``{case: grid}``, or a
-    :class:`DatasetError` listing each unreadable, truncated, non-3D or non-finite image
-    and each case whose channel files disagree in geometry."""
+    :class:`DatasetError` listing each unreadable, truncated, non-2D/3D or non-finite image
+    and each case whose channel files disagree in geometry.
+
+    ``spacing`` is that of PNG/JPEG inputs (:func:`nnlandmark.data.images.picture_spacing`);
+    with ``planar`` (the model's images are 2D: True, 3D: False) an image of the other
+    kind is refused, naming the ``model``.
+    """
     grids, problems = {}, []
     for case, files in cases.items():
         found = []
         for f in files:
             try:
-                found.append(read_image_grid(f, read_pixels=True, finite=True))
+                found.append(read_image_grid(f, read_pixels=True, finite=True, spacing=spacing))
             except DatasetError as e:
                 problems += e.problems
+        if found and planar is not None and found[0].is_2d != planar:
+            kind, trained = ("a 2D image", "3D images") if found[0].is_2d else ("a 3D image", "2D images")
+            problems.append(f"{files[0]}: {kind}, but the model {model or ''} was trained on {trained}")
+            continue
         if len(found) == len(files):
             if any(g.size != found[0].size or not np.allclose(g.spacing, found[0].spacing)
                    or not np.allclose(g.origin, found[0].origin) or not np.allclose(g.direction, found[0].direction)
@@ -281,26 +300,31 @@ def crop_patches(data, starts, patch_size):
 
 
 @contextmanager
-def _image_files(images):
-    """The images as files nnU-Net's reader opens: a DICOM series (a folder) is written to a
-    temporary MetaImage file first, geometry included, and removed afterwards."""
-    if not any(Path(f).is_dir() for f in images):
+def _image_files(images, planar: bool = False, spacing=None):
+    """The images as files nnU-Net's reader opens: a DICOM series (a folder), and every
+    ``planar`` (2D) image, is written to a temporary MetaImage file first, geometry included
+    (a 2D image as nnU-Net's raw data holds it, :func:`nnlandmark.nnunet.raw.nnunet_image`;
+    a picture with ``spacing``, in grey), and removed afterwards."""
+    if not planar and not any(Path(f).is_dir() for f in images):
         yield images
         return
-    with tempfile.TemporaryDirectory(prefix="nnlandmark_dicom_") as tmp:
+    from nnlandmark.nnunet.raw import nnunet_image
+    with tempfile.TemporaryDirectory(prefix="nnlandmark_input_") as tmp:
         files = []
         for i, image in enumerate(images):
-            if Path(image).is_dir():
+            if planar or Path(image).is_dir():
                 files.append(Path(tmp) / f"channel_{i:04d}.mha")
-                sitk.WriteImage(read_image(image), str(files[-1]))
+                sitk.WriteImage(nnunet_image(read_image(image, spacing)), str(files[-1]))
             else:
                 files.append(image)
         yield files
 
 
 def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str, output: str,
-                  mirror: bool) -> tuple[dict, tuple]:
-    """``{name: (world, index, score)}`` of one case, plus (maps, pgrid) of the first stage for saving."""
+                  mirror: bool, target_sigma=None) -> tuple[dict, dict, tuple]:
+    """``{name: (world, index, score)}`` of one case, ``{name: uncertainty_mm}`` from the stage that gave
+    the point (``target_sigma``: that stage's target width, :func:`~nnlandmark.inference.uncertainty.target_sigmas`),
+    and (maps, pgrid) of the first stage for saving."""
     first = predictors.get("global") or predictors["fullres"]
     read = first.read(files)  # once for both stages of a cascade
     data, pgrid = first.preprocess(files, read)
@@ -310,11 +334,24 @@ def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str,
     points, scores = decode(maps, decoder)
     world = preprocessed_to_world(points, pgrid, grid)
     if "local" in predictors:
-        world, scores = _refine_locally(files, grid, world, predictors["local"], decoder, output, mirror, read)
-    return _decoded(world, scores, grid, names), (maps, pgrid)
+        world, scores, spreads = _refine_locally(files, grid, world, predictors["local"], decoder, output, mirror,
+                                                 read, target_sigma)
+    else:
+        spreads = _spreads(maps, points, pgrid, grid, output, target_sigma)
+    return _decoded(world, scores, grid, names), dict(zip(names, spreads)), (maps, pgrid)
 
 
-def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: str, mirror: bool, read=None):
+def _spreads(maps, points, pgrid, grid: ImageGrid, output: str, target_sigma=None) -> np.ndarray:
+    """``uncertainty_mm`` per landmark: the spread of the maps about the decoded points, scaled by this
+    grid's voxel size (:mod:`nnlandmark.inference.uncertainty`)."""
+    from nnlandmark.geometry import preprocessed_voxel_size_mm
+    axis = point_spread(maps, points, preprocessed_voxel_size_mm(pgrid, grid), kind=spread_kind(output),
+                        target_sigma_voxels=target_sigma)
+    return radial_spread(axis)
+
+
+def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: str, mirror: bool, read=None,
+                    target_sigma=None):
     """The local stage: one full-resolution patch per landmark, centred at its global estimate."""
     import torch
     data, pgrid = local.preprocess(files, read)
@@ -324,24 +361,48 @@ def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: 
     patches = crop_patches(data, starts, patch_size)
     del data
     logits = local.patch_logits(patches, mirror_axis=axis)  # (L patches, L channels, *patch)
-    own = logits[torch.arange(len(starts)), torch.arange(len(starts))]  # landmark l from its own patch
-    points, scores = decode(_maps(own, output), decoder)
-    return preprocessed_to_world(patch_to_preprocessed(points, starts), pgrid, grid), scores
+    own = _maps(logits[torch.arange(len(starts)), torch.arange(len(starts))], output)  # landmark l, own patch
+    points, scores = decode(own, decoder)
+    # the patch has the preprocessed grid's voxels, so its spread is in the same millimetres
+    spreads = _spreads(own, points, pgrid, grid, output, target_sigma)
+    return preprocessed_to_world(patch_to_preprocessed(points, starts), pgrid, grid), scores, spreads
 
 
-def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict) -> None:
-    """Write one case; a landmark scoring below ``thresholds[name]`` is written as absent."""
+def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict, uncertainty: dict | None = None,
+                scales: dict | None = None, key: str | None = None) -> None:
+    """Write one case; a landmark scoring below ``thresholds[name]`` is written as absent.
+
+    ``uncertainty`` is ``{name: uncertainty_mm}`` and ``scales`` the calibrated ``{name: q}`` of the
+    radius field ``key`` (default ``radius_95_mm``), whose value is ``q * uncertainty_mm`` for a
+    present landmark with a scale, else null.
+    """
+    key = key or radius_key(DEFAULT_COVERAGE)
+    uncertainty, scales = uncertainty or {}, scales or {}
     present = {n: s >= thresholds.get(n, -np.inf) for n, (_, _, s) in decoded.items()}
     landmarks = Landmarks(points={n: w for n, (w, _, _) in decoded.items() if present[n]},
                           absent=[n for n in decoded if not present[n]])
+    spread = {n: _rounded(uncertainty.get(n)) for n in decoded}
+    radius = {n: _rounded(calibrated_radius(spread[n], scales.get(n))) if present[n] else None for n in decoded}
     record = {n: {"world_lps_mm": [round(float(v), 4) for v in w] if present[n] else None,
                   "voxel_index": [round(float(v), 3) for v in i] if present[n] else None,
-                  "score": round(s, 5), "present": bool(present[n])}
+                  "score": round(s, 5), "present": bool(present[n]),
+                  "uncertainty_mm": spread[n], key: radius[n]}
               for n, (w, i, s) in decoded.items()}
+    # Slicer keeps a control point's description (its control point table shows it): the two numbers go there
+    descriptions = {n: f"uncertainty_mm={_text(spread[n])}; {key}={_text(radius[n])}" for n in decoded}
     # <case>.json last: its presence is what --continue takes as "this case is done"
-    _atomic(output_dir / f"{case_id}.mrk.json", lambda p: write_landmarks(landmarks, p, coordinate_system="LPS",
-                                                                              names=list(decoded)))
+    _atomic(output_dir / f"{case_id}.mrk.json", lambda p: write_markups_json(
+        landmarks, p, coordinate_system="LPS", names=list(decoded), descriptions=descriptions))
     _atomic(output_dir / f"{case_id}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def _rounded(value, digits: int = 4):
+    """A finite number rounded for the record, else None (JSON null)."""
+    return None if value is None or not np.isfinite(value) else round(float(value), digits)
+
+
+def _text(value) -> str:
+    return "null" if value is None else f"{value:.3f}"
 
 
 def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
@@ -353,7 +414,7 @@ def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
 
 def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
             decoder: str | None = None, save_heatmaps: bool = False, overwrite: bool = False,
-            resume: bool = False, progress: bool = True, mirror: bool | None = None) -> Path:
+            resume: bool = False, progress: bool = True, mirror: bool | None = None, spacing=None) -> Path:
     """Predict every landmark of each input image; returns ``output_dir``.
 
     Parameters
@@ -377,7 +438,14 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         Test-time mirroring along each case's left-right axis, paired
         landmarks swapped (twice the compute). Default: on when the model was
         trained with mirroring (``"mirror"`` in its ``nnlandmark.json``).
+    spacing : float or (x, y), optional
+        Pixel spacing (mm) of PNG/JPEG inputs, which have none of their own.
+        Default: the training dataset's (``picture_spacing`` in the model's
+        ``nnlandmark.json``), else 1 mm. A model of 2D images predicts 2D
+        images only (world points at the image's z, 0 for a picture), a model
+        of 3D images 3D ones.
     """
+    from nnlandmark.data.images import picture_spacing
     from nnlandmark.inference.model_folder import ModelFolder, resolve_model
     # every check before any work or any write: flags, model, inputs, output folder
     if decoder is not None and decoder not in DECODERS:
@@ -394,11 +462,19 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     names = description["landmarks"]
     n_channels = len(description["channels"])
     cases = _images_by_case(inputs, n_channels)
-    grids = check_inputs(cases)
+    try:
+        spacing = picture_spacing(spacing if spacing is not None else description.get("picture_spacing"))
+    except InvalidInput as e:
+        raise InvalidInput(f"--spacing: {e}") from e
+    planar = model.planar
+    grids = check_inputs(cases, spacing, planar, model.path)
     output_dir = Path(output_dir)
     todo = _check_output_dir(output_dir, list(cases), overwrite, resume)
 
     thresholds = description.get("presence_thresholds") or {}
+    key, scales = _radius_calibration(description, decoder, model.description_file)
+    # the spread is the final stage's: the local one of a cascade
+    target_sigma = target_sigmas(description, "local" if "local" in model.stages else next(iter(model.stages)), folds)
     mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
     swap = swap_permutation(names, description.get("pairs") or [])
     predictors = {stage: model.predictor(folds, stage, device=device, step_size=step_size, mirror_swap=swap)
@@ -407,31 +483,61 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         clear_outputs(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for case in tqdm(todo, desc="predicting", disable=not progress):
-        with _image_files(cases[case]) as files:
-            decoded, (maps, pgrid) = _predict_case(files, grids[case], predictors, names, decoder, output, mirror)
+        with _image_files(cases[case], planar, spacing) as files:
+            decoded, spreads, (maps, pgrid) = _predict_case(files, grids[case], predictors, names, decoder, output,
+                                                            mirror, target_sigma)
         if save_heatmaps:  # before the case JSON, which marks the case done for --continue
             _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grids[case])
-        _write_case(output_dir, case, decoded, thresholds)
+        _write_case(output_dir, case, decoded, thresholds, spreads, scales, key)
         del maps
     write_summary(output_dir, list(cases))
     return output_dir
 
 
+def _radius_calibration(description: dict, decoder: str, source) -> tuple[str, dict]:
+    """The radius field and ``{name: scale}`` that ``evaluate-cv`` stored (``uncertainty_calibration``).
+
+    No scales (radii written as null) for an uncalibrated model, and, with a warning, when predicting
+    with another decoder than the calibration's: its errors, hence its radii, would differ.
+    """
+    calibration = description.get("uncertainty_calibration")
+    if not calibration:
+        return radius_key(DEFAULT_COVERAGE), {}
+    key = calibration.get("radius_key") or radius_key(calibration["coverage"])
+    calibrated_with = calibration.get("decoder")
+    if calibrated_with is not None and calibrated_with != decoder:
+        warnings.warn(f"{source}: the uncertainty was calibrated with --decoder {calibrated_with}, this prediction "
+                      f"uses {decoder}; {key} is written as null (run evaluate-cv with --decoder {decoder})",
+                      stacklevel=3)
+        return key, {}
+    return key, dict(calibration.get("scale") or {})
+
+
 def write_summary(output_dir: Path, case_ids) -> None:
-    """predictions.csv from every case JSON present (so a resumed run's summary is complete)."""
-    rows = []
+    """predictions.csv from every case JSON present (so a resumed run's summary is complete).
+
+    The last columns are ``uncertainty_mm`` and the calibrated radius (``radius_95_mm``, or each
+    radius field the records carry), empty where null.
+    """
+    records = {}
     for case in case_ids:
         path = output_dir / f"{case}.json"
-        if not path.exists():
-            continue
-        for name, r in json.loads(path.read_text()).items():
+        if path.exists():
+            records[case] = json.loads(path.read_text())
+    keys = sorted({k for record in records.values() for r in record.values() for k in r
+                   if coverage_of_key(k) is not None}) or [radius_key(DEFAULT_COVERAGE)]
+    rows = []
+    for case, record in records.items():
+        for name, r in record.items():
             world = r["world_lps_mm"] or [None] * 3
             index = r["voxel_index"] or [None] * 3
-            rows.append([case, name, *world, *index, r["score"], r.get("present", True)])
+            rows.append([case, name, *world, *index, r["score"], r.get("present", True), r.get("uncertainty_mm"),
+                         *(r.get(k) for k in keys)])
 
     def write(p):
         with open(p, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["case", "landmark", "x_lps_mm", "y_lps_mm", "z_lps_mm", "i", "j", "k", "score", "present"])
+            w.writerow(["case", "landmark", "x_lps_mm", "y_lps_mm", "z_lps_mm", "i", "j", "k", "score", "present",
+                        "uncertainty_mm", *keys])
             w.writerows(rows)
     _atomic(output_dir / SUMMARY_FILE, write)

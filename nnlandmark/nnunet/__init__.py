@@ -20,6 +20,8 @@ swap (:class:`predictor.LandmarkPredictor`). The verbs they use:
 
 - :func:`raw.write_raw_dataset`; :mod:`.planning` (fingerprint, plans, preprocessing);
 - :func:`trainer.make_trainer` and :meth:`trainer.LandmarkTrainer.configure`, ``run_training``;
+- :func:`distributed.spawn` (nnU-Net's multi-GPU DDP path: one process per GPU, each running a
+  function of the training layer);
 - :func:`paths.read_splits` (nnU-Net's cross-validation folds);
 - :func:`planning.load_preprocessed_case`, :func:`planning.case_direction`, :func:`planning.case_grids`;
 - :class:`predictor.LandmarkPredictor` (preprocess a case, predict logits).

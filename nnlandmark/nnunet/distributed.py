@@ -82,6 +82,10 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def backend() -> str | None:
+    return dist.get_backend() if is_distributed() else None
+
+
 def from_rank_0(value):
     """Rank 0's ``value`` in every process (``value`` itself outside a process group): for decisions
     that every process must make alike, or the processes wait on each other for ever."""

@@ -22,6 +22,8 @@ from nnlandmark.geometry import array_to_itk_index, itk_to_array_order, untransp
 from nnlandmark.errors import InvalidInput
 
 CONFIGURATION = "3d_fullres"
+#: nnU-Net's configuration of 2D images (one slice each): it plans no ``3d_fullres`` for them
+PLANAR_CONFIGURATION = "2d"
 
 #: planner preset -> (nnU-Net planner class path, plans identifier)
 PLANNERS = {
@@ -62,13 +64,28 @@ def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> di
     return planner_class(dataset_name, suppress_transpose=False, **kwargs).plan_experiment()
 
 
+def is_planar(plans: dict) -> bool:
+    """True for plans of 2D images: nnU-Net found one slice in the median image and planned
+    ``2d`` only (see :data:`nnlandmark.nnunet.raw.PLANAR_SLICE_SPACING`)."""
+    return CONFIGURATION not in plans["configurations"] and PLANAR_CONFIGURATION in plans["configurations"]
+
+
+def full_configuration(plans: dict) -> str:
+    """The configuration of a single full-resolution network: ``3d_fullres``, or ``2d`` for 2D images."""
+    return PLANAR_CONFIGURATION if is_planar(plans) else CONFIGURATION
+
+
 def planned_spacing_xyz(plans: dict, configuration: str = CONFIGURATION) -> list:
     """The spacing (mm) the plans resample to, in ITK (x, y, z) order.
 
     nnU-Net stores it in its transposed array order: entry ``a`` belongs to
-    array axis ``transpose_forward[a]``, and array axes are (z, y, x).
+    array axis ``transpose_forward[a]``, and array axes are (z, y, x). A ``2d``
+    configuration has no entry for the first transposed axis, the slices, which
+    it never resamples: NaN there.
     """
-    transposed = plans["configurations"][configuration]["spacing"]
+    transposed = list(plans["configurations"][configuration]["spacing"])
+    if len(transposed) == 2:
+        transposed = [float("nan")] + transposed
     return array_to_itk_index(untranspose(transposed, plans["transpose_forward"])).tolist()
 
 
@@ -80,6 +97,13 @@ def preprocessed_folder(folders, dataset_name: str, plans: dict, configuration: 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     identifier = PlansManager(plans).get_configuration(configuration).data_identifier
     return Path(folders.preprocessed) / dataset_name / identifier
+
+
+def planned_batch_size(plans: dict, configuration: str = CONFIGURATION) -> int:
+    """The batch size nnU-Net planned for ``configuration`` (inherited settings resolved);
+    under DDP it is split across the processes."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    return int(PlansManager(plans).get_configuration(configuration).batch_size)
 
 
 def _preprocess_one(args) -> str:
@@ -272,8 +296,14 @@ def plan_cascade(plans: dict, n_cases: int) -> dict:
     sizes follow nnU-Net's rule that one batch holds at most 5 % of the
     dataset's voxels, at least 2; the local stage takes at most LOCAL_MAX_BATCH.
     Spacings and shapes are in nnU-Net's transposed array order, as in its plans.
+
+    Plans of 2D images (:func:`is_planar`) get no cascade: a 2D image is small
+    enough for one full-resolution network (``2d``, sliding window), which is
+    what nnlandmark trains for them.
     """
     plans = json.loads(json.dumps(plans))  # a deep copy that also turns tuples into lists
+    if is_planar(plans):
+        return plans
     full = plans["configurations"][CONFIGURATION]
     spacing = np.asarray(full["spacing"], float)
     median = np.asarray(full["median_image_size_in_voxels"], float)
@@ -304,7 +334,8 @@ def ensure_cascade(plans_file: Path, n_cases: int) -> dict:
     """The plans in ``plans_file``, with the cascade's configurations added (and saved) if missing."""
     plans_file = Path(plans_file)
     plans = json.loads(plans_file.read_text())
-    if GLOBAL_CONFIGURATION in plans["configurations"] and LOCAL_CONFIGURATION in plans["configurations"]:
+    if is_planar(plans) or (GLOBAL_CONFIGURATION in plans["configurations"]
+                            and LOCAL_CONFIGURATION in plans["configurations"]):
         return plans
     plans = plan_cascade(plans, n_cases)
     tmp = plans_file.with_name(f".tmp_{plans_file.name}")

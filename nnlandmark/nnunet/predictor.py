@@ -110,9 +110,12 @@ class LandmarkPredictor(nnUNetPredictor):
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
         # nnU-Net's sliding window calls this once per tile
         prediction = self.network(x)
-        if self.mirror_axis is None:
+        # mirror_axis is an axis of the preprocessed (3D) array; a 2D configuration's tiles
+        # (B, C, *2 axes) are that array without its first axis, the one slice
+        axis = None if self.mirror_axis is None else self.mirror_axis - (5 - x.ndim)
+        if axis is None or axis < 0:
             return prediction
-        flip = (self.mirror_axis + 2,)  # x is (B, C, *spatial)
+        flip = (axis + 2,)  # x is (B, C, *spatial)
         mirrored = torch.flip(self.network(torch.flip(x, flip)), flip)
         if self.mirror_swap is not None:
             # channel l of the flipped image's prediction is landmark swap[l] of the original

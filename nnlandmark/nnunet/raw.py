@@ -53,10 +53,32 @@ from nnlandmark.errors import InvalidInput
 
 CUBE_HALF_WIDTH = 1  # 3x3x3 cubes at the target spacing or finer
 RAW_FILE_ENDING = ".mha"  # stores any direction matrix exactly, unlike NIfTI's float32 quaternions
+#: the slice thickness (mm) nnU-Net is told for a 2D image (a grid of one slice, see
+#: :mod:`nnlandmark.data.images`): far coarser than any pixel, so that its planner puts the slice
+#: axis first (``transpose_forward``), finds one slice in the median shape and plans the ``2d``
+#: configuration only, which never resamples across slices. nnU-Net's own reader gives a 2D
+#: file 999 times its largest pixel spacing; one constant keeps every case alike.
+PLANAR_SLICE_SPACING = 999.0
 SIDECAR = "landmarks_world.json"
 LABELS_FOLDER = "labelsTr"
 LABEL_MAPS_KEY = "nnlandmark_label_maps"
 CUBE_SIZES_KEY = "nnlandmark_cube_half_widths"
+
+
+def nnunet_image(image: "sitk.Image") -> "sitk.Image":
+    """``image`` as nnU-Net reads it from the raw data (and at prediction): a 2D image (a 3D
+    image of one slice) with :data:`PLANAR_SLICE_SPACING` as its slice thickness, a copy;
+    anything else unchanged. The world position of the slice (index k = 0) does not change.
+
+    >>> flat = sitk.Image([5, 4, 1], sitk.sitkFloat32)
+    >>> nnunet_image(flat).GetSpacing(), flat.GetSpacing()
+    ((1.0, 1.0, 999.0), (1.0, 1.0, 1.0))
+    """
+    if image.GetDimension() != 3 or image.GetSize()[2] != 1:
+        return image
+    image = sitk.Image(image)
+    image.SetSpacing((*image.GetSpacing()[:2], PLANAR_SLICE_SPACING))
+    return image
 
 
 def cube_centres(dataset_case, names) -> dict:
@@ -74,7 +96,9 @@ def cube_half_widths(spacing, target_spacing=None) -> np.ndarray:
     spacing : (x, y, z) mm
         The case's voxel size (ITK order).
     target_spacing : (x, y, z) mm, optional
-        The spacing nnU-Net resamples to; ``None`` gives 3x3x3 cubes.
+        The spacing nnU-Net resamples to; ``None`` gives 3x3x3 cubes; NaN
+        along an axis nnU-Net does not resample (the slices of 2D images,
+        whose cubes are one voxel thick, cut by the image's one slice).
 
     Returns
     -------
@@ -92,6 +116,7 @@ def cube_half_widths(spacing, target_spacing=None) -> np.ndarray:
         return np.full(3, CUBE_HALF_WIDTH)
     # the small tolerance keeps an exact ratio such as 4.0 from rounding down to 3
     factor = np.asarray(target_spacing, float) / np.asarray(spacing, float)
+    factor = np.where(np.isfinite(factor), factor, 1.0)
     return itk_to_array_index(np.maximum(CUBE_HALF_WIDTH, np.floor(factor + 1e-6))).astype(int)
 
 
@@ -233,7 +258,7 @@ def write_raw_dataset(dataset, raw_dir: Path, target_spacing=None, progress: boo
             continue
         if main_labels and not (same_record and all(f.exists() for f in image_files)):
             for channel, dst in enumerate(image_files):
-                _atomic_write_image(case.read_image(channel), dst)
+                _atomic_write_image(nnunet_image(case.read_image(channel)), dst)
         reference = sitk.ReadImage(str(image_files[0]))
         _atomic_write_image(label_image(landmark_label_maps(case, names, n_maps, target_spacing), reference),
                             label_file)

@@ -23,8 +23,17 @@ checkpoints. We change only what landmarks need:
   randomly chosen landmark, shifted by a random offset (:class:`OffsetLoader`),
   so that the landmark is anywhere within the global stage's error of the
   patch centre, as it will be at prediction;
+- 2D images (nnU-Net's ``2d`` configuration) rotate by at most 30 degrees in
+  augmentation, not nnU-Net's 180 (landmark names say left and right);
 - with a time budget, the number of epochs is fitted to the wall clock after
-  every epoch (the learning-rate schedule follows).
+  every epoch (the learning-rate schedule follows);
+- on several GPUs (nnU-Net's DDP path, started by
+  :func:`nnlandmark.nnunet.distributed.spawn`), nnU-Net splits each batch
+  across the processes and wraps the network; we add what its trainer does
+  not need for itself: unused-parameter detection (the U-Net's deep-supervision
+  heads are idle here), the CPU with the gloo backend (for tests), gathered
+  validation losses, one budget decision for all processes (rank 0's), rank 0
+  alone writing curves and checkpoints, and the split written once.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -44,10 +54,15 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from nnlandmark.nnunet import distributed
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.paths import NnunetFolders
+
+#: the checkpoint entry holding the state dicts of a recipe's ``extra_parameters``
+EXTRA_PARAMETERS_KEY = "nnlandmark_extra_parameters"
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,15 @@ class TrainingRecipe:
     #: ``on_curves(curves, folder)`` after every epoch, with the curves of ``training_curves.json``
     #: (e.g. to plot them); ``None`` writes only the JSON
     on_curves: Callable | None = None
+    #: modules (``torch.nn.Module``) whose parameters are learned with the network, outside it: e.g.
+    #: the loss's learned target sigmas. They join the optimizer (their own parameter group, no
+    #: weight decay), are moved to the training device, and are kept in every checkpoint
+    #: (``nnlandmark_extra_parameters``: their state dicts), so a resumed run continues them;
+    #: prediction never reads them
+    extra_parameters: tuple = ()
+    #: ``on_end(folder)`` once training has ended and ``checkpoint_final.pth`` is written (rank 0 only),
+    #: with the stage's checkpoint folder, e.g. to record what ``extra_parameters`` learned
+    on_end: Callable | None = None
 
 
 def make_trainer(folders: NnunetFolders, dataset_name: str, plans: dict, configuration: str, fold: int,
@@ -86,7 +110,14 @@ def make_trainer(folders: NnunetFolders, dataset_name: str, plans: dict, configu
     dataset_json = json.loads((Path(folders.preprocessed) / dataset_name / "dataset.json").read_text())
     # nnunetv2 2.8 reads (and pops) continue_training from the plans it is given; the copy keeps the caller's
     plans = {**plans, "continue_training": continue_training}
-    return LandmarkTrainer(plans, configuration, fold, dataset_json, torch.device(device))
+    trainer = LandmarkTrainer(plans, configuration, fold, dataset_json, torch.device(device))
+    # every process has made nnU-Net's default output folder before any moves its log out of it
+    distributed.barrier()
+    return trainer
+
+
+#: the largest rotation (radians) of 2D training patches (nnU-Net's range for 3D; its 2D range is 180 degrees)
+PLANAR_ROTATION = 30.0 / 360 * 2 * np.pi
 
 
 class StepDecay:
@@ -115,9 +146,41 @@ class OffsetLoader(nnUNetDataLoader):
         return [lo + int(d) for lo, d in zip(lbs, shift)], [hi + int(d) for hi, d in zip(ubs, shift)]
 
 
+def _data_parallel(module, device_ids=None, **kwargs):
+    """nnU-Net's ``DDP(network, device_ids=[rank])``, for our networks: deep supervision is off,
+    so the U-Net's lower-resolution heads take no part in the loss (DDP must be told), and a
+    network on the CPU (gloo) takes no device ids."""
+    on_gpu = next(module.parameters()).device.type == "cuda"
+    return DistributedDataParallel(module, device_ids=device_ids if on_gpu else None,
+                                   find_unused_parameters=True, **kwargs)
+
+
 class LandmarkTrainer(nnUNetTrainer):
     """Call :meth:`configure` right after construction (nnU-Net's ``__init__``
     records its own arguments by introspection, so ours cannot take more)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        cpu_ddp = distributed.is_distributed() and device.type != "cuda"
+        with warnings.catch_warnings():
+            if cpu_ddp:  # nnU-Net makes a CUDA GradScaler, which warns and disables itself
+                warnings.simplefilter("ignore")
+            super().__init__(plans, configuration, fold, dataset_json, device)
+        if cpu_ddp:
+            # nnU-Net assumes one GPU per process under DDP (cuda:<rank>); the gloo backend
+            # runs the same path on the CPU
+            self.device = device
+            self.grad_scaler = None
+        self._written = []  # files this process wrote (checkpoints, curves); reported at the end
+
+    def initialize(self):
+        # nnU-Net wraps the network in DDP by the module-level name; ours differs in its arguments
+        original = trainer_module.DDP
+        trainer_module.DDP = _data_parallel
+        try:
+            super().initialize()
+        finally:
+            trainer_module.DDP = original
 
     def configure(self, recipe: TrainingRecipe, model_dir: Path, stage: str = "fullres",
                   time_budget_s: float | None = None, output_folder: Path | None = None) -> None:
@@ -154,7 +217,10 @@ class LandmarkTrainer(nnUNetTrainer):
         self.output_folder = str(output_folder)
         os.makedirs(self.output_folder, exist_ok=True)
         new_log = os.path.join(self.output_folder, os.path.basename(self.log_file))
-        if os.path.exists(self.log_file) and os.path.abspath(self.log_file) != os.path.abspath(new_log):
+        # under DDP rank 0 alone logs, and moves: the processes' logs are named by the second they
+        # started, so two may name the same file, and both would move it
+        mover = self.local_rank == 0
+        if mover and os.path.exists(self.log_file) and os.path.abspath(self.log_file) != os.path.abspath(new_log):
             if os.path.exists(new_log):
                 # logs are named by the second a trainer starts: a run resumed within the same
                 # second as the one it continues must append to that log, not replace it
@@ -165,7 +231,7 @@ class LandmarkTrainer(nnUNetTrainer):
                 shutil.move(self.log_file, new_log)
         self.log_file = new_log
         self.logger.output_folder = self.output_folder
-        if os.path.abspath(default_fold_folder) != os.path.abspath(self.output_folder):
+        if mover and os.path.abspath(default_fold_folder) != os.path.abspath(self.output_folder):
             try:
                 os.removedirs(default_fold_folder)
             except OSError:
@@ -183,7 +249,8 @@ class LandmarkTrainer(nnUNetTrainer):
                              self.recipe.num_landmarks)
 
     def set_deep_supervision_enabled(self, enabled: bool):
-        decoder = getattr(self.network, "decoder", None)
+        network = self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
+        decoder = getattr(network, "decoder", None)
         if decoder is not None and hasattr(decoder, "deep_supervision"):
             decoder.deep_supervision = enabled
 
@@ -191,10 +258,27 @@ class LandmarkTrainer(nnUNetTrainer):
         if self.recipe.optimizer == "adam":
             optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
             if self.recipe.schedule == "step":
-                return optimizer, StepDecay(optimizer, self.initial_lr, max(1, self.num_epochs // 4))
-            from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-            return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
-        return super().configure_optimizers()  # nnU-Net's SGD with poly decay
+                scheduler = StepDecay(optimizer, self.initial_lr, max(1, self.num_epochs // 4))
+            else:
+                from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+                scheduler = PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        else:
+            optimizer, scheduler = super().configure_optimizers()  # nnU-Net's SGD with poly decay
+        extra = self._extra_parameters()
+        if extra:
+            # a group of their own: the schedulers set every group's learning rate, and weight decay
+            # would pull them towards 0 (whatever regularises them is in the recipe's loss). Added
+            # here, as nnU-Net builds the optimizer before a checkpoint's state is loaded into it
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer, scheduler
+
+    def _extra_parameters(self) -> list:
+        """The recipe's extra modules' parameters, the modules moved to the training device."""
+        params = []
+        for module in self.recipe.extra_parameters:
+            module.to(self.device)
+            params += list(module.parameters())
+        return params
 
     def _set_num_epochs(self, n: int) -> None:
         """Change the schedule's length mid-run (time budget); the learning-rate decay follows."""
@@ -205,6 +289,12 @@ class LandmarkTrainer(nnUNetTrainer):
             self.lr_scheduler.step_epochs = max(1, self.num_epochs // 4)
 
     def get_dataloaders(self):
+        if self.is_ddp:
+            # nnU-Net's trainer writes splits_final.json when it is missing, in every process:
+            # one could read it half-written by another. Rank 0 writes it, the others wait.
+            if self.local_rank == 0:
+                self.do_split()
+            distributed.barrier()
         if self.stage != "local":
             return super().get_dataloaders()
         # nnU-Net builds its loaders by the module-level name; ours differs only in where patches are centred
@@ -221,6 +311,15 @@ class LandmarkTrainer(nnUNetTrainer):
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
+        patch_size = self.configuration_manager.patch_size
+        if len(patch_size) == 2:
+            # nnU-Net rotates 2D patches by up to 180 degrees (segmentation does not care which way up);
+            # landmarks do: left and right, upper and lower are in their names, and radiographs and
+            # ultrasound frames come in a standard orientation. 2D images get the in-plane range nnU-Net
+            # gives 3D patches, +-30 degrees, and the initial patch that range needs.
+            from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+            rotation = (-PLANAR_ROTATION, PLANAR_ROTATION)
+            initial_patch_size = get_patch_size(patch_size, rotation, rotation, rotation, (0.85, 1.25))
         return rotation, dummy_2d, initial_patch_size, None
 
     # --- one step -----------------------------------------------------------------
@@ -247,19 +346,45 @@ class LandmarkTrainer(nnUNetTrainer):
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self._average_extra_gradients()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self._average_extra_gradients()
             self.optimizer.step()
         return {"loss": loss.detach().cpu().numpy()}
+
+    def _average_extra_gradients(self) -> None:
+        """Under DDP, average the extra parameters' gradients over the processes, as DDP does for
+        the network's (it wraps only the network): every process then takes the same step."""
+        if not self.is_ddp:
+            return
+        for module in self.recipe.extra_parameters:
+            for param in module.parameters():
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= torch.distributed.get_world_size()
 
     def validation_step(self, batch: dict) -> dict:
         return {"loss": self._loss(batch).detach().cpu().numpy()}
 
     def on_validation_epoch_end(self, val_outputs):
-        self.logger.log("val_losses", float(np.mean([o["loss"] for o in val_outputs])), self.current_epoch)
+        loss = float(np.mean([o["loss"] for o in val_outputs]))
+        if self.is_ddp:  # as nnU-Net's training loss: the mean over the processes, the same in each
+            loss = float(np.mean(distributed.gather(loss)))
+        self.logger.log("val_losses", loss, self.current_epoch)
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.is_ddp:
+            ranks = distributed.gather((self.batch_size, str(self.device), type(self.network).__name__))
+            self.print_to_log_file(
+                f"distributed training: {len(ranks)} processes ({distributed.backend()}), batch size "
+                f"{self.configuration_manager.batch_size} split as "
+                + ", ".join(f"rank {r}: batch {b} on {d} ({n})" for r, (b, d, n) in enumerate(ranks)))
 
     # --- epochs, checkpoints, curves ---------------------------------------------
     def on_epoch_end(self):
@@ -282,24 +407,58 @@ class LandmarkTrainer(nnUNetTrainer):
         self.current_epoch += 1
 
     def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0:  # nnU-Net's writes only in rank 0; the temporary file is rank 0's too
+            return
         tmp = os.path.join(os.path.dirname(filename), f".tmp_{os.path.basename(filename)}")
         super().save_checkpoint(tmp)
+        if os.path.exists(tmp) and self.recipe.extra_parameters:
+            # nnU-Net's checkpoint has no room for parameters outside the network: add them to the
+            # file it wrote, before it replaces the previous checkpoint
+            checkpoint = torch.load(tmp, map_location="cpu", weights_only=False, mmap=True)
+            checkpoint[EXTRA_PARAMETERS_KEY] = [m.state_dict() for m in self.recipe.extra_parameters]
+            torch.save(checkpoint, tmp + ".extra")
+            del checkpoint
+            os.replace(tmp + ".extra", tmp)
         if os.path.exists(tmp):
             os.replace(tmp, filename)
+            self._written.append(os.path.basename(filename))
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)  # builds the network and optimizer first when needed
+        if not self.recipe.extra_parameters:
+            return
+        # nnU-Net's load_checkpoint takes only a path in 2.8 (a dict reaches an unassigned name)
+        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        states = checkpoint.get(EXTRA_PARAMETERS_KEY)
+        if states is None or len(states) != len(self.recipe.extra_parameters):
+            self.print_to_log_file(f"{filename_or_checkpoint}: holds no extra parameters for this recipe; "
+                                   "they start from their initial values")
+            return
+        for module, state in zip(self.recipe.extra_parameters, states):
+            module.load_state_dict(state)
 
     def on_train_end(self):
         super().on_train_end()  # writes checkpoint_final.pth, then deletes checkpoint_latest.pth
+        if self.recipe.on_end is not None and self.local_rank == 0:
+            self.recipe.on_end(Path(self.output_folder))
+        if self.is_ddp:
+            written = distributed.gather(sorted(set(self._written)))
+            self.print_to_log_file("files written: " + "; ".join(
+                f"rank {r}: {', '.join(names) or 'none'}" for r, names in enumerate(written)))
 
     def _logged(self, key: str) -> list:
         """Every epoch's value of ``key`` in nnU-Net's logger (one per epoch, a resumed run's included)."""
         return list(self.logger.get_value(key, step=None))
 
     def _write_curves(self) -> None:
+        if self.local_rank != 0:
+            return
         curves = {"train_loss": self._logged("train_losses"), "val_loss": self._logged("val_losses"),
                   "lr": self._logged("lrs")}
         n = min(len(v) for v in curves.values())
         curves = {k: [float(x) for x in v[:n]] for k, v in curves.items()}
         Path(self.output_folder, "training_curves.json").write_text(json.dumps(curves))
+        self._written.append("training_curves.json")
         if self.recipe.on_curves is not None:
             self.recipe.on_curves(curves, Path(self.output_folder))
 
@@ -309,20 +468,28 @@ class LandmarkTrainer(nnUNetTrainer):
 
     def _fit_to_budget(self) -> None:
         """Epochs that fit the time budget, from the mean epoch time so far (a resumed
-        run counts the epochs it already trained)."""
-        seconds = self._epoch_seconds()
-        if self.time_budget_s is None or not seconds:
+        run counts the epochs it already trained). Under DDP rank 0's clock decides for all
+        processes: each measures its own epochs, and processes that stop at different
+        epochs would wait on each other for ever."""
+        if self.time_budget_s is None:
             return
-        recent = float(np.mean(seconds[-5:]))
-        left = self.time_budget_s - float(np.sum(seconds))
-        fitted = self.current_epoch + math.floor(left / recent)
-        self._set_num_epochs(min(self.recipe.epochs, max(self.current_epoch, fitted)))
+        seconds = self._epoch_seconds()
+        epochs = None
+        if seconds:
+            recent = float(np.mean(seconds[-5:]))
+            left = self.time_budget_s - float(np.sum(seconds))
+            fitted = self.current_epoch + math.floor(left / recent)
+            epochs = min(self.recipe.epochs, max(self.current_epoch, fitted))
+        epochs = distributed.from_rank_0(epochs)
+        if epochs is not None:
+            self._set_num_epochs(epochs)
 
     def run_training(self, progress: bool = True):
         self.on_train_start()
         self._fit_to_budget()  # a resumed run
         its = self.num_iterations_per_epoch
-        bar = tqdm(total=self.num_epochs * its, initial=self.current_epoch * its, disable=not progress,
+        bar = tqdm(total=self.num_epochs * its, initial=self.current_epoch * its,
+                   disable=not progress or self.local_rank != 0,
                    desc=f"fold {self.fold} {self.stage}", unit="it", dynamic_ncols=True)
         while self.current_epoch < self.num_epochs:
             self.on_epoch_start()

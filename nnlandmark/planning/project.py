@@ -14,6 +14,7 @@ Layout::
 """
 from __future__ import annotations
 
+import math
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 from nnlandmark.data.dataset import load_dataset
 from nnlandmark.nnunet import planning
 from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
-from nnlandmark.nnunet.raw import write_raw_dataset
+from nnlandmark.nnunet.raw import PLANAR_SLICE_SPACING, write_raw_dataset
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
 
 PROJECT_FILE = "project.json"
@@ -44,6 +45,8 @@ class Project:
     planner: str = "default"
     target_spacing: list | None = None
     cases: list | None = None  # case ids exported, so a rerun can tell that the dataset changed
+    #: the dataset's picture spacing (PNG/JPEG, x and y mm; None: 1 mm or images with their own)
+    spacing: list | None = None
 
     @property
     def folders(self) -> NnunetFolders:
@@ -142,10 +145,12 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
     if planner not in planning.PLANNERS:
         raise InvalidInput(f"unknown planner '{planner}', choose from {sorted(planning.PLANNERS)}")
     if target_spacing is not None:
-        target_spacing = [float(target_spacing)] * 3 if isinstance(target_spacing, (int, float)) \
+        target_spacing = [float(target_spacing)] if isinstance(target_spacing, (int, float)) \
             else [float(s) for s in target_spacing]
-        if len(target_spacing) != 3 or min(target_spacing) <= 0:
-            raise InvalidInput(f"target spacing must be one or three positive numbers (mm), got {target_spacing}")
+        if len(target_spacing) == 1:  # one value for every axis
+            target_spacing = target_spacing * 3
+        if len(target_spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in target_spacing):
+            raise InvalidInput(f"--spacing: one or three positive numbers (mm), got {target_spacing}")
     if not (isinstance(num_processes, int) and num_processes >= 1):
         raise InvalidInput(f"--num-processes: must be a whole number of at least 1, got {num_processes}")
     dataset_dir, project_dir = Path(dataset_dir).resolve(), Path(project_dir).resolve()
@@ -171,6 +176,9 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
             added, removed = sorted(set(case_ids) - set(project.cases)), sorted(set(project.cases) - set(case_ids))
             raise DatasetError(f"{project_dir}: the dataset's cases changed since this project was prepared "
                                f"(added {added}, removed {removed}); prepare a new project folder")
+        if project.spacing != dataset.spec.spacing:
+            raise DatasetError(f"{dataset_dir / 'dataset.json'}: 'spacing' is {dataset.spec.spacing}, but the project "
+                               f"was prepared with {project.spacing}; prepare a new project folder")
         project.planner, project.target_spacing = planner, target_spacing
     else:
         project_dir.mkdir(parents=True, exist_ok=True)
@@ -180,26 +188,37 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
                           dataset_name=f"Dataset{dataset_id:03d}_{_sanitise(dataset.spec.name)}",
                           landmarks=dataset.spec.landmarks, pairs=dataset.spec.pairs,
                           biometry=dataset.spec.biometry, channels=dataset.spec.channels, planner=planner,
-                          target_spacing=target_spacing, cases=case_ids)
+                          target_spacing=target_spacing, cases=case_ids, spacing=dataset.spec.spacing)
     project.save()
 
     folders = project.folders
+    planar = dataset.cases[0].grid.is_2d  # a dataset is 2D or 3D throughout (load_dataset checks)
+    nnunet_spacing = target_spacing
+    if planar and target_spacing is not None:
+        # 2D images: the spacing is the pixels'; nnU-Net never resamples across their one slice
+        nnunet_spacing = target_spacing[:2] + [PLANAR_SLICE_SPACING]
     # cube sizes follow the spacing the cases will be resampled to, when it is known already
-    known_spacing = target_spacing if target_spacing is not None or not project.plans_file.exists() \
-        else planning.planned_spacing_xyz(project.plans())
+    if project.plans_file.exists():
+        known_spacing = planning.planned_spacing_xyz(project.plans(), planning.full_configuration(project.plans()))
+    else:
+        known_spacing = None if target_spacing is None else target_spacing[:2] + [
+            float("nan") if planar else target_spacing[2]]
     write_raw_dataset(dataset, project.raw_dir(), known_spacing, progress=progress)
     with nnunet_environment(folders):
         planning.extract_fingerprint(project.dataset_name, num_processes)
         if not project.plans_file.exists():
-            planning.plan(project.dataset_name, planner, target_spacing)
+            planning.plan(project.dataset_name, planner, nnunet_spacing)
+        # 2D images: nnU-Net plans '2d' only, and there is no cascade (plan_cascade)
         plans = planning.ensure_cascade(project.plans_file, len(case_ids))
+        full = planning.full_configuration(plans)
         # cubes in cases much finer than the planned spacing would vanish in resampling: enlarge them
-        write_raw_dataset(dataset, project.raw_dir(), planning.planned_spacing_xyz(plans), progress=False)
-        # the cascade's global stage has its own, coarser spacing, hence its own (larger) cubes
-        write_raw_dataset(dataset, project.raw_dir(),
-                          planning.planned_spacing_xyz(plans, planning.GLOBAL_CONFIGURATION), progress=False,
-                          labels=planning.GLOBAL_LABELS)
-        planning.preprocess(folders, project.dataset_name, plans, num_processes, progress)
-        planning.preprocess(folders, project.dataset_name, plans, num_processes, progress,
-                            configuration=planning.GLOBAL_CONFIGURATION, labels=planning.GLOBAL_LABELS)
+        write_raw_dataset(dataset, project.raw_dir(), planning.planned_spacing_xyz(plans, full), progress=False)
+        planning.preprocess(folders, project.dataset_name, plans, num_processes, progress, configuration=full)
+        if planning.GLOBAL_CONFIGURATION in plans["configurations"]:
+            # the cascade's global stage has its own, coarser spacing, hence its own (larger) cubes
+            write_raw_dataset(dataset, project.raw_dir(),
+                              planning.planned_spacing_xyz(plans, planning.GLOBAL_CONFIGURATION), progress=False,
+                              labels=planning.GLOBAL_LABELS)
+            planning.preprocess(folders, project.dataset_name, plans, num_processes, progress,
+                                configuration=planning.GLOBAL_CONFIGURATION, labels=planning.GLOBAL_LABELS)
     return project

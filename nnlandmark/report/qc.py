@@ -7,6 +7,7 @@ from pathlib import Path
 def qc_report(prediction_dir, dataset_dir, output_dir, overwrite: bool = False) -> Path:
     """Evaluate predictions against a dataset and write ``report.html`` with per-case slice PNGs."""
     from nnlandmark.data.dataset import DatasetSpec, discover_images
+    from nnlandmark.data.images import is_picture, read_image
     from nnlandmark.evaluation.evaluate import evaluate
     from nnlandmark.report.html import write_report
 
@@ -14,5 +15,8 @@ def qc_report(prediction_dir, dataset_dir, output_dir, overwrite: bool = False) 
     result = evaluate(prediction_dir, dataset_dir)
     spec = DatasetSpec.from_file(dataset_dir / "dataset.json")
     images, _ = discover_images(dataset_dir / "images", len(spec.channels))
-    return write_report(result, output_dir, images={c: files[0] for c, files in images.items()},
+    # pictures (PNG/JPEG) take the dataset's spacing, which is not in their files; they are small
+    images = {c: read_image(files[0], spec.spacing) if is_picture(files[0]) else files[0]
+              for c, files in images.items()}
+    return write_report(result, output_dir, images=images,
                         predictions_dir=prediction_dir, reference_dir=dataset_dir, overwrite=overwrite)

@@ -19,6 +19,10 @@ Pixels are drawn with their physical aspect ratio (from the spacing). For an
 oblique image the display axes are the nearest anatomical axes, while the points
 are still placed exactly (continuous index on the reoriented grid).
 
+A 2D image (one slice, see :mod:`nnlandmark.data.images`) gets one picture
+instead (:func:`plot_landmarks_2d`): the whole image as its file stores it (row 0
+at the top, no reorientation, no anatomical labels), every landmark on it.
+
 Examples
 --------
 >>> import numpy as np, SimpleITK as sitk, tempfile, pathlib
@@ -62,14 +66,19 @@ def load_display_image(image) -> sitk.Image:
     image : path-like or SimpleITK.Image
         A 3D image; of a vector image the first component is shown.
     """
-    if not isinstance(image, sitk.Image):
-        from nnlandmark.data.images import read_image
-        image = read_image(image)
+    image = _as_image(image)
     if image.GetDimension() != 3:
         raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = sitk.VectorIndexSelectionCast(image, 0)
     return sitk.DICOMOrient(image, "LPS")
+
+
+def _as_image(image) -> sitk.Image:
+    """A path read (:func:`nnlandmark.data.images.read_image`: a 2D file as one slice), a 2D
+    SimpleITK image as one slice, a 3D one as it is."""
+    from nnlandmark.data.images import as_volume, read_image
+    return as_volume(image) if isinstance(image, sitk.Image) else read_image(image)
 
 
 def _slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -122,6 +131,9 @@ def plot_landmark_slices(image, predicted: Landmarks, reference: Landmarks | Non
     -------
     Path of the PNG.
     """
+    image = _as_image(image)
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        return plot_landmarks_2d(image, predicted, reference, out_png, names=names, dpi=dpi)
     display = load_display_image(image)
     grid = ImageGrid.from_image(display)
     array = sitk.GetArrayFromImage(display).astype(np.float32)
@@ -187,4 +199,73 @@ def plot_landmark_slices(image, predicted: Landmarks, reference: Landmarks | Non
     handles = [axes[0, 0].plot([], [], **REFERENCE_STYLE)[0], axes[0, 0].plot([], [], **PREDICTION_STYLE)[0]]
     fig.legend(handles, ["reference", "prediction"], loc="upper right", ncol=2, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3.2 * len(names) + 0.5)))
+    return save_figure(fig, out_png, dpi=dpi)
+
+
+def plot_landmarks_2d(image, predicted: Landmarks, reference: Landmarks | None, out_png, names=None,
+                      dpi: int = 100) -> Path:
+    """One picture of a 2D image with every landmark: reference (green circle), prediction
+    (red cross), a yellow line between them, each labelled with its number in ``names``
+    (the legend below lists them, with the radial error in mm).
+
+    The image is shown as its file stores it (pixel row 0 at the top, with the pixels'
+    aspect ratio); points are placed with :func:`nnlandmark.geometry.world_to_index` on its
+    grid. The title gives the mean radial error of the landmarks present in both.
+
+    >>> import numpy as np, SimpleITK as sitk, tempfile, pathlib
+    >>> from nnlandmark.data.landmarks import Landmarks
+    >>> image = sitk.GetImageFromArray(np.random.rand(30, 40).astype(np.float32))  # 2D
+    >>> pred = Landmarks(points={"a": np.array([10.0, 12.0, 0.0])})
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.png"
+    >>> plot_landmarks_2d(image, pred, Landmarks(points={"a": np.array([11.0, 12.0, 0.0])}), out).is_file()
+    True
+    """
+    image = _as_image(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        image = sitk.VectorIndexSelectionCast(image, 0)
+    grid = ImageGrid.from_image(image)
+    if not grid.is_2d:
+        raise ValueError(f"expected a 2D image (one slice), got size {grid.size}")
+    array = sitk.GetArrayFromImage(image)[0].astype(np.float32)  # (j, i)
+    finite = array[np.isfinite(array)]
+    vmin, vmax = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    if vmax <= vmin:
+        vmax = vmin + 1.0
+    if names is None:
+        names = list(reference.names) if reference is not None else []
+        names += [n for n in predicted.names if n not in names]
+    names = list(names)
+    width, height = grid.size[0] * grid.spacing[0], grid.size[1] * grid.spacing[1]
+    panel = 7.0
+    fig = new_figure(panel, panel * height / width + 0.4 + 0.18 * len(names))
+    ax = fig.add_axes((0.02, 0.02 + (0.18 * len(names)) / fig.get_figheight(), 0.96,
+                       panel * height / width / fig.get_figheight()))
+    ax.set_facecolor("#1c2a3a")
+    ax.imshow(array, cmap="gray", vmin=vmin, vmax=vmax, origin="upper",
+              aspect=grid.spacing[1] / grid.spacing[0], interpolation="nearest")
+    errors, lines = [], []
+    for number, name in enumerate(names, start=1):
+        pred = predicted.point(name)
+        ref = None if reference is None else reference.point(name)
+        found = [world_to_index(p, grid)[:2] for p in (ref, pred) if p is not None]
+        if ref is not None and pred is not None:
+            errors.append(float(np.linalg.norm(np.asarray(pred) - np.asarray(ref))))
+            ax.plot([found[0][0], found[1][0]], [found[0][1], found[1][1]], color="yellow", linewidth=1.0)
+        if ref is not None:
+            ax.plot(*found[0], **REFERENCE_STYLE)
+        if pred is not None:
+            ax.plot(*found[-1], **PREDICTION_STYLE)
+        if found:
+            ax.annotate(str(number), found[0], xytext=(6, 6), textcoords="offset points", color="yellow",
+                        fontsize=9, fontweight="bold")
+        lines.append(f"{number} {_describe(name, predicted, reference)}")
+    ax.set_xlim(-0.5, grid.size[0] - 0.5)
+    ax.set_ylim(grid.size[1] - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    summary = f"MRE {np.mean(errors):.2f} mm over {len(errors)} landmarks" if errors else "no errors to show"
+    ax.set_title(summary, loc="left", fontsize=10, fontweight="bold")
+    fig.text(0.02, 0.01, "\n".join(lines), fontsize=8, va="bottom", family="monospace")
+    handles = [ax.plot([], [], **REFERENCE_STYLE)[0], ax.plot([], [], **PREDICTION_STYLE)[0]]
+    ax.legend(handles, ["reference", "prediction"], loc="upper right", fontsize=8)
     return save_figure(fig, out_png, dpi=dpi)

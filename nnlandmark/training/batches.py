@@ -19,7 +19,8 @@ calls it for every batch as its recipe's ``prepare_batch``:
   direction matrix and nnU-Net's ``transpose_forward``, never assumed. Like
   nnU-Net's own mirroring, the flip follows the spatial augmentation;
 - optionally, intensities are remapped (``contrast_augmentation``);
-- the preset renders the targets from the points.
+- the preset renders the targets from the points, with the sigmas the stage
+  learns when they are learned (``heatmap="adaptive"``).
 """
 from __future__ import annotations
 
@@ -57,11 +58,16 @@ class LandmarkBatches:
     world_points : dict, optional
         Case id -> {name: world LPS point}; makes targets sub-voxel exact
         (see :meth:`subvoxel_offsets`).
+    learned_sigmas : LearnedSigmas, optional
+        The stage's learned sigmas (:meth:`TrainingSettings.learned_sigmas`):
+        the targets are rendered with their current values, in their autograd
+        graph, so the loss trains them.
     """
 
     def __init__(self, settings: TrainingSettings, landmark_names, pairs, preprocessed_dir, transpose_forward,
-                 unknown_landmarks: dict | None = None, world_points: dict | None = None):
+                 unknown_landmarks: dict | None = None, world_points: dict | None = None, learned_sigmas=None):
         self.settings = settings
+        self.learned_sigmas = learned_sigmas
         self.landmark_names = list(landmark_names)
         self.mirror = settings.mirroring(pairs)
         self.swap = swap_permutation(self.landmark_names, pairs)
@@ -119,19 +125,28 @@ class LandmarkBatches:
         (training batches), each sample is mirrored left-right with
         probability 1/2 when mirroring is on.
         """
-        points = points_from_label_patch(seg, len(self.landmark_names))
+        # 3 spatial axes, or 2 for 2D images ('2d' patches are the preprocessed array without its first,
+        # one-slice axis: transposed first, see nnlandmark.nnunet.raw.PLANAR_SLICE_SPACING)
+        dims = data.ndim - 2
+        dropped = 3 - dims
+        points = points_from_label_patch(seg, len(self.landmark_names), spatial_dims=dims)
         if self._world_points:  # before mirroring, which flips the offsets with the points
-            points = points + torch.stack([self.subvoxel_offsets(k) for k in case_ids]).to(points)
+            offsets = torch.stack([self.subvoxel_offsets(k) for k in case_ids])[..., dropped:]
+            points = points + offsets.to(points)
         mask = torch.ones(points.shape[:2], dtype=torch.bool, device=seg.device)
         for b, key in enumerate(case_ids):
             mask[b, self._unknown.get(key, [])] = False
         if augment and self.mirror:
             flip = (torch.rand(len(case_ids)) < 0.5).tolist()
-            axes = [self.left_right_axis(key) if f else 0 for key, f in zip(case_ids, flip)]
+            axes = [self.left_right_axis(key) - dropped if f else 0 for key, f in zip(case_ids, flip)]
+            # a 2D image whose left-right axis runs across its one slice has nothing to mirror
+            flip = [f and a >= 0 for f, a in zip(flip, axes)]
+            axes = [max(a, 0) for a in axes]
             data, points, mask = mirror_samples(data, points, mask, flip, axes, self.swap)
         if augment and self.settings.contrast_augmentation > 0:
             data = random_intensity_remap(data, self.settings.contrast_augmentation)
         if self.settings.output == "softmax":
             # a distribution over the patch's voxels cannot say "outside": such landmarks are not supervised
             mask &= inside_patch(points, seg.shape[2:])
-        return data, self.settings.make_targets(points, seg.shape[2:]), mask
+        sigma = None if self.learned_sigmas is None else self.learned_sigmas()
+        return data, self.settings.make_targets(points, seg.shape[2:], sigma=sigma), mask

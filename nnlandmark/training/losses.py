@@ -26,7 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["topk_bce_with_logits", "mse_on_sigmoid", "spatial_softmax_cross_entropy"]
+__all__ = ["topk_bce_with_logits", "mse_on_sigmoid", "spatial_softmax_cross_entropy", "spatial_softmax_kl",
+           "SigmaPenalty"]
 
 
 def _check_shapes(logits: torch.Tensor, target: torch.Tensor, channel_mask: torch.Tensor | None) -> None:
@@ -201,6 +202,15 @@ def spatial_softmax_cross_entropy(
     >>> round(float(spatial_softmax_cross_entropy(logits, target, torch.tensor([[False, True]]))), 4)
     0.0067
     """
+    rows = _distributions(logits, target, channel_mask)
+    if rows is None:
+        return _zero_loss(logits)
+    q, log_p = rows
+    return -(q * log_p).sum(dim=1).mean()
+
+
+def _distributions(logits: torch.Tensor, target: torch.Tensor, channel_mask: torch.Tensor | None):
+    """``(q, log p)``, ``(K, N)`` rows of the kept pairs whose target has mass, or None when none has."""
     _check_shapes(logits, target, channel_mask)
     rows_logits, rows_target = _select_channels(logits, target, channel_mask)
     mass = rows_target.float().sum(dim=1)
@@ -208,7 +218,119 @@ def spatial_softmax_cross_entropy(
     if not bool(keep.all()):
         rows_logits, rows_target, mass = rows_logits[keep], rows_target[keep], mass[keep]
     if rows_logits.shape[0] == 0:
+        return None
+    return rows_target.float() / mass[:, None], torch.log_softmax(rows_logits.float(), dim=1)
+
+
+def spatial_softmax_kl(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    channel_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KL divergence ``KL(q || p)`` of the normalised target from the per-channel spatial softmax.
+
+    :func:`spatial_softmax_cross_entropy` minus the entropy of ``q``: the same
+    gradient for the network (the entropy does not depend on ``logits``), but
+    differentiable in the target too, in the way a learned target width needs.
+    Cross-entropy alone pulls a learned sigma to 0 whatever the network does
+    (for a network whose ``p`` is a Gaussian of width ``s`` around the point,
+    ``CE = D sigma^2 / (2 s^2) + const`` in ``D`` dimensions, smallest at
+    ``sigma = 0``); the divergence, ``D sigma^2 / (2 s^2) - D log sigma + const``,
+    is smallest at ``sigma = s``: the target's width follows the network's own
+    spread, wider for landmarks it cannot place precisely.
+
+    Parameters
+    ----------
+    logits, target, channel_mask
+        As for :func:`spatial_softmax_cross_entropy`; ``target`` may require grad.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar float32, the mean over kept pairs of ``sum(q * (log q - log_softmax(logits)))``
+        (``0 log 0 = 0``); 0 when ``p = q``. When nothing is kept, a zero
+        connected to ``logits``' graph.
+
+    Examples
+    --------
+    >>> target = torch.tensor([[[1.0, 1.0, 0.0, 0.0]]])
+    >>> round(float(spatial_softmax_kl(torch.zeros(1, 1, 4), target)), 4)  # log 4 - log 2
+    0.6931
+    >>> float(spatial_softmax_kl(torch.tensor([[[0.0, 0.0, -1e4, -1e4]]]), target))  # p = q
+    0.0
+    """
+    rows = _distributions(logits, target, channel_mask)
+    if rows is None:
         return _zero_loss(logits)
-    q = rows_target.float() / mass[:, None]
-    log_p = torch.log_softmax(rows_logits.float(), dim=1)
-    return -(q * log_p).sum(dim=1).mean()
+    q, log_p = rows
+    # q log q taken as 0 where q = 0, with a gradient of 0 there too: torch.xlogy's gradient
+    # at q = 0 is -inf, which times a zero derivative of the target (far in a Gaussian's tail,
+    # where it underflows to 0) would give NaN
+    tiny = torch.finfo(q.dtype).tiny
+    q_log_q = torch.where(q > 0, q * torch.log(q.clamp_min(tiny)), torch.zeros_like(q))
+    return (q_log_q - q * log_p).sum(dim=1).mean()
+
+
+class SigmaPenalty:
+    """``loss(logits, target, channel_mask)`` of a preset plus ``weight`` times the mean ``sigma^2``.
+
+    The penalty of Thaler et al. (2021) on learned target sigmas
+    (:class:`nnlandmark.training.targets.LearnedSigmas`): without it a
+    sigma grows with no limit, because a wider target is easier to match and
+    the network, matched to it, becomes wider in turn.
+
+    The mean is over the batch's kept ``(sample, landmark)`` pairs, the ones
+    the loss averages over: each landmark's sigma is penalised in proportion
+    to its share of the loss. A plain mean over landmarks would let the
+    penalty win for a landmark that is rarely in the patch (the cascade's
+    local stage supervises only the landmarks inside each patch) and shrink
+    its sigma whatever the network does. With the softmax
+    objective's divergence (:func:`spatial_softmax_kl`) and a network whose
+    error spread is ``e`` voxels, a sigma settles where
+    ``weight * sigma^2 * 2 / D = e^2 / (sigma^2 + e^2)``; with ``weight`` 0.1 in
+    3D: about 1.35 voxels for ``e`` = 0.5, 1.8 for ``e`` = 1, 2.45 for ``e`` = 2.
+
+    ``per_voxel``: for a loss that is a mean over voxels (:func:`mse_on_sigmoid`),
+    the penalty is divided by the voxels per channel, so that it weighs
+    against the per-channel sum of errors as in Thaler et al., not against
+    their mean over a patch of any size.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(logits, target, channel_mask=None)``, differentiable in ``target``.
+    sigmas : callable
+        ``sigmas()`` -> ``(L,)`` tensor (the module, read at every call).
+    weight : float
+        Penalty per squared voxel.
+    per_voxel : bool
+        See above.
+
+    Examples
+    --------
+    >>> from nnlandmark.training.targets import LearnedSigmas
+    >>> loss = SigmaPenalty(spatial_softmax_kl, LearnedSigmas([1.0, 3.0]), weight=0.1)
+    >>> target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    >>> logits = torch.tensor([[[9.0, -9.0], [-9.0, 9.0]]])  # p = q: the divergence is ~0
+    >>> round(float(loss(logits, target)), 4)  # 0.1 * (1 + 9) / 2
+    0.5
+    >>> round(float(loss(logits, target, channel_mask=torch.tensor([[False, True]]))), 4)  # 0.1 * 9
+    0.9
+    """
+
+    def __init__(self, loss, sigmas, weight: float, per_voxel: bool = False):
+        if not weight >= 0:
+            raise ValueError(f"the sigma penalty's weight must be >= 0, got {weight}")
+        self.loss, self.sigmas, self.weight, self.per_voxel = loss, sigmas, float(weight), per_voxel
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor,
+                 channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        sigma = self.sigmas().to(logits.device)
+        if channel_mask is None:
+            pairs = torch.full(sigma.shape, float(logits.shape[0]), device=logits.device)
+        else:
+            pairs = channel_mask.to(device=logits.device, dtype=sigma.dtype).sum(dim=0)
+        penalty = self.weight * (pairs * sigma ** 2).sum() / pairs.sum().clamp_min(1.0)
+        if self.per_voxel:
+            penalty = penalty / math.prod(logits.shape[2:])
+        return self.loss(logits, target, channel_mask=channel_mask) + penalty

@@ -13,6 +13,11 @@ nnU-Net's SGD with poly learning-rate decay.
 ``v1`` (the earlier variant): a Gaussian of sigma 4 voxels, MSE on the sigmoid
 output, Adam 5e-4 with step decay (halved every quarter of the schedule; the
 reference names the decay, not its steps, so this is our choice).
+
+Each preset has its own target shape, and ``heatmap`` picks another
+(:data:`HEATMAPS`): a Gaussian, a Laplace of the same spread, a Gaussian
+whose per-landmark sigma is learned with the network (``adaptive``), or the
+cone.
 """
 from __future__ import annotations
 
@@ -63,6 +68,29 @@ class TrainingSettings:
     default) means "on when the dataset has pairs"; set True for a symmetric
     dataset whose landmarks all lie on the mid-plane, False for asymmetric
     anatomy that still has pairs.
+
+    ``heatmap``: the target's shape, one of :data:`HEATMAPS`; None (the
+    default) means the preset's own (``gaussian`` for softmax and v1,
+    ``cone`` for cone). A model of another shape than its preset's is named
+    after both (``softmax-laplace_unet__...``).
+
+    ``gaussian_sigma``: the target's spread in voxels of each stage's grid,
+    one value for every landmark or a list of one per landmark (in the
+    dataset's order); None means the preset's (1.5 voxels for softmax, 4 for
+    v1). It is the standard deviation along each axis of the target read as
+    a distribution, for the Laplace shape too (:func:`nnlandmark.training.targets.laplace_scale`),
+    and the starting value of learned sigmas. The cone ignores it
+    (``cone_radius``).
+
+    ``sigma_penalty``: with ``heatmap="adaptive"``, the weight of the penalty
+    on large learned sigmas (:class:`nnlandmark.training.losses.SigmaPenalty`),
+    per squared voxel. The softmax objective is then the divergence from the
+    normalised target (:func:`nnlandmark.training.losses.spatial_softmax_kl`)
+    instead of the cross-entropy: it has the same gradient for the network,
+    and a minimum in sigma where the target is as wide as the network's own
+    distribution. The learned sigmas are written to the model's description
+    at the end of each stage (``learned_sigmas``: fold -> stage -> landmark
+    -> sigma in that stage's voxels) and kept in its checkpoints.
     """
 
     preset: str = "softmax"
@@ -73,7 +101,9 @@ class TrainingSettings:
     val_iterations: int | None = None
     time_budget_minutes: float | None = None
     cone_radius: float = 15.0
-    gaussian_sigma: float | None = None
+    gaussian_sigma: float | list | None = None
+    heatmap: str | None = None
+    sigma_penalty: float = 0.1
     topk_fraction: float = 0.2
     learning_rate: float | None = None
     save_every: int = 1
@@ -99,8 +129,19 @@ class TrainingSettings:
             self.val_iterations = 3 if budgeted else 50
         if not 0.0 <= self.contrast_augmentation <= 1.0:
             raise InvalidInput(f"--contrast-augmentation: a probability in [0, 1], got {self.contrast_augmentation}")
-        if self.gaussian_sigma is None:
-            self.gaussian_sigma = PRESETS[self.preset]["sigma"]
+        if self.heatmap is None:
+            self.heatmap = PRESETS[self.preset]["heatmap"]
+        if self.heatmap not in HEATMAPS:
+            raise InvalidInput(f"unknown heatmap '{self.heatmap}', choose from {list(HEATMAPS)}")
+        if self.heatmap == "adaptive" and self.preset == "cone":
+            # the per-voxel BCE of the cone preset has no minimum in a target's width: it would
+            # widen the target wherever the logits are positive, not match the network's spread
+            raise InvalidInput("heatmap 'adaptive' learns sigmas with the softmax or v1 objective, "
+                               "not with the cone preset's top-k BCE")
+        if not self.sigma_penalty >= 0:
+            raise InvalidInput(f"sigma_penalty must be >= 0, got {self.sigma_penalty}")
+        self.gaussian_sigma = _sigma_setting(
+            PRESETS[self.preset]["sigma"] if self.gaussian_sigma is None else self.gaussian_sigma)
         flags = {"epochs": "--epochs", "iterations_per_epoch": "--iterations", "val_iterations": "--val-iterations",
                  "save_every": "save_every"}
         for name, flag in flags.items():
@@ -129,39 +170,96 @@ class TrainingSettings:
         """Whether to mirror left-right for a dataset with these ``pairs`` (see ``mirror``)."""
         return bool(pairs) if self.mirror is None else bool(self.mirror)
 
-    def make_targets(self, points, spatial_shape):
-        """Heatmap targets (B, L, *spatial) for landmark points (B, L, 3)."""
-        # imported here: the CLI reads the registries of this module without paying for torch
-        from nnlandmark.training.targets import cone_heatmaps, gaussian_heatmaps
-        if self.preset == "cone":
-            return cone_heatmaps(points, spatial_shape, radius=self.cone_radius)
-        return gaussian_heatmaps(points, spatial_shape, sigma=self.gaussian_sigma)
+    def sigmas(self, num_landmarks: int) -> list:
+        """One target sigma per landmark (``gaussian_sigma``); InvalidInput when a list of them
+        does not have one per landmark."""
+        sigma = self.gaussian_sigma
+        if isinstance(sigma, list):
+            if len(sigma) != num_landmarks:
+                raise InvalidInput(f"gaussian_sigma (--sigma) has {len(sigma)} values for {num_landmarks} "
+                                   "landmarks: give one value, or one per landmark in the dataset's order")
+            return list(sigma)
+        return [sigma] * num_landmarks
 
-    def loss_function(self):
-        """loss(logits, target, channel_mask) for this preset."""
-        from nnlandmark.training.losses import mse_on_sigmoid, spatial_softmax_cross_entropy, topk_bce_with_logits
+    def learned_sigmas(self, num_landmarks: int):
+        """The sigmas a stage learns (:class:`nnlandmark.training.targets.LearnedSigmas`, starting at
+        :meth:`sigmas`) with ``heatmap="adaptive"``, else None."""
+        if self.heatmap != "adaptive":
+            return None
+        from nnlandmark.training.targets import LearnedSigmas
+        return LearnedSigmas(self.sigmas(num_landmarks))
+
+    def make_targets(self, points, spatial_shape, sigma=None):
+        """Heatmap targets (B, L, *spatial) for landmark points (B, L, 3); ``sigma``, e.g. learned
+        sigmas (an (L,) tensor in their autograd graph), replaces ``gaussian_sigma``."""
+        # imported here: the CLI reads the registries of this module without paying for torch
+        from nnlandmark.training.targets import cone_heatmaps, gaussian_heatmaps, laplace_heatmaps
+        if self.heatmap == "cone":
+            return cone_heatmaps(points, spatial_shape, radius=self.cone_radius)
+        sigma = self.gaussian_sigma if sigma is None else sigma
+        if self.heatmap == "laplace":
+            return laplace_heatmaps(points, spatial_shape, sigma=sigma)
+        return gaussian_heatmaps(points, spatial_shape, sigma=sigma)  # gaussian, adaptive
+
+    def loss_function(self, learned_sigmas=None):
+        """loss(logits, target, channel_mask) for this preset; with ``learned_sigmas`` (see
+        :meth:`learned_sigmas`) the objective that learns them too."""
+        from nnlandmark.training.losses import (SigmaPenalty, mse_on_sigmoid, spatial_softmax_cross_entropy,
+                                                spatial_softmax_kl, topk_bce_with_logits)
         if self.preset == "cone":
-            return partial(topk_bce_with_logits, fraction=self.topk_fraction)
-        if self.preset == "softmax":
-            return spatial_softmax_cross_entropy
-        return mse_on_sigmoid
+            loss = partial(topk_bce_with_logits, fraction=self.topk_fraction)
+        elif self.preset == "softmax":
+            loss = spatial_softmax_cross_entropy if learned_sigmas is None else spatial_softmax_kl
+        else:
+            loss = mse_on_sigmoid
+        if learned_sigmas is None:
+            return loss
+        return SigmaPenalty(loss, learned_sigmas, self.sigma_penalty, per_voxel=self.output != "softmax")
 
     @property
     def optimizer(self) -> str:
         return PRESETS[self.preset]["optimizer"]
 
-    def model_name(self, plans_identifier: str) -> str:
-        # a full-resolution model keeps the name of nnU-Net's configuration, as before the cascade
-        configuration = "3d_fullres" if self.configuration == "fullres" else self.configuration
-        return f"{self.preset}_{self.architecture}__{plans_identifier}__{configuration}"
+    def model_name(self, plans_identifier: str, full_configuration: str = "3d_fullres") -> str:
+        # a full-resolution model keeps the name of nnU-Net's configuration (``2d`` for 2D images),
+        # as before the cascade
+        configuration = full_configuration if self.configuration == "fullres" else self.configuration
+        # the preset's own target keeps the names models had before the choice of shapes
+        method = self.preset if self.heatmap == PRESETS[self.preset]["heatmap"] else f"{self.preset}-{self.heatmap}"
+        return f"{method}_{self.architecture}__{plans_identifier}__{configuration}"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-#: target, optimiser, schedule and output of each preset (``sigma``: the Gaussian's, in voxels)
+#: target, optimiser, schedule and output of each preset (``sigma``: the target's, in voxels)
 PRESETS = {
-    "softmax": {"optimizer": "adam", "lr": 1e-3, "schedule": "poly", "sigma": 1.5, "output": "softmax"},
-    "cone": {"optimizer": "sgd", "lr": 1e-2, "schedule": "poly", "sigma": 4.0, "output": "sigmoid"},
-    "v1": {"optimizer": "adam", "lr": 5e-4, "schedule": "step", "sigma": 4.0, "output": "sigmoid"},
+    "softmax": {"optimizer": "adam", "lr": 1e-3, "schedule": "poly", "sigma": 1.5, "output": "softmax",
+                "heatmap": "gaussian"},
+    "cone": {"optimizer": "sgd", "lr": 1e-2, "schedule": "poly", "sigma": 4.0, "output": "sigmoid",
+             "heatmap": "cone"},
+    "v1": {"optimizer": "adam", "lr": 5e-4, "schedule": "step", "sigma": 4.0, "output": "sigmoid",
+           "heatmap": "gaussian"},
 }
+
+#: target shapes (``TrainingSettings.heatmap``, ``train --heatmap``), each rendered by
+#: :mod:`nnlandmark.training.targets`; the softmax objective normalises any of them to a distribution
+HEATMAPS = {
+    "gaussian": "exp(-d^2 / 2 sigma^2)",
+    "laplace": "exp(-d / b), b = sigma / 2: the Gaussian's spread, a sharper peak, heavier tails",
+    "adaptive": "a Gaussian whose per-landmark sigma is learned with the network, large sigmas penalised "
+                "(Thaler et al. 2021); softmax and v1 presets",
+    "cone": "max(0, 1 - d / cone_radius), radius 15 voxels: the cone preset's",
+}
+
+
+def _sigma_setting(sigma):
+    """``gaussian_sigma`` as one float, or a list of one float per landmark; InvalidInput unless positive."""
+    values = list(sigma) if isinstance(sigma, (list, tuple)) else [sigma]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise InvalidInput(f"gaussian_sigma must be a number or a list of numbers, got {sigma!r}") from None
+    if not values or not all(v > 0 for v in values):  # refuses NaN too
+        raise InvalidInput(f"gaussian_sigma must be positive (voxels), got {sigma!r}")
+    return values[0] if len(values) == 1 else values

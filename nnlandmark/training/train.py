@@ -1,7 +1,9 @@
 """Train one fold (or all five) of a prepared project."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -10,7 +12,7 @@ from nnlandmark.inference.model_folder import ModelFolder
 from nnlandmark.nnunet import nnunetv2_version
 from nnlandmark.nnunet.paths import nnunet_environment, read_splits, splits_file
 from nnlandmark.nnunet.planning import (CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION,
-                                        preprocessed_folder)
+                                        full_configuration, is_planar, preprocessed_folder)
 from nnlandmark.planning.project import Project
 from nnlandmark.training.presets import STAGE_BUDGET_SHARE, TrainingSettings
 from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
@@ -21,19 +23,42 @@ STAGE_CONFIGURATIONS = {"fullres": CONFIGURATION, "global": GLOBAL_CONFIGURATION
 NUM_FOLDS = 5
 
 
+def stage_configuration(plans: dict, stage: str) -> str:
+    """The nnU-Net configuration a stage trains: the cascade's own, or for ``fullres`` nnU-Net's
+    full-resolution one (``3d_fullres``, or ``2d`` for 2D images)."""
+    return full_configuration(plans) if stage == "fullres" else STAGE_CONFIGURATIONS[stage]
+
+
+def project_settings(project: Project, settings: TrainingSettings) -> TrainingSettings:
+    """``settings`` as this project trains them: a project of 2D images (nnU-Net planned ``2d``)
+    trains one full-resolution 2D network, sliding window at prediction; the cascade, made for
+    volumes too large to see whole at full resolution, becomes ``fullres`` there. Unchanged for
+    3D projects and for projects not planned yet (:func:`check_folds` refuses those)."""
+    if not project.plans_file.is_file() or not is_planar(project.plans()):
+        return settings
+    if settings.architecture != "unet":
+        raise InvalidInput(f"--architecture {settings.architecture}: a 3D network; the 2D images of "
+                           f"{project.root} train nnU-Net's planned 2D U-Net (--architecture unet)")
+    if settings.configuration == "cascade":
+        settings = dataclasses.replace(settings, configuration="fullres")
+    return settings
+
+
 def model_dir_for(project: Project, settings: TrainingSettings) -> Path:
-    return project.folders.results / project.dataset_name / settings.model_name(project.plans_identifier)
+    full = full_configuration(project.plans()) if project.plans_file.is_file() else CONFIGURATION
+    return project.folders.results / project.dataset_name / settings.model_name(project.plans_identifier, full)
 
 
 def settings_for(project_dir, given: dict, continue_training: bool) -> TrainingSettings:
     """The settings of a run from the fields ``given``: the rest are the defaults, or, when a
-    run continues, what the earlier run of that model (same preset, architecture and
-    configuration) saved, so that it resumes with its own schedule."""
+    run continues, what the earlier run of that model (same preset, architecture,
+    configuration and heatmap) saved, so that it resumes with its own schedule."""
     given = {k: v for k, v in given.items() if v is not None}
     saved = {}
     if continue_training:
-        identity = {k: given[k] for k in ("preset", "architecture", "configuration") if k in given}
-        model = ModelFolder(model_dir_for(Project.load(project_dir), TrainingSettings(**identity)))
+        identity = {k: given[k] for k in ("preset", "architecture", "configuration", "heatmap") if k in given}
+        project = Project.load(project_dir)
+        model = ModelFolder(model_dir_for(project, project_settings(project, TrainingSettings(**identity))))
         if model.description_file.is_file():
             saved = model.description["settings"]
     return TrainingSettings(**{**saved, **given})
@@ -53,9 +78,10 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
     What other commands stored there (``evaluate-cv``'s presence thresholds)
     is kept; the file is replaced atomically.
     """
-    stages = {stage: STAGE_CONFIGURATIONS[stage] for stage in settings.stages}
+    plans = project.plans()
+    stages = {stage: stage_configuration(plans, stage) for stage in settings.stages}
     description = {"landmarks": project.landmarks, "pairs": project.pairs, "biometry": project.biometry,
-                   "channels": project.channels, "planner": project.planner,
+                   "channels": project.channels, "picture_spacing": project.spacing, "planner": project.planner,
                    "plans_identifier": project.plans_identifier, "configuration": stages[settings.stages[-1]],
                    "stages": stages, "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
                    "nnunetv2_version": nnunetv2_version()}
@@ -89,7 +115,7 @@ def check_folds(project: Project, folds, settings: TrainingSettings | None = Non
     plans = project.plans()
     prepared = None
     for stage in (settings or TrainingSettings()).stages:
-        configuration = STAGE_CONFIGURATIONS[stage]
+        configuration = stage_configuration(plans, stage)
         if configuration not in plans["configurations"]:
             raise MissingPath(f"{project.plans_file}: has no '{configuration}' configuration (prepared by an "
                                     "older nnlandmark); rerun 'nnlandmark prepare' on the project to add it")
@@ -114,7 +140,8 @@ def check_folds(project: Project, folds, settings: TrainingSettings | None = Non
 
 
 def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, device: str = "cpu",
-          continue_training: bool = False, progress: bool = True) -> Path:
+          continue_training: bool = False, progress: bool = True, num_gpus: int = 1,
+          ddp_on_cpu: bool = False) -> Path:
     """Train ``fold`` (0-4, or ``"all"`` for the five folds in turn); returns the model folder.
 
     With ``continue_training`` a fold resumes from its latest checkpoint (a
@@ -122,26 +149,81 @@ def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, 
     ``settings`` given as a dict of some fields, or None, takes the other
     fields from the earlier run when continuing (its schedule), else the
     defaults (:func:`settings_for`).
+
+    ``num_gpus`` > 1 (with ``device="cuda"``) trains every stage on that many
+    GPUs with nnU-Net's data-parallel path: one process per GPU (NCCL), each
+    planned batch split across them, rank 0 alone printing and writing
+    (:mod:`nnlandmark.nnunet.distributed`). ``ddp_on_cpu`` is for tests: with
+    ``device="cpu"`` the ``num_gpus`` processes run on the CPU with the gloo
+    backend, the same code path, no faster (they share the cores). The processes are
+    started with ``spawn``: a script calling this needs the ``if __name__ == "__main__":`` guard.
     """
+    check_num_gpus(num_gpus, device, ddp_on_cpu)
     if not isinstance(settings, TrainingSettings):
         settings = settings_for(project_dir, settings or {}, continue_training)
     project = Project.load(project_dir)
+    settings = project_settings(project, settings)
     folds = list(range(NUM_FOLDS)) if fold == "all" else [int(fold)]
     model_dir = model_dir_for(project, settings)
     for f in folds:
         if not 0 <= f < NUM_FOLDS:
             raise InvalidInput(f"fold must be 0-{NUM_FOLDS - 1} or 'all', got {f}")
     check_folds(project, folds, settings)
+    settings.sigmas(len(project.landmarks))  # one sigma, or one per landmark
     torch_device = resolve_device(device)  # before anything is written
+    if num_gpus > 1:
+        check_batch_split(project, settings, num_gpus)
     for f in folds:
         fold_dir = model_dir / f"fold_{f}"
         if not continue_training and any(fold_dir.glob("checkpoint_*.pth")):
             raise OutputExists(f"{fold_dir}: already has checkpoints; use --continue to resume it "
                                   "or choose another model")
     write_model_description(project, settings, model_dir)
-    for f in folds:
-        _train_fold(project, f, settings, torch_device, model_dir, continue_training, progress)
+    if num_gpus > 1:
+        from nnlandmark.nnunet.distributed import spawn
+        spawn(_train_folds, (project.root, folds, settings, torch_device.type, model_dir, continue_training,
+                             progress), num_gpus, backend="nccl" if torch_device.type == "cuda" else "gloo")
+    else:
+        for f in folds:
+            _train_fold(project, f, settings, torch_device, model_dir, continue_training, progress)
     return model_dir
+
+
+def check_num_gpus(num_gpus, device: str, ddp_on_cpu: bool = False) -> None:
+    """Refuse a ``--num-gpus`` that cannot run, before any work."""
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
+        raise InvalidInput(f"--num-gpus must be a whole number of at least 1, got {num_gpus!r}")
+    if num_gpus == 1:
+        return
+    if device != "cuda":
+        if device == "cpu" and ddp_on_cpu:
+            return
+        raise InvalidInput(f"--num-gpus {num_gpus} trains on {num_gpus} GPUs, one process each; it needs "
+                           f"--device cuda (got --device {device})")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < num_gpus:
+        raise InvalidInput(f"--num-gpus {num_gpus}: torch sees {visible} CUDA device(s) "
+                           "(CUDA_VISIBLE_DEVICES decides which it sees)")
+
+
+def check_batch_split(project: Project, settings: TrainingSettings, num_gpus: int) -> None:
+    """nnU-Net's DDP splits each stage's planned batch across the processes: every process
+    needs at least one sample."""
+    from nnlandmark.nnunet.planning import planned_batch_size
+    plans = project.plans()
+    for stage in settings.stages:
+        batch = planned_batch_size(plans, stage_configuration(plans, stage))
+        if batch < num_gpus:
+            raise InvalidInput(f"--num-gpus {num_gpus}: the {stage} stage's planned batch size is {batch}, and "
+                               f"nnU-Net splits each batch across the GPUs; use at most {batch} GPUs")
+
+
+def _train_folds(project_dir, folds, settings, device: str, model_dir, continue_training, progress) -> None:
+    """What each process of a multi-GPU run does (:func:`nnlandmark.nnunet.distributed.spawn`):
+    every stage of every fold, in step with the others."""
+    project = Project.load(project_dir)
+    for f in folds:
+        _train_fold(project, f, settings, torch.device(device), model_dir, continue_training, progress)
 
 
 def _train_fold(project, fold, settings, device, model_dir, continue_training, progress) -> None:
@@ -182,29 +264,49 @@ def stage_trainer(project: Project, fold: int, stage: str, settings: TrainingSet
     """
     from nnlandmark.nnunet.trainer import make_trainer
     from nnlandmark.training.batches import LandmarkBatches
-    configuration = STAGE_CONFIGURATIONS[stage]
     plans = project.plans()
+    configuration = stage_configuration(plans, stage)
     records = _landmark_records(project)
+    learned = settings.learned_sigmas(len(project.landmarks))  # None unless heatmap="adaptive"
     batches = LandmarkBatches(settings, project.landmarks, project.pairs,
                               preprocessed_folder(project.folders, project.dataset_name, plans, configuration),
                               plans["transpose_forward"], unknown_landmarks=_unknown_landmarks(records),
-                              world_points=_world_points(records) if settings.exact_targets else None)
+                              world_points=_world_points(records) if settings.exact_targets else None,
+                              learned_sigmas=learned)
     trainer = make_trainer(project.folders, project.dataset_name, plans, configuration, fold, device,
                            continue_training=continue_training)
-    trainer.configure(training_recipe(settings, len(project.landmarks), batches), model_dir, stage=stage,
-                      time_budget_s=time_budget_s, output_folder=output_folder)
+    on_end = None if learned is None else partial(record_learned_sigmas, model_dir, fold, stage, project.landmarks,
+                                                  learned)
+    trainer.configure(training_recipe(settings, len(project.landmarks), batches, learned, on_end), model_dir,
+                      stage=stage, time_budget_s=time_budget_s, output_folder=output_folder)
     return trainer
 
 
-def training_recipe(settings: TrainingSettings, num_landmarks: int, prepare_batch):
+def training_recipe(settings: TrainingSettings, num_landmarks: int, prepare_batch, learned_sigmas=None,
+                    on_end=None):
     """What nnU-Net's trainer needs of ``settings``, as plain values and callables
-    (:class:`nnlandmark.nnunet.trainer.TrainingRecipe`)."""
+    (:class:`nnlandmark.nnunet.trainer.TrainingRecipe`); ``learned_sigmas`` (the same module
+    ``prepare_batch`` renders its targets with) are learned with the network."""
     from nnlandmark.nnunet.trainer import TrainingRecipe
     return TrainingRecipe(num_landmarks=num_landmarks, architecture=settings.architecture, epochs=settings.epochs,
                           iterations_per_epoch=settings.iterations_per_epoch, val_iterations=settings.val_iterations,
                           save_every=settings.save_every, lr=settings.lr, optimizer=settings.optimizer,
-                          schedule=settings.schedule, loss=settings.loss_function(), prepare_batch=prepare_batch,
-                          on_curves=_plot_curves)
+                          schedule=settings.schedule, loss=settings.loss_function(learned_sigmas),
+                          prepare_batch=prepare_batch, on_curves=_plot_curves,
+                          extra_parameters=() if learned_sigmas is None else (learned_sigmas,), on_end=on_end)
+
+
+def record_learned_sigmas(model_dir, fold: int, stage: str, landmark_names, learned_sigmas, folder=None) -> dict:
+    """Write a stage's learned sigmas into the model's description and return them:
+    ``learned_sigmas`` -> ``fold_N`` -> stage -> landmark -> sigma in that stage's voxels
+    (other folds' and stages' entries are kept). ``folder`` (the stage's checkpoint folder,
+    as the trainer's ``on_end`` passes it) is not needed."""
+    model = ModelFolder(model_dir)
+    recorded = model.description.get("learned_sigmas", {}) if model.description_file.is_file() else {}
+    values = learned_sigmas().detach().cpu().tolist()
+    recorded.setdefault(f"fold_{fold}", {})[stage] = {n: round(v, 4) for n, v in zip(landmark_names, values)}
+    model.update({"learned_sigmas": recorded})
+    return recorded
 
 
 def _plot_curves(curves: dict, folder: Path) -> None:

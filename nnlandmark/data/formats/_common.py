@@ -66,11 +66,12 @@ def check_output_system(coordinate_system) -> str:
 
 
 def parse_point(values, path, name: str) -> np.ndarray:
-    """Three finite floats from a list of numbers or numeric strings."""
+    """Three finite floats from a list of numbers or numeric strings, or two for a point of a
+    2D image (x, y; :func:`build_landmarks` places it at z = 0)."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise fail(path, f"landmark {name!r}: expected 3 coordinates, got {values!r}")
-    if len(values) != 3:
-        raise fail(path, f"landmark {name!r}: expected 3 coordinates, got {len(values)}")
+        raise fail(path, f"landmark {name!r}: expected 3 coordinates (2 on a 2D image), got {values!r}")
+    if len(values) not in (2, 3):
+        raise fail(path, f"landmark {name!r}: expected 3 coordinates (2 on a 2D image), got {len(values)}")
     out = []
     for v in values:
         # bool is an int subclass; true/false in a coordinate slot is a broken file
@@ -87,8 +88,11 @@ def parse_point(values, path, name: str) -> np.ndarray:
 
 
 def to_lps(point: np.ndarray, system: str) -> np.ndarray:
-    """A point declared in ``system`` expressed in LPS."""
-    return ras_to_lps(point) if system == "RAS" else np.asarray(point, dtype=float)
+    """A point declared in ``system`` expressed in LPS (a 2D point (x, y) too)."""
+    point = np.asarray(point, dtype=float)
+    if system != "RAS":
+        return point
+    return ras_to_lps(np.pad(point, (0, 3 - len(point))))[:len(point)]
 
 
 def from_lps(point, system: str) -> np.ndarray:
@@ -107,7 +111,9 @@ def build_landmarks(entries, path) -> Landmarks:
     """Assemble a :class:`Landmarks` from ``(name, status, lps_point)`` entries.
 
     ``status`` is ``"present"``, ``"absent"`` or ``"unknown"``; ``lps_point`` is
-    ignored unless present. Duplicate names and files without any landmark raise
+    ignored unless present. A point of two coordinates (x, y) gets z = 0 and its
+    name goes into ``planar`` (allowed on 2D images only, which the dataset
+    checks). Duplicate names and files without any landmark raise
     :class:`LandmarkFileError`.
     """
     lm = Landmarks(source=Path(path))
@@ -118,7 +124,11 @@ def build_landmarks(entries, path) -> Landmarks:
         seen.add(name)
         lm.order.append(name)
         if status == "present":
-            lm.points[name] = np.asarray(point, dtype=float)
+            point = np.asarray(point, dtype=float)
+            if len(point) == 2:
+                point = np.append(point, 0.0)
+                lm.planar.append(name)
+            lm.points[name] = point
         elif status == "absent":
             lm.absent.append(name)
         else:

@@ -251,8 +251,13 @@ def _markups_entries(data, path, *, check_labels: bool) -> list:
 
 
 def write_markups_json(landmarks: Landmarks, path, coordinate_system: str = "LPS",
-                       names=None) -> None:
+                       names=None, descriptions=None) -> None:
     """Write a Slicer point list (markups type ``"Fiducial"``) that Slicer opens in place.
+
+    ``descriptions`` (``{name: text}``, optional) fills the control points'
+    ``description``, a field of the markups schema that Slicer reads, shows in
+    the Markups module's control point table and writes back (the predictor
+    puts each landmark's uncertainty there).
 
     Control point *i* is the *i*-th of ``names`` (default ``landmarks.names``,
     which lists present landmarks first; see :func:`states_in_order`). Absent
@@ -272,7 +277,8 @@ def write_markups_json(landmarks: Landmarks, path, coordinate_system: str = "LPS
     system = check_output_system(coordinate_system)
     control_points = []
     for n, (name, status, point) in enumerate(states_in_order(landmarks, names), start=1):
-        cp = {"id": str(n), "label": name, "description": "", "associatedNodeID": "",
+        cp = {"id": str(n), "label": name, "description": str((descriptions or {}).get(name, "")),
+              "associatedNodeID": "",
               "position": [0.0, 0.0, 0.0], "orientation": list(_ORIENTATION[system]),
               "selected": True, "locked": False, "visibility": True,
               "positionStatus": "missing"}

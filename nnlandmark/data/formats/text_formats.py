@@ -21,6 +21,9 @@ One-case CSV (``.csv``)::
     left_eye,,,,absent
     right_eye,,,,unknown
 
+On a 2D image the ``z`` column may be left out (``name,x,y``) or empty: the
+point is (x, y, 0).
+
 Multi-case table: the same with a leading ``case`` column.
 
 Coordinate-system rules for the two plain CSV kinds: an optional
@@ -185,7 +188,7 @@ def _read_plain_table(path, key_columns):
     rows = list(_csv_rows(data))
     header_line, header = rows[0]
     header = [h.strip() for h in header]
-    required = list(key_columns) + ["x", "y", "z"]
+    required = list(key_columns) + ["x", "y"]  # no z column: points of 2D images
     missing = [c for c in required if c not in header]
     if missing:
         raise fail(path, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
@@ -206,14 +209,16 @@ def _read_plain_table(path, key_columns):
         status = (get.get("status") or "").lower()
         if status not in ("", "present", "absent", "unknown"):
             raise fail(path, f"line {number}: unknown status {get['status']!r}")
-        coords = [get[a] for a in "xyz"]
+        coords = [get.get(a, "") for a in "xyz"]
         if not any(coords):
             if status == "present":
                 raise fail(path, f"landmark {label!r}: status present but no coordinates")
             out.append((keys, status or "unknown", None))
             continue
-        if not all(coords):
-            raise fail(path, f"landmark {label!r}: expected 3 coordinates, got "
+        if not coords[2] and all(coords[:2]):
+            coords = coords[:2]  # x, y: a point of a 2D image
+        elif not all(coords):
+            raise fail(path, f"landmark {label!r}: expected 3 coordinates (x, y on a 2D image), got "
                              f"{sum(bool(c) for c in coords)}")
         if status in ("absent", "unknown"):
             raise fail(path, f"landmark {label!r}: status {status} but coordinates given")
