@@ -252,10 +252,8 @@ def test_2d_training_rotates_patches_by_at_most_30_degrees():
         rotation, _, initial_patch, mirror_axes = \
             LandmarkTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size(trainer)
         assert np.rad2deg(rotation[1]) == pytest.approx(limit) and np.rad2deg(rotation[0]) == pytest.approx(-limit)
-        assert mirror_axes is None and len(initial_patch) == len(patch)
-    # the initial patch is what +-30 degrees needs: smaller than for nnU-Net's +-180
-    trainer.configuration_manager = SimpleNamespace(patch_size=(96, 96))
-    assert max(LandmarkTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size(trainer)[2]) < 96 * 1.45
+        # the patch nnU-Net cuts before augmenting is large enough for the rotation and scaling
+        assert mirror_axes is None and len(initial_patch) == len(patch) and min(initial_patch) > min(patch)
 
 
 def test_the_2d_report_is_one_picture_of_the_whole_image(tmp_path):
