@@ -160,9 +160,11 @@ def load_template_landmarks(fcsv: Path) -> tuple[list, np.ndarray, list]:
     labels = [label for label, _ in rows]
     if labels != [str(i) for i in range(1, len(AFIDS) + 1)]:
         raise ValueError(f"{fcsv}: expected AFID labels 1-{len(AFIDS)} in order, got {labels}")
-    if sorted(lm.points) != sorted(labels):
-        raise ValueError(f"{fcsv}: reader and label column disagree")
-    points = np.array([lm.points[label] for label in labels], dtype=float)
+    # the reader names numbered rows by their description (desc), in file order
+    descriptions = [desc for _, desc in rows]
+    if lm.names != descriptions or sorted(lm.points) != sorted(descriptions):
+        raise ValueError(f"{fcsv}: reader and desc column disagree")
+    points = np.array([lm.points[desc] for desc in descriptions], dtype=float)
     return list(AFIDS), points, [desc for _, desc in rows]
 
 
