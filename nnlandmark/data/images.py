@@ -91,9 +91,20 @@ def picture_spacing(spacing=None) -> tuple:
 def dicom_series_ids(folder) -> tuple:
     """The DICOM series found directly in ``folder`` (empty when none, or not a folder)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return ()
+    if not folder.is_dir() or not any(_is_dicom_file(f) for f in folder.iterdir()):
+        return ()  # GDCM would print a warning for every folder without a series
     return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM part-10 file: ``DICM`` after the 128-byte preamble (how DICOM files announce themselves)."""
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def image_name(path) -> tuple[str, str] | None:
