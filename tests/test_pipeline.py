@@ -133,7 +133,7 @@ def test_commands_work_when_torchvision_cannot_be_imported(prepared_project, tin
     model = project / tiny_model.relative_to(prepared_project)
     shutil.rmtree(model)  # train afresh in the copy
     run = lambda *args: subprocess.run([sys.executable, "-c", _BLOCK_TORCHVISION, *args], capture_output=True,
-                                       text=True, timeout=600)
+                                       encoding="utf-8", errors="replace", timeout=600)  # UTF-8 progress bars
     r = run("train", str(project), "--fold", "0", "--epochs", "1", "--iterations", "1", "--val-iterations", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     image = sorted((synthetic_dataset / "images").iterdir())[0]

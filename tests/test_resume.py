@@ -65,7 +65,7 @@ def _kill_when(argv, done, console: Path, timeout: float = 400) -> str:
             time.sleep(0.05)
         run.send_signal(signal.SIGKILL)
         run.wait()
-    text = console.read_text()
+    text = console.read_text(encoding="utf-8", errors="replace")  # progress bars: UTF-8 blocks
     assert run.returncode == -signal.SIGKILL, text  # still running: killed, not finished or crashed
     return text
 
@@ -99,7 +99,7 @@ def _resume_keeping_to(argv, model: Path, epochs: int, console: Path, timeout: f
             run.kill()
             run.wait()
             pytest.fail(f"resume did not keep the saved schedule of {epochs} epochs: {problem}")
-    text = console.read_text()
+    text = console.read_text(encoding="utf-8", errors="replace")  # progress bars: UTF-8 blocks
     assert run.returncode == 0, text
     return text
 
