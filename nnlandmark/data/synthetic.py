@@ -521,13 +521,15 @@ def make_synthetic_case_2d(seed: int, shape=(96, 96), spacing=(1.0, 1.0)) -> tup
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     translation = rng.uniform(-t_max, t_max, size=2)
     scale = float(rng.uniform(*_SCALE_RANGE))
-    centre = (size - 1.0) / 2.0 * step
+    # the picture's grid as the one-slice volume it is read as (origin 0, identity direction)
+    grid = ImageGrid(size=(*shape, 1), spacing=(*spacing, 1.0), origin=(0.0, 0.0, 0.0))
+    centre = index_to_world([*((size - 1.0) / 2.0), 0.0], grid)[:2]
     landmarks = {name: centre + translation + scale * (rotation @ q)
                  for name, q in _canonical_landmarks_2d(head).items()}
 
-    array_shape = shape[::-1]  # (j, i)
-    j, i = np.indices(array_shape, dtype=float)
-    world = np.stack([i.ravel() * step[0], j.ravel() * step[1]], axis=1)
+    array_shape = grid.array_shape[1:]  # (j, i)
+    array_index = np.indices(grid.array_shape, dtype=float).reshape(3, -1).T
+    world = index_to_world(array_to_itk_index(array_index), grid)[:, :2]
     points = np.ascontiguousarray((((world - centre - translation) @ rotation) / scale).T)
     values = {name: v * rng.uniform(0.9, 1.1) for name, v in _TISSUE.items()}
     clean = _render_phantom_2d(points, head, float(np.mean(step)) / scale, values).reshape(array_shape)
