@@ -61,3 +61,19 @@ def tiny_model(prepared_project) -> Path:
     from nnlandmark.training.presets import TrainingSettings
     from nnlandmark.training.train import train
     return train(prepared_project, 0, TrainingSettings(**TINY_SETTINGS), device="cpu", progress=False)
+
+
+def shrink_plans(project_dir: Path) -> None:
+    """Plan a tiny U-Net (4 to 32 features) on 24^3 patches, one per batch, for ``3d_fullres`` in
+    a project copy: tests of resuming or of options depend on neither, and the planned network on
+    48^3 patches costs about a minute per iteration on a shared 2-core CPU."""
+    import json
+    from nnlandmark.planning.project import Project
+    project = Project.load(project_dir)
+    plans = json.loads(project.plans_file.read_text())
+    config = plans["configurations"]["3d_fullres"]
+    arch = config["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [min(4 * 2 ** i, 32) for i in range(len(arch["features_per_stage"]))]
+    config["patch_size"] = [24, 24, 24]  # divisible by the 2^3 of three poolings
+    config["batch_size"] = 1
+    project.plans_file.write_text(json.dumps(plans, indent=2))

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from nnlandmark.cli import main
+from conftest import shrink_plans
 
 EPOCHS = 4
 # the full-resolution model: one stage, so the kill lands in the stage being resumed
@@ -31,24 +32,6 @@ SCHEDULE = ["--epochs", str(EPOCHS), "--iterations", "2", "--val-iterations", "1
 def _project_copy(prepared_project: Path, dst: Path) -> Path:
     """The session's prepared project without trained models (so training starts clean)."""
     return Path(shutil.copytree(prepared_project, dst, ignore=shutil.ignore_patterns("nnUNet_results")))
-
-
-def _shrink_plans(project_dir: Path) -> None:
-    """Plan a tiny U-Net (4 to 32 features) on 24^3 patches, one per batch, in this copy.
-
-    Resuming depends on neither, and the planned network on 48^3 patches costs
-    about a minute per iteration on a shared 2-core CPU (3D convolution
-    backward passes dominate).
-    """
-    from nnlandmark.planning.project import Project
-    project = Project.load(project_dir)
-    plans = json.loads(project.plans_file.read_text())
-    config = plans["configurations"]["3d_fullres"]
-    arch = config["architecture"]["arch_kwargs"]
-    arch["features_per_stage"] = [min(4 * 2 ** i, 32) for i in range(len(arch["features_per_stage"]))]
-    config["patch_size"] = [24, 24, 24]  # divisible by the 2^3 of three poolings
-    config["batch_size"] = 1
-    project.plans_file.write_text(json.dumps(plans, indent=2))
 
 
 def _logged_epochs(log: Path) -> list:
@@ -111,7 +94,7 @@ def test_killed_training_resumes_from_last_checkpoint(prepared_project, tmp_path
     from nnlandmark.training.train import model_dir_for
 
     project = _project_copy(prepared_project, tmp_path / "project")
-    _shrink_plans(project)
+    shrink_plans(project)
     fold = model_dir_for(Project.load(project), TrainingSettings(configuration="fullres")) / "fold_0"
 
     console_text = _kill_when([sys.executable, "-m", "nnlandmark.cli", "train", str(project), *SCHEDULE],

@@ -19,22 +19,10 @@ import SimpleITK as sitk
 import torch
 
 from nnlandmark.cli import main
+from conftest import shrink_plans
 
 EPOCHS = 4
 NUM_FOLDS = 5
-
-
-def shrink_plans(project_dir: Path) -> None:
-    """Plan a tiny U-Net (4 to 32 features) on 24^3 patches, one per batch, for 3d_fullres."""
-    from nnlandmark.planning.project import Project
-    project = Project.load(project_dir)
-    plans = json.loads(project.plans_file.read_text())
-    config = plans["configurations"]["3d_fullres"]
-    arch = config["architecture"]["arch_kwargs"]
-    arch["features_per_stage"] = [min(4 * 2 ** i, 32) for i in range(len(arch["features_per_stage"]))]
-    config["patch_size"] = [24, 24, 24]  # divisible by the 2^3 of three poolings
-    config["batch_size"] = 1
-    project.plans_file.write_text(json.dumps(plans, indent=2))
 
 
 @pytest.fixture(scope="module")

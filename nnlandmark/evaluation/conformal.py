@@ -46,12 +46,11 @@ absent) are counted separately.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
+from nnlandmark.data.formats.json_formats import read_prediction_record
 from nnlandmark.errors import InvalidInput
 
 __all__ = ["MIN_CASES_PER_LANDMARK", "conformal_quantile", "nonconformity", "calibrate_scales",
@@ -250,14 +249,8 @@ def record_values(files: dict, case_ids, landmark_names, key: str) -> np.ndarray
     """
     values = np.full((len(case_ids), len(landmark_names)), np.nan)
     for i, case in enumerate(case_ids):
-        path = Path(files[case])
-        if not path.name.endswith(".json") or path.name.endswith(".mrk.json"):
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(record, dict):
+        record = read_prediction_record(files[case])
+        if record is None:
             continue
         for j, name in enumerate(landmark_names):
             entry = record.get(name)
@@ -272,14 +265,7 @@ def radius_keys(files: dict) -> list:
     from nnlandmark.inference.uncertainty import coverage_of_key
     keys = set()
     for path in files.values():
-        path = Path(path)
-        if not path.name.endswith(".json") or path.name.endswith(".mrk.json"):
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        for entry in (record.values() if isinstance(record, dict) else ()):
+        for entry in (read_prediction_record(path) or {}).values():
             if isinstance(entry, dict):
                 keys.update(k for k, v in entry.items() if v is not None and coverage_of_key(k) is not None)
     return sorted(keys)

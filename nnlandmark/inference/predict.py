@@ -64,7 +64,7 @@ from tqdm import tqdm
 from nnlandmark.data.dataset import CHANNEL_SUFFIX, discover_images
 from nnlandmark.data.images import IMAGE_SUFFIXES, image_name, place, read_image, read_image_grid
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
-from nnlandmark.data.formats.json_formats import write_markups_json
+from nnlandmark.data.formats.json_formats import read_prediction_record, write_markups_json
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
 from nnlandmark.geometry import (ImageGrid, patch_start, patch_to_preprocessed, preprocessed_image_grid,
@@ -198,20 +198,11 @@ def previous_outputs(output_dir: Path) -> dict:
         return found
     for record in sorted(output_dir.glob("*.json")):
         case = record.name[: -len(".json")]
-        if case.endswith(".mrk") or not _is_prediction_record(record):
+        if case.endswith(".mrk") or read_prediction_record(record) is None:
             continue
         found[case] = [f for f in (record, output_dir / f"{case}.mrk.json", output_dir / f"{case}_heatmaps.nii.gz")
                        if f.is_file()]
     return found
-
-
-def _is_prediction_record(path: Path) -> bool:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and bool(record) and all(
-        isinstance(r, dict) and {"world_lps_mm", "score", "present"} <= set(r) for r in record.values())
 
 
 def _check_output_dir(output_dir: Path, case_ids, overwrite: bool, resume: bool) -> list:

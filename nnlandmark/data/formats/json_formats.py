@@ -155,6 +155,22 @@ def write_json_landmarks(landmarks: Landmarks, path, coordinate_system: str = "L
     Path(path).write_text(json.dumps({"coordinate_system": system, "landmarks": out}, indent=2) + "\n")
 
 
+def read_prediction_record(path) -> dict | None:
+    """The predictor's per-case record (``{name: {"world_lps_mm", "score", "present", ...}}``) in
+    ``path``, or None when the file is anything else (a Slicer file, landmark JSON, not JSON)."""
+    path = Path(path)
+    if not path.name.endswith(".json") or path.name.endswith(".mrk.json"):
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record and all(
+            isinstance(r, dict) and {"world_lps_mm", "score", "present"} <= set(r) for r in record.values()):
+        return record
+    return None
+
+
 def write_prediction_json(landmarks: Landmarks, path, *, voxel_index=None, score=None) -> None:
     """Write the predictor's JSON format.
 
