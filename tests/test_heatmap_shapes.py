@@ -245,10 +245,12 @@ def test_adaptive_training_records_its_sigmas_and_resumes_them(prepared_project,
     description = json.loads((model / "nnlandmark.json").read_text())
     learned = description["learned_sigmas"]["fold_0"]["fullres"]
     assert list(learned) == landmarks
-    # 6 Adam steps of about 1 % each in sigma: every sigma has moved, none far
+    # 6 Adam steps of about 1 % each in sigma: every sigma has moved (a landmark the sampled
+    # patches seldom hold moves little), on average by more than 0.5 %, none far
     for name, start in zip(landmarks, initial):
-        assert learned[name] != pytest.approx(start, rel=0.005), name
+        assert learned[name] != pytest.approx(start, abs=1e-6), name
         assert learned[name] == pytest.approx(start, rel=0.1), name
+    assert sum(abs(learned[n] / s - 1) for n, s in zip(landmarks, initial)) / len(landmarks) > 0.005
     checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     [state] = checkpoint[EXTRA_PARAMETERS_KEY]
     stored = torch.exp(state["raw"] * state["step_scale"]).tolist()
