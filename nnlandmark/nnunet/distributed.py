@@ -64,6 +64,10 @@ def _process(rank: int, world_size: int, backend: str, port: str, function: Call
         dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         function(*args)
+        # every process done with its collectives before any tears the group down: a gloo
+        # process whose peer destroyed the group mid-exchange aborts (seen: SIGABRT, "terminate
+        # called without an active exception")
+        dist.barrier()
     finally:
         from nnunetv2.run.run_training import cleanup_ddp
         cleanup_ddp()
