@@ -169,6 +169,24 @@ def test_torch_and_float16_inputs_match_numpy():
     assert np.abs(bf16 - decode_local_mean(hm)[0]).max() < 0.1
 
 
+@pytest.mark.parametrize("method", sorted(DECODERS))
+def test_float16_heatmaps_decode_like_their_float32_copy(method):
+    """predict decodes its float16 heatmaps and writes them as float32 (--save-heatmaps): both must
+    give the same points. An undertrained model's flat maps (background about 0.47, an even voxel
+    count) have a float16 median that NumPy rounds to another number than the float32 median,
+    which moved local-mean's threshold and window."""
+    low, high = np.float16(0.47), np.nextafter(np.float16(0.47), np.float16(1))  # adjacent float16 numbers
+    half = np.full((2, 20, 20, 20), high, dtype=np.float16)
+    blob = (slice(None), slice(12, 15), slice(9, 12), slice(9, 12))
+    half[blob] += np.float16(0.1) * np.arange(27, dtype=np.float16).reshape(3, 3, 3) / 26
+    half[:, :10] = low  # 4000 of 8000 voxels: the two middle values differ, their mean is no float16 number
+    assert float(np.median(half[0])) != float(np.median(half[0].astype(np.float32)))  # the case that mattered
+    single = half.astype(np.float32)
+    reference = decode(single, method)[0]
+    np.testing.assert_array_equal(decode(half, method)[0], reference)
+    np.testing.assert_array_equal(decode(torch.from_numpy(half), method)[0], reference)
+
+
 def test_mass_decoder_on_a_softmax_distribution():
     """The softmax preset's channels are distributions: the window's centre of mass is sub-voxel
     and its mass says how sure the network is; a flat distribution gives a low score."""

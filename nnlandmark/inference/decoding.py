@@ -43,6 +43,10 @@ def _channel_reader(heatmaps) -> tuple[int, int, Callable[[int], np.ndarray]]:
 
     A NumPy channel is a view (no copy); a torch channel is detached and moved
     to the CPU alone, so the full tensor is never duplicated on the host.
+    Half-precision channels (the predictor's float16 heatmaps) are returned as
+    float32: NumPy computes a float16 array's median in float16, rounded to a
+    float16 number, so the same heatmaps read from a float32 file would
+    otherwise get another threshold and another point.
     """
     try:
         import torch
@@ -53,7 +57,7 @@ def _channel_reader(heatmaps) -> tuple[int, int, Callable[[int], np.ndarray]]:
 
         def get(c: int) -> np.ndarray:
             channel = tensor[c]
-            if channel.dtype == torch.bfloat16:  # NumPy has no bfloat16
+            if channel.dtype in (torch.float16, torch.bfloat16):  # NumPy has no bfloat16
                 channel = channel.float()
             return channel.cpu().numpy()
 
@@ -62,7 +66,7 @@ def _channel_reader(heatmaps) -> tuple[int, int, Callable[[int], np.ndarray]]:
         array = np.asarray(heatmaps)
 
         def get(c: int) -> np.ndarray:
-            return array[c]
+            return array[c].astype(np.float32) if array.dtype == np.float16 else array[c]
 
         shape = array.shape
     if len(shape) < 2:
