@@ -14,6 +14,9 @@ True --step-size: must be in (0, 1], got 3.0
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class UserError(Exception):
     """A problem with the user's files, folders or flags; the message says which and why."""
@@ -37,6 +40,32 @@ class MissingPath(UserError, FileNotFoundError):
 
 class OutputExists(UserError, FileExistsError):
     """The command would overwrite something the user did not ask it to replace."""
+
+
+def check_writable(folder) -> None:
+    """Refuse an output folder that cannot be created or written, without creating it
+    (a refused command leaves no empty folder behind).
+
+    >>> import tempfile
+    >>> afile = Path(tempfile.mkdtemp()) / "a_file"
+    >>> _ = afile.write_text("")
+    >>> check_writable(afile / "out")
+    Traceback (most recent call last):
+    ...
+    nnlandmark.errors.MissingPath: .../a_file/out: cannot be created, .../a_file is a file
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MissingPath(f"{folder}: cannot be created, {existing} is a file")
+    probe = existing / f".nnlandmark_write_test_{os.getpid()}"
+    try:  # a real write: os.access says yes to root even on a read-only mount
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise MissingPath(f"{folder}: output folder cannot be written ({e.strerror} in {existing})") from e
 
 
 #: exit codes of the CLI

@@ -11,6 +11,7 @@ tier: pure functions and the CLI's refusals; ``pytest -m slow`` the rest.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,31 @@ SLOW_FIXTURES = frozenset({
     "bench",                           # test_afids_smoke: the AFIDs benchmark runner
     "two_channel_model",               # test_multichannel: prepares and trains its own dataset
 })
+
+
+#: (test id, argv, error lines) of every refusal that ``assert_refused`` saw, for ``--error-catalogue``
+REFUSALS: list = []
+
+
+def pytest_addoption(parser):
+    parser.addoption("--error-catalogue", metavar="FILE", default=None,
+                     help="write each refused command of the bad-input tests with its error lines to FILE (Markdown)")
+
+
+def pytest_sessionfinish(session):
+    """The bad-input catalogue as Markdown: what was tried (the test and its command) and what was said."""
+    target = session.config.getoption("--error-catalogue")
+    if not target or not REFUSALS:
+        return
+    temporary = re.compile(r"\S*/pytest-\d+/[^/\s]+/")  # each test's own temporary folder: said as .../
+
+    def cell(text: str) -> str:
+        return temporary.sub(".../", text).replace("|", "\\|")
+
+    lines = ["| test | command | message |", "|---|---|---|"]
+    for test, argv, errors in REFUSALS:
+        lines.append(f"| {cell(test)} | `{cell(' '.join(argv))}` | {cell(' / '.join(errors))} |")
+    Path(target).write_text("\n".join(lines) + "\n")
 
 
 def pytest_collection_modifyitems(config, items):

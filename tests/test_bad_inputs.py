@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import REFUSALS
 from nnlandmark.cli import main
 
 # 5 cases: enough for 5-fold cross-validation, so a clean copy passes `check` without a warning
@@ -62,6 +63,8 @@ def assert_refused(capsys, argv, *expected, watched=(), absent=()) -> list:
     errors = error_lines(err)
     assert rc == 2, err  # a bug would have raised out of main() instead (test_a_bug_keeps_its_traceback)
     assert errors, err
+    test_id = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0].split("::", 1)[-1]
+    REFUSALS.append((test_id, [str(a) for a in argv], errors))  # for pytest --error-catalogue FILE
     for needles in expected:
         assert any(all(n in line for n in needles) for line in errors), (needles, errors)
     assert snapshot(*watched) == before
@@ -291,7 +294,7 @@ def test_prepare_writes_nothing_on_invalid_dataset(problem, dataset, tmp_path, c
 def test_prepare_into_a_path_under_a_regular_file(dataset, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    assert_refused(capsys, ["prepare", dataset, "-p", blocker / "project"], ("a_file/project", "Not a directory"),
+    assert_refused(capsys, ["prepare", dataset, "-p", blocker / "project"], ("a_file/project", "cannot be created", "a_file is a file"),
                    watched=[dataset, blocker])
 
 
@@ -461,7 +464,9 @@ def test_report_and_evaluate_bad_paths(synthetic_dataset, tmp_path, capsys):
     (predictions / "case_000.json").write_text(json.dumps(
         {"nose_tip": {"world_lps_mm": [0.0, 0.0, 0.0], "present": True}}))
     assert_refused(capsys, ["report", "-p", predictions, "-r", synthetic_dataset, "-o", blocker / "report"],
-                   ("a_file/report", "Not a directory"), watched=[synthetic_dataset, predictions, blocker])
+                   ("a_file/report", "cannot be created", "a_file is a file"), watched=[synthetic_dataset, predictions, blocker])
+    assert_refused(capsys, ["evaluate", "-p", predictions, "-r", synthetic_dataset, "-o", blocker / "eval"],
+                   ("a_file/eval", "cannot be created", "a_file is a file"), watched=[synthetic_dataset, predictions, blocker])
 
 
 def _copy_image(src: Path, dst: Path, edit=None) -> Path:

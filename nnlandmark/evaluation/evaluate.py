@@ -40,7 +40,7 @@ from nnlandmark.evaluation.metrics import (
 )
 from nnlandmark.evaluation.result import OUTPUT_FILES, EvaluationResult, write_csv, write_json
 from nnlandmark.evaluation.result import check_free as _check_free
-from nnlandmark.errors import InvalidInput, MissingPath
+from nnlandmark.errors import InvalidInput, MissingPath, check_writable
 
 #: Files that live next to predictions or annotations but are not cases
 #: (nnU-Net's prediction folder metadata and our own evaluation outputs).
@@ -214,6 +214,7 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
     if output_dir is not None:
         # fail before the (possibly slow) reading, not after
         _check_free([Path(output_dir) / n for n in OUTPUT_FILES], overwrite)
+        check_writable(output_dir)
 
     preds = {c: read_landmarks(pred_files[c]) for c in case_ids}
     refs = {c: read_landmarks(ref_files[c]) for c in case_ids}

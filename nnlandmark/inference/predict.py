@@ -66,7 +66,7 @@ from nnlandmark.data.images import IMAGE_SUFFIXES, image_name, place, read_image
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats.json_formats import read_prediction_record, write_markups_json
 from nnlandmark.data.landmarks import Landmarks
-from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
+from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
 from nnlandmark.geometry import (ImageGrid, patch_start, patch_to_preprocessed, preprocessed_image_grid,
                                  preprocessed_to_world, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
@@ -171,22 +171,6 @@ def check_inputs(cases: dict, spacing=None, planar: bool | None = None, model=No
     return grids
 
 
-def _check_writable(folder: Path) -> None:
-    """Refuse an output folder that cannot be created or written, without creating it
-    (a refused command leaves no empty folder behind)."""
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise MissingPath(f"{folder}: cannot be created, {existing} is a file")
-    probe = existing / f".nnlandmark_write_test_{os.getpid()}"
-    try:  # a real write: os.access says yes to root even on a read-only mount
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise MissingPath(f"{folder}: output folder cannot be written ({e.strerror} in {existing})") from e
-
-
 def previous_outputs(output_dir: Path) -> dict:
     """``{case: [files]}`` that an earlier ``predict`` wrote into ``output_dir``.
 
@@ -209,7 +193,7 @@ def _check_output_dir(output_dir: Path, case_ids, overwrite: bool, resume: bool)
     """Cases still to do. Refuses existing outputs unless ``overwrite`` (which then removes
     every case an earlier run wrote, not only those predicted again, so that no stale case
     is evaluated later) or ``resume`` (which skips the cases already written)."""
-    _check_writable(output_dir)
+    check_writable(output_dir)
     previous = previous_outputs(output_dir)
     theirs = [output_dir / f"{c}{ending}" for c in case_ids if c not in previous
               for ending in (".json", ".mrk.json", "_heatmaps.nii.gz") if (output_dir / f"{c}{ending}").exists()]

@@ -24,7 +24,7 @@ from nnlandmark.data.dataset import load_dataset
 from nnlandmark.nnunet import planning
 from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
 from nnlandmark.nnunet.raw import PLANAR_SLICE_SPACING, write_raw_dataset
-from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
+from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
 
 PROJECT_FILE = "project.json"
 #: nnU-Net's cross-validation: the folds planned for every project and trained by ``--fold all``
@@ -158,6 +158,7 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
         raise InvalidInput(f"{project_dir}: is a file; the project needs a folder (a new path, or an earlier project)")
     if project_dir.is_dir() and any(project_dir.iterdir()) and not (project_dir / PROJECT_FILE).exists():
         raise OutputExists(f"{project_dir}: not empty and not an nnlandmark project; give a new or empty folder")
+    check_writable(project_dir)
     if project_dir == dataset_dir or dataset_dir in project_dir.parents:
         raise DatasetError(f"{project_dir}: the project folder must not be inside the dataset folder")
     dataset = check_dataset(dataset_dir, progress=progress)

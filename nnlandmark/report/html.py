@@ -71,6 +71,13 @@ def _slice_pngs(result, out_dir: Path, images, predictions_dir, reference_dir) -
     return made
 
 
+def refuse_earlier_report(out_dir, overwrite: bool) -> None:
+    """An earlier ``report.html`` in ``out_dir`` is replaced only when asked (``overwrite``)."""
+    report = Path(out_dir) / "report.html"
+    if report.exists() and not overwrite:
+        raise OutputExists(f"{report}: exists; use --overwrite to replace the earlier report")
+
+
 def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
                  predictions_dir=None, reference_dir=None, *, overwrite: bool = False,
                  title: str = "nnlandmark evaluation") -> Path:
@@ -109,9 +116,7 @@ def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
     True
     """
     out_dir = Path(out_dir)
-    report = out_dir / "report.html"
-    if report.exists() and not overwrite:
-        raise OutputExists(f"{report}: exists; use --overwrite to replace the earlier report")
+    refuse_earlier_report(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = result.sdr_keys
 
