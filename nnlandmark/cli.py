@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the (first stage's) heatmaps, placed in world space")
     p.add_argument("--mirror", default="auto", choices=["auto", "on", "off"],
                    help="left-right test-time mirroring (auto: when the model was trained with mirroring)")
+    p.add_argument("--no-shape-prior", dest="shape_prior", action="store_false",
+                   help="cascade: do not look again for a landmark whose global estimate lies far from where "
+                        "the training shapes, fitted to the other landmarks, put it")
     p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
                    help="pixel spacing of PNG/JPEG inputs, one or two numbers (x y) in mm (default: the "
                         "training dataset's 'spacing', else 1)")
@@ -241,7 +244,7 @@ def run(args) -> int:
         out = api.predict(args.input, args.output, args.model, folds=args.folds,
                           device=args.device, step_size=args.step_size, decoder=args.decoder,
                           save_heatmaps=args.save_heatmaps, overwrite=args.overwrite, resume=args.resume,
-                          mirror=_MIRROR[args.mirror],
+                          mirror=_MIRROR[args.mirror], shape_prior=args.shape_prior,
                           spacing=args.spacing[0] if args.spacing and len(args.spacing) == 1 else args.spacing)
         print(f"predictions in {out}")
     elif args.command == "evaluate":

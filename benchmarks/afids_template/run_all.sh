@@ -24,3 +24,8 @@ PY=${PYTHON:-.venv/bin/python}
     --methods nnlandmark --nnlandmark-target-spacing 4
 "$PY" benchmarks/afids_template/run_cascade.py --out "$OUT/afids_heatmaps" --budgets 4 10 \
     --heatmaps gaussian laplace adaptive
+# 5. a second data seed at 4 minutes (Gaussian and Laplace), and the cascade's shape prior off and on
+#    for those two models (same weights; results/shape_prior_4min_seed1.md; about 15 minutes)
+"$PY" benchmarks/afids_template/run_cascade.py --out "$OUT/afids_seed1" --budgets 4 --methods softmax:cascade \
+    --heatmaps gaussian laplace --seed 1 --decoders mass
+"$PY" benchmarks/afids_template/run_shape_prior.py --out "$OUT/afids_seed1"

@@ -296,10 +296,12 @@ def _image_files(images, planar: bool = False, spacing=None):
 
 
 def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str, output: str,
-                  mirror: bool, target_sigma=None) -> tuple[dict, dict, tuple]:
+                  mirror: bool, target_sigma=None, shape_prior=None) -> tuple[dict, dict, tuple]:
     """``{name: (world, index, score)}`` of one case, ``{name: uncertainty_mm}`` from the stage that gave
     the point (``target_sigma``: that stage's target width, :func:`~nnlandmark.inference.uncertainty.target_sigmas`),
-    and (maps, pgrid) of the first stage for saving."""
+    and (maps, pgrid) of the first stage for saving. In a cascade with a ``shape_prior``
+    (:mod:`nnlandmark.inference.shape`) a global point far from where the other landmarks put it
+    is looked for again near there (:func:`_search_near_expected`)."""
     first = predictors.get("global") or predictors["fullres"]
     read = first.read(files)  # once for both stages of a cascade
     data, pgrid = first.preprocess(files, read)
@@ -308,12 +310,41 @@ def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str,
     del data
     points, scores = decode(maps, decoder)
     world = preprocessed_to_world(points, pgrid, grid)
+    if "local" in predictors and shape_prior is not None:
+        world = _search_near_expected(world, maps, pgrid, grid, shape_prior, predictors["local"], decoder)
     if "local" in predictors:
         world, scores, spreads = _refine_locally(files, grid, world, predictors["local"], decoder, output, mirror,
                                                  read, target_sigma)
     else:
         spreads = _spreads(maps, points, pgrid, grid, output, target_sigma)
     return _decoded(world, scores, grid, names), dict(zip(names, spreads)), (maps, pgrid)
+
+
+def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, local, decoder: str) -> np.ndarray:
+    """Global points with each shape outlier replaced by its channel's decoded point within reach of
+    the local stage (half its patch) of the position the mean shape, fitted to the other points, expects."""
+    from nnlandmark.geometry import preprocessed_voxel_size_mm
+    from nnlandmark.inference.shape import expected_positions, shape_outliers
+    reach = 0.5 * float(np.min(np.asarray(local.configuration_manager.patch_size)
+                               * np.asarray(local.configuration_manager.spacing)))
+    expected = expected_positions(world, prior["mean_mm"])
+    outliers = np.flatnonzero(shape_outliers(world, expected, prior["spread_mm"], reach))
+    if len(outliers) == 0:
+        return world
+    voxel = preprocessed_voxel_size_mm(pgrid, grid)
+    centres = world_to_preprocessed(expected[outliers], pgrid, grid)
+    grids = np.indices(tuple(maps.shape[1:]), dtype=np.float32)
+    world = np.array(world, dtype=np.float64)
+    for landmark, centre in zip(outliers, centres):
+        distance = np.sqrt(sum(((g - c) * v) ** 2 for g, c, v in zip(grids, centre, voxel)))
+        channel = maps[landmark].float().cpu().numpy() if hasattr(maps, "float") else np.asarray(maps[landmark])
+        near = np.where(distance <= reach, channel, 0.0)
+        if near.max() <= 0:  # nothing of the channel there: trust the shape
+            world[landmark] = expected[landmark]
+            continue
+        point, _ = decode(near[None], decoder)
+        world[landmark] = preprocessed_to_world(point, pgrid, grid)[0]
+    return world
 
 
 def _spreads(maps, points, pgrid, grid: ImageGrid, output: str, target_sigma=None) -> np.ndarray:
@@ -389,7 +420,8 @@ def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
 
 def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
             decoder: str | None = None, save_heatmaps: bool = False, overwrite: bool = False,
-            resume: bool = False, progress: bool = True, mirror: bool | None = None, spacing=None) -> Path:
+            resume: bool = False, progress: bool = True, mirror: bool | None = None, spacing=None,
+            shape_prior: bool = True) -> Path:
     """Predict every landmark of each input image; returns ``output_dir``.
 
     Parameters
@@ -419,6 +451,11 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         ``nnlandmark.json``), else 1 mm. A model of 2D images predicts 2D
         images only (world points at the image's z, 0 for a picture), a model
         of 3D images 3D ones.
+    shape_prior : bool
+        In a cascade, look again for a landmark whose global estimate lies far
+        from where the training shapes, fitted to the other landmarks, put it
+        (:mod:`nnlandmark.inference.shape`; models trained before it have no
+        prior and predict without).
     """
     from nnlandmark.data.images import picture_spacing
     from nnlandmark.inference.model_folder import ModelFolder, resolve_model
@@ -451,6 +488,8 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     # the spread is the final stage's: the local one of a cascade
     target_sigma = target_sigmas(description, "local" if "local" in model.stages else next(iter(model.stages)), folds)
     mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
+    priors = description.get("shape_prior") or {}
+    prior = next((priors[f"fold_{f}"] for f in folds if f"fold_{f}" in priors), None) if shape_prior else None
     swap = swap_permutation(names, description.get("pairs") or [])
     predictors = {stage: model.predictor(folds, stage, device=device, step_size=step_size, mirror_swap=swap)
                   for stage in model.stages}
@@ -460,7 +499,7 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     for case in tqdm(todo, desc="predicting", disable=not progress):
         with _image_files(cases[case], planar, spacing) as files:
             decoded, spreads, (maps, pgrid) = _predict_case(files, grids[case], predictors, names, decoder, output,
-                                                            mirror, target_sigma)
+                                                            mirror, target_sigma, prior)
         if save_heatmaps:  # before the case JSON, which marks the case done for --continue
             _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grids[case])
         _write_case(output_dir, case, decoded, thresholds, spreads, scales, key)

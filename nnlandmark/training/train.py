@@ -6,6 +6,7 @@ import json
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nnlandmark.inference.model_folder import ModelFolder
@@ -186,6 +187,8 @@ def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, 
     else:
         for f in folds:
             _train_fold(project, f, settings, torch_device, model_dir, continue_training, progress)
+    for f in folds:
+        record_shape_prior(project, f, model_dir)
     return model_dir
 
 
@@ -307,6 +310,27 @@ def record_learned_sigmas(model_dir, fold: int, stage: str, landmark_names, lear
     recorded.setdefault(f"fold_{fold}", {})[stage] = {n: round(v, 4) for n, v in zip(landmark_names, values)}
     model.update({"learned_sigmas": recorded})
     return recorded
+
+
+def record_shape_prior(project: Project, fold: int, model_dir) -> dict | None:
+    """Write the shape prior of fold ``fold``'s training cases (:func:`~nnlandmark.inference.shape.fit_shape_prior`)
+    into the model's description: ``shape_prior`` -> ``fold_N`` (other folds' entries are kept);
+    nothing when the landmarks are too few for one."""
+    from nnlandmark.inference.shape import fit_shape_prior
+    splits = read_splits(project.folders, project.dataset_name)
+    if splits is None or fold >= len(splits):
+        return None
+    points = _world_points(_landmark_records(project))
+    shapes = [[points[case].get(name, [np.nan] * 3) for name in project.landmarks]
+              for case in splits[fold]["train"] if case in points]
+    prior = fit_shape_prior(shapes)
+    if prior is None:
+        return None
+    model = ModelFolder(model_dir)
+    recorded = model.description.get("shape_prior", {})
+    recorded[f"fold_{fold}"] = prior
+    model.update({"shape_prior": recorded})
+    return prior
 
 
 def _plot_curves(curves: dict, folder: Path) -> None:
