@@ -117,6 +117,7 @@ def write_report(result: EvaluationResult, out_dir, images: dict | None = None,
     """
     out_dir = Path(out_dir)
     refuse_earlier_report(out_dir, overwrite)
+    report = out_dir / "report.html"
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = result.sdr_keys
 
