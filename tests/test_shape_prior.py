@@ -86,14 +86,17 @@ def test_cascade_looks_again_near_where_the_shape_puts_a_lost_landmark():
     found[2] = preprocessed_to_world(wrong[None], pgrid, grid)[0]
     prior = {"mean_mm": apply_similarity(_pose(3, 0.9), world).tolist(), "spread_mm": [1.0] * 6}
     local = SimpleNamespace(configuration_manager=SimpleNamespace(patch_size=[16, 16, 16], spacing=[1.0, 1.0, 1.0]))
-    corrected = _search_near_expected(found, maps, pgrid, grid, prior, local, "argmax")
+    corrected, moved = _search_near_expected(found, maps, pgrid, grid, prior, local, "argmax")
+    assert moved.tolist() == [False, False, True, False, False, False]
     np.testing.assert_array_equal(np.delete(corrected, 2, axis=0), np.delete(found, 2, axis=0))
     index = world_to_preprocessed(corrected[2:3], pgrid, grid)[0]
     np.testing.assert_allclose(index, shape6[2], atol=1e-6)
     # the same point within the local stage's reach (8 mm) is trusted, not looked for again
     near = world.copy()
     near[2] += 5.0 / np.sqrt(3)
-    np.testing.assert_array_equal(_search_near_expected(near, maps, pgrid, grid, prior, local, "argmax"), near)
+    unchanged, moved = _search_near_expected(near, maps, pgrid, grid, prior, local, "argmax")
+    np.testing.assert_array_equal(unchanged, near)
+    assert not moved.any()
 
 
 @pytest.mark.slow
@@ -106,3 +109,22 @@ def test_training_records_each_folds_prior(tiny_model, prepared_project):
     assert prior["cases"] == len(splits[0]["train"])
     assert np.array(prior["mean_mm"]).shape == (len(description["landmarks"]), 3)
     assert max(prior["spread_mm"]) < 0.5
+
+
+@pytest.mark.slow
+def test_predict_says_which_landmarks_the_prior_moved(tiny_model, synthetic_dataset, tmp_path):
+    """Every record carries ``moved_by_shape_prior``; with ``--no-shape-prior`` nothing is moved, and
+    the points of the landmarks the prior did not move are the same either way (it touches no other)."""
+    from nnlandmark.cli import main
+    image = sorted((synthetic_dataset / "images").iterdir())[0]
+    records = {}
+    for flag in ([], ["--no-shape-prior"]):
+        out = tmp_path / ("off" if flag else "on")
+        assert main(["predict", "-i", str(image), "-o", str(out), "-m", str(tiny_model), *flag]) == 0
+        records[bool(flag)] = json.loads(next(out.glob("*[0-9].json")).read_text())
+    on, off = records[False], records[True]
+    assert all(isinstance(r["moved_by_shape_prior"], bool) for r in on.values())
+    assert not any(r["moved_by_shape_prior"] for r in off.values())
+    for name, r in on.items():
+        if not r["moved_by_shape_prior"] and r["present"] and off[name]["present"]:
+            np.testing.assert_allclose(r["world_lps_mm"], off[name]["world_lps_mm"], atol=1e-4)

@@ -296,12 +296,12 @@ def _image_files(images, planar: bool = False, spacing=None):
 
 
 def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str, output: str,
-                  mirror: bool, target_sigma=None, shape_prior=None) -> tuple[dict, dict, tuple]:
+                  mirror: bool, target_sigma=None, shape_prior=None) -> tuple[dict, dict, tuple, list]:
     """``{name: (world, index, score)}`` of one case, ``{name: uncertainty_mm}`` from the stage that gave
     the point (``target_sigma``: that stage's target width, :func:`~nnlandmark.inference.uncertainty.target_sigmas`),
-    and (maps, pgrid) of the first stage for saving. In a cascade with a ``shape_prior``
-    (:mod:`nnlandmark.inference.shape`) a global point far from where the other landmarks put it
-    is looked for again near there (:func:`_search_near_expected`)."""
+    (maps, pgrid) of the first stage for saving, and the names of the landmarks the shape prior moved:
+    in a cascade with a ``shape_prior`` (:mod:`nnlandmark.inference.shape`) a global point far from
+    where the other landmarks put it is looked for again near there (:func:`_search_near_expected`)."""
     first = predictors.get("global") or predictors["fullres"]
     read = first.read(files)  # once for both stages of a cascade
     data, pgrid = first.preprocess(files, read)
@@ -310,27 +310,31 @@ def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str,
     del data
     points, scores = decode(maps, decoder)
     world = preprocessed_to_world(points, pgrid, grid)
+    moved = np.zeros(len(names), dtype=bool)
     if "local" in predictors and shape_prior is not None:
-        world = _search_near_expected(world, maps, pgrid, grid, shape_prior, predictors["local"], decoder)
+        world, moved = _search_near_expected(world, maps, pgrid, grid, shape_prior, predictors["local"], decoder)
     if "local" in predictors:
         world, scores, spreads = _refine_locally(files, grid, world, predictors["local"], decoder, output, mirror,
                                                  read, target_sigma)
     else:
         spreads = _spreads(maps, points, pgrid, grid, output, target_sigma)
-    return _decoded(world, scores, grid, names), dict(zip(names, spreads)), (maps, pgrid)
+    return (_decoded(world, scores, grid, names), dict(zip(names, spreads)), (maps, pgrid),
+            [n for n, m in zip(names, moved) if m])
 
 
-def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, local, decoder: str) -> np.ndarray:
+def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, local, decoder: str):
     """Global points with each shape outlier replaced by its channel's decoded point within reach of
-    the local stage (half its patch) of the position the mean shape, fitted to the other points, expects."""
+    the local stage (half its patch) of the position the mean shape, fitted to the other points, expects;
+    and the ``(L,)`` mask of the landmarks so moved."""
     from nnlandmark.geometry import preprocessed_voxel_size_mm
     from nnlandmark.inference.shape import expected_positions, shape_outliers
     reach = 0.5 * float(np.min(np.asarray(local.configuration_manager.patch_size)
                                * np.asarray(local.configuration_manager.spacing)))
     expected = expected_positions(world, prior["mean_mm"])
-    outliers = np.flatnonzero(shape_outliers(world, expected, prior["spread_mm"], reach))
+    flagged = shape_outliers(world, expected, prior["spread_mm"], reach)
+    outliers = np.flatnonzero(flagged)
     if len(outliers) == 0:
-        return world
+        return world, flagged
     voxel = preprocessed_voxel_size_mm(pgrid, grid)
     centres = world_to_preprocessed(expected[outliers], pgrid, grid)
     grids = np.indices(tuple(maps.shape[1:]), dtype=np.float32)
@@ -344,7 +348,7 @@ def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, loca
             continue
         point, _ = decode(near[None], decoder)
         world[landmark] = preprocessed_to_world(point, pgrid, grid)[0]
-    return world
+    return world, flagged
 
 
 def _spreads(maps, points, pgrid, grid: ImageGrid, output: str, target_sigma=None) -> np.ndarray:
@@ -375,12 +379,13 @@ def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: 
 
 
 def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict, uncertainty: dict | None = None,
-                scales: dict | None = None, key: str | None = None) -> None:
+                scales: dict | None = None, key: str | None = None, moved=()) -> None:
     """Write one case; a landmark scoring below ``thresholds[name]`` is written as absent.
 
     ``uncertainty`` is ``{name: uncertainty_mm}`` and ``scales`` the calibrated ``{name: q}`` of the
     radius field ``key`` (default ``radius_95_mm``), whose value is ``q * uncertainty_mm`` for a
-    present landmark with a scale, else null.
+    present landmark with a scale, else null. The landmarks in ``moved`` (by the shape prior) get
+    ``"moved_by_shape_prior": true`` and say so in their Slicer description: worth a look.
     """
     key = key or radius_key(DEFAULT_COVERAGE)
     uncertainty, scales = uncertainty or {}, scales or {}
@@ -392,10 +397,11 @@ def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict,
     record = {n: {"world_lps_mm": [round(float(v), 4) for v in w] if present[n] else None,
                   "voxel_index": [round(float(v), 3) for v in i] if present[n] else None,
                   "score": round(s, 5), "present": bool(present[n]),
-                  "uncertainty_mm": spread[n], key: radius[n]}
+                  "uncertainty_mm": spread[n], key: radius[n], "moved_by_shape_prior": n in moved}
               for n, (w, i, s) in decoded.items()}
     # Slicer keeps a control point's description (its control point table shows it): the two numbers go there
-    descriptions = {n: f"uncertainty_mm={_text(spread[n])}; {key}={_text(radius[n])}" for n in decoded}
+    descriptions = {n: f"uncertainty_mm={_text(spread[n])}; {key}={_text(radius[n])}"
+                       + ("; moved by the shape prior" if n in moved else "") for n in decoded}
     # <case>.json last: its presence is what --continue takes as "this case is done"
     _atomic(output_dir / f"{case_id}.mrk.json", lambda p: write_markups_json(
         landmarks, p, coordinate_system="LPS", names=list(decoded), descriptions=descriptions))
@@ -498,11 +504,11 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     output_dir.mkdir(parents=True, exist_ok=True)
     for case in tqdm(todo, desc="predicting", disable=not progress):
         with _image_files(cases[case], planar, spacing) as files:
-            decoded, spreads, (maps, pgrid) = _predict_case(files, grids[case], predictors, names, decoder, output,
-                                                            mirror, target_sigma, prior)
+            decoded, spreads, (maps, pgrid), moved = _predict_case(files, grids[case], predictors, names, decoder,
+                                                                   output, mirror, target_sigma, prior)
         if save_heatmaps:  # before the case JSON, which marks the case done for --continue
             _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grids[case])
-        _write_case(output_dir, case, decoded, thresholds, spreads, scales, key)
+        _write_case(output_dir, case, decoded, thresholds, spreads, scales, key, moved)
         del maps
     write_summary(output_dir, list(cases))
     return output_dir
