@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 
 def _registries() -> dict:
@@ -301,11 +303,22 @@ _RESUME_HINTS = {
 }
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """nnlandmark's own warnings as ``warning: <message>`` lines, like the errors; other packages'
+    warnings as Python shows them (with their source, which may matter)."""
+    if str(filename).startswith(str(Path(__file__).parent)):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
     from nnlandmark.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return run(args)
     except KeyboardInterrupt:
         hint = _RESUME_HINTS.get(args.command)
         print("\ninterrupted" + (f": {hint}" if hint else ""), file=sys.stderr)

@@ -32,3 +32,26 @@ def test_the_package_still_exports_its_api_lazily():
     assert nnlandmark.TrainingSettings().configuration == "cascade"
     with pytest.raises(AttributeError):
         nnlandmark.no_such_thing
+
+
+def test_nnlandmarks_own_warnings_are_one_line_others_keep_their_source(monkeypatch, capsys):
+    """A warning of nnlandmark's reads like the errors (``warning: <message>``, no file and line of ours);
+    another package's keeps Python's format with its source."""
+    import warnings
+
+    from nnlandmark import cli
+    from nnlandmark.inference.predict import _radius_calibration
+
+    def run(args):
+        calibrated = {"uncertainty_calibration": {"coverage": 0.95, "decoder": "argmax", "scales": {}}}
+        _radius_calibration(calibrated, "mass", "model/nnlandmark.json")  # warns from nnlandmark
+        warnings.warn_explicit("a library's warning", UserWarning, "/site-packages/lib.py", 7)
+        return 0
+
+    monkeypatch.setattr(cli, "run", run)
+    with pytest.warns(UserWarning, match="a library's warning") as passed_on:  # Python's own path, as it came
+        assert cli.main(["check", "somewhere"]) == 0
+    assert [(w.filename, w.lineno) for w in passed_on] == [("/site-packages/lib.py", 7)]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["warning: model/nnlandmark.json: the uncertainty was calibrated with --decoder argmax, this "
+                     "prediction uses mass; radius_95_mm is written as null (run evaluate-cv with --decoder mass)"]

@@ -146,3 +146,32 @@ def test_each_decoder_asked_for_is_the_one_applied(v1_all_folds, tmp_path):
     np.testing.assert_allclose(index, np.rint(index), atol=1e-3)  # voxel centres
     for decoder in ("quadratic", "local-mean", "mass"):
         assert np.abs(points[decoder] - points["argmax"]).max() > 1e-2, decoder
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_cpu_training_with_nnunets_schedule_warns_before_it_starts(prepared_project, tmp_path, monkeypatch):
+    """nnU-Net's 1000 x 250 iterations on a CPU: a warning with the hours it would take and the way out,
+    before the first iteration; a time budget or a short schedule gets none."""
+    import warnings
+
+    from conftest import copy_tree
+    from nnlandmark.training import train as train_module
+    project = copy_tree(prepared_project, tmp_path / "project")
+
+    def stop(*args, **kwargs):
+        raise _Stop
+    monkeypatch.setattr(train_module, "_train_fold", stop)
+    with pytest.warns(UserWarning, match=r"1000 epochs x 250 iterations for each of 2 stage\(s\) on the CPU: about "
+                                         r"208 hours .* --time-budget MINUTES"):
+        with pytest.raises(_Stop):
+            train_module.train(project, 4, {}, device="cpu", progress=False)
+    for settings in ({"time_budget_minutes": 5}, {"epochs": 2, "iterations_per_epoch": 2}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            with pytest.raises(_Stop):
+                train_module.train(project, 4, settings, device="cpu", progress=False,
+                                   continue_training=True)
