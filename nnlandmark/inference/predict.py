@@ -326,7 +326,7 @@ def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, loca
     """Global points with each shape outlier replaced by its channel's decoded point within reach of
     the local stage (half its patch) of the position the mean shape, fitted to the other points, expects;
     and the ``(L,)`` mask of the landmarks so moved."""
-    from nnlandmark.geometry import preprocessed_voxel_size_mm
+    from nnlandmark.geometry import preprocessed_distances_mm
     from nnlandmark.inference.shape import expected_positions, shape_outliers
     reach = 0.5 * float(np.min(np.asarray(local.configuration_manager.patch_size)
                                * np.asarray(local.configuration_manager.spacing)))
@@ -335,14 +335,11 @@ def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, loca
     outliers = np.flatnonzero(flagged)
     if len(outliers) == 0:
         return world, flagged
-    voxel = preprocessed_voxel_size_mm(pgrid, grid)
     centres = world_to_preprocessed(expected[outliers], pgrid, grid)
-    grids = np.indices(tuple(maps.shape[1:]), dtype=np.float32)
     world = np.array(world, dtype=np.float64)
     for landmark, centre in zip(outliers, centres):
-        distance = np.sqrt(sum(((g - c) * v) ** 2 for g, c, v in zip(grids, centre, voxel)))
-        channel = maps[landmark].float().cpu().numpy() if hasattr(maps, "float") else np.asarray(maps[landmark])
-        near = np.where(distance <= reach, channel, 0.0)
+        channel = maps[landmark].float().cpu().numpy()
+        near = np.where(preprocessed_distances_mm(centre, pgrid, grid) <= reach, channel, 0.0)
         if near.max() <= 0:  # nothing of the channel there: trust the shape
             world[landmark] = expected[landmark]
             continue
