@@ -229,14 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     import nnlandmark as api
     if args.command == "check":
-        from nnlandmark.planning.project import check_dataset, dataset_warnings
+        from nnlandmark.planning.project import check_dataset, dataset_warnings, orientation_summary
         ds = check_dataset(args.dataset)  # every check prepare makes, nothing written
         for line in dataset_warnings(ds):
             print(f"warning: {line}", file=sys.stderr)
         print(f"{args.dataset}: OK, {len(ds.cases)} cases, {len(ds.spec.landmarks)} landmarks")
+        print(orientation_summary(ds.orientations()))
     elif args.command == "prepare":
         project = api.prepare(args.dataset, args.project, planner=args.planner,
                               num_processes=args.num_processes, target_spacing=args.spacing)
+        from nnlandmark.planning.project import orientation_summary
+        print(orientation_summary(project.orientations, project.orientation))
         print(f"prepared {project.dataset_name} in {project.root}")
     elif args.command == "train":
         model = api.train(args.project, args.fold, _settings(args), device=args.device,

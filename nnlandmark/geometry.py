@@ -261,17 +261,6 @@ def preprocessed_distances_mm(point, pgrid: PreprocessedGrid, grid: ImageGrid) -
     return np.sqrt(sum(((a - float(c)) * v) ** 2 for a, c, v in zip(axes, np.asarray(point, float), voxel)))
 
 
-def swap_world_axis(points, axis: int, grid: ImageGrid) -> np.ndarray:
-    """Mirror world points about the centre of ``grid`` along its ITK axis ``axis``.
-
-    Used to check left/right test-time mirroring: a flip of array axis ``axis``
-    maps index ``i`` to ``size - 1 - i``.
-    """
-    index = world_to_index(points, grid)
-    index[..., axis] = grid.size[axis] - 1 - index[..., axis]
-    return index_to_world(index, grid)
-
-
 def preprocessed_image_grid(pgrid: PreprocessedGrid, grid: ImageGrid) -> ImageGrid:
     """The world placement of a preprocessed array saved with ``sitk.GetImageFromArray``.
 
@@ -307,3 +296,133 @@ def patch_start(centre, patch_size) -> np.ndarray:
 def patch_to_preprocessed(index, start) -> np.ndarray:
     """Index (..., D) inside a patch -> index in the preprocessed array it was cut from at ``start``."""
     return np.asarray(index, dtype=float) + np.asarray(start, dtype=float)
+
+
+#: The anatomical frame every image is reoriented to before nnU-Net sees it: ITK axis i points
+#: towards the patient's Left, j Posterior, k Superior (the identity direction in LPS world
+#: coordinates). Letters name where an axis *points*, as in nibabel's axis codes and
+#: SimpleITK's ``DICOMOrientImageFilter`` (a NIfTI stored "RAS" has direction diag(-1, -1, 1)).
+CANONICAL_ORIENTATION = "LPS"
+_POSITIVE, _NEGATIVE = "LPS", "RAI"
+
+
+def orientation_code(direction) -> str:
+    """Three letters: the anatomical direction each ITK axis (i, j, k) points closest to.
+
+    >>> orientation_code(np.eye(3)), orientation_code(np.diag([-1.0, -1.0, 1.0]))
+    ('LPS', 'RAS')
+    >>> orientation_code([[-1, 0, 0], [0, 0, -1], [0, 1, 0]])  # coronal slices, stored RSA
+    'RSA'
+    """
+    direction = np.asarray(direction, dtype=float).reshape(3, 3)
+    code = ""
+    for column in direction.T:
+        world_axis = int(np.argmax(np.abs(column)))
+        code += (_POSITIVE if column[world_axis] > 0 else _NEGATIVE)[world_axis]
+    return code
+
+
+def is_mirrored(direction) -> bool:
+    """True for a left-handed storage order (determinant -1), such as LAS or RAI: the voxels are
+    a mirror image of the anatomy unless their direction is taken into account.
+
+    >>> is_mirrored(np.diag([-1.0, 1.0, 1.0])), is_mirrored(np.diag([-1.0, -1.0, 1.0]))
+    (True, False)
+    """
+    return bool(np.linalg.det(np.asarray(direction, dtype=float).reshape(3, 3)) < 0)
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """A permutation and flips of a grid's voxel axes (a new storage order of the same voxels).
+
+    New ITK axis ``a`` is old ITK axis ``axes[a]``, reversed when ``flips[a]``: new index
+    ``n`` is old index ``o`` with ``o[axes[a]] = size[axes[a]] - 1 - n[a]`` if ``flips[a]``
+    else ``n[a]``. Nothing is resampled.
+    """
+
+    axes: tuple = (0, 1, 2)
+    flips: tuple = (False, False, False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "axes", tuple(int(a) for a in self.axes))
+        object.__setattr__(self, "flips", tuple(bool(f) for f in self.flips))
+        if sorted(self.axes) != [0, 1, 2] or len(self.flips) != 3:
+            raise ValueError(f"not a reorientation of three axes: {self.axes}, {self.flips}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.axes == (0, 1, 2) and not any(self.flips)
+
+
+def canonical_reorientation(grid: ImageGrid) -> Reorientation:
+    """The permutation and flips that bring ``grid``'s voxel axes closest to :data:`CANONICAL_ORIENTATION`.
+
+    Among the 6 permutations, the one whose axes line up best with world x, y, z (the
+    largest sum of absolute direction cosines) wins, the identity on a tie; an axis
+    pointing against its world axis is flipped. What remains is the scan's own oblique
+    rotation, at most 45 degrees about any axis. A 2D image (one slice, see
+    :attr:`ImageGrid.is_2d`) keeps its slice axis third and unflipped.
+
+    >>> canonical_reorientation(ImageGrid((4, 5, 6), (1, 1, 1), (0, 0, 0), np.diag([-1.0, -1.0, 1.0])))
+    Reorientation(axes=(0, 1, 2), flips=(True, True, False))
+    >>> coronal = np.array([[-1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # RSA
+    >>> canonical_reorientation(ImageGrid((4, 5, 6), (1, 1, 1), (0, 0, 0), coronal))
+    Reorientation(axes=(0, 2, 1), flips=(True, True, False))
+    """
+    from itertools import permutations
+    direction = np.asarray(grid.direction, dtype=float)
+    candidates = [(0, 1, 2), (1, 0, 2)] if grid.is_2d else list(permutations(range(3)))
+    best = max(candidates, key=lambda axes: sum(abs(direction[a, axes[a]]) for a in range(3)) - 1e-9 * (axes != (0, 1, 2)))
+    flips = [direction[a, best[a]] < 0 for a in range(3)]
+    if grid.is_2d:
+        flips[2] = False
+    return Reorientation(best, tuple(flips))
+
+
+def reoriented_grid(grid: ImageGrid, reorientation: Reorientation) -> ImageGrid:
+    """The grid of the same voxels stored in the order ``reorientation`` gives; every voxel keeps
+    its world position.
+
+    >>> g = ImageGrid((4, 5, 6), (1.0, 2.0, 3.0), (0, 0, 0), np.diag([-1.0, -1.0, 1.0]))  # RAS
+    >>> r = reoriented_grid(g, canonical_reorientation(g))
+    >>> r.origin, r.spacing, orientation_code(r.direction)
+    ((-3.0, -8.0, 0.0), (1.0, 2.0, 3.0), 'LPS')
+    """
+    axes, flips = list(reorientation.axes), np.array(reorientation.flips)
+    signs = np.where(flips, -1.0, 1.0)
+    size = np.asarray(grid.size)[axes]
+    first = np.zeros(3)  # the old index of the new voxel 0
+    first[axes] = np.where(flips, size - 1, 0)
+    return ImageGrid(size=tuple(size), spacing=tuple(np.asarray(grid.spacing)[axes]),
+                     origin=tuple(index_to_world(first, grid)), direction=grid.direction[:, axes] * signs)
+
+
+def reorient_array(array: np.ndarray, reorientation: Reorientation) -> np.ndarray:
+    """The voxels of ``array`` (NumPy order (k, j, i, ...), as from ``sitk.GetArrayFromImage``;
+    trailing axes such as vector components are kept) in the order ``reorientation`` gives.
+
+    >>> a = np.arange(6).reshape(1, 2, 3)  # (k, j, i)
+    >>> reorient_array(a, Reorientation((1, 0, 2), (True, False, False)))[0].tolist()
+    [[3, 0], [4, 1], [5, 2]]
+    """
+    axes, flips = reorientation.axes, reorientation.flips
+    flipped = np.flip(array, axis=[itk_to_array_axis(axes[a]) for a in range(3) if flips[a]])
+    # new array axis b is new ITK axis 2 - b, i.e. old ITK axis axes[2 - b]
+    order = [itk_to_array_axis(axes[2 - b]) for b in range(3)] + list(range(3, array.ndim))
+    return np.ascontiguousarray(np.transpose(flipped, order))
+
+
+def original_index(index, grid: ImageGrid, reorientation: Reorientation) -> np.ndarray:
+    """Continuous ITK index (..., 3) in the reoriented grid -> the same point's index in ``grid``
+    (the original storage order).
+
+    >>> g = ImageGrid((4, 5, 6), (1, 1, 1), (0, 0, 0), np.eye(3))
+    >>> original_index([0.5, 1.0, 2.0], g, Reorientation((2, 0, 1), (False, True, False))).tolist()
+    [2.0, 2.0, 0.5]
+    """
+    index = np.asarray(index, dtype=float)
+    out = np.empty_like(index)
+    for a, (axis, flip) in enumerate(zip(reorientation.axes, reorientation.flips)):
+        out[..., axis] = grid.size[axis] - 1 - index[..., a] if flip else index[..., a]
+    return out

@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from nnlandmark.data.formats import LANDMARK_SUFFIXES
-from nnlandmark.data.images import (DICOM_SERIES, IMAGE_SUFFIXES, dicom_series_ids, image_name,
+from nnlandmark.data.images import (DICOM_SERIES, IMAGE_SUFFIXES, canonical_image, dicom_series_ids, image_name,
                                     is_picture, picture_spacing, read_image, read_image_grid, split_suffix)
 from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput
-from nnlandmark.geometry import ImageGrid, world_to_index
+from nnlandmark.geometry import (ImageGrid, canonical_reorientation, orientation_code, reoriented_grid,
+                                 world_to_index)
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -121,10 +123,14 @@ class Case:
     grid: ImageGrid
     #: the dataset's picture spacing (PNG/JPEG), None for images that carry their own
     spacing: list | None = None
+    #: images are read in the canonical storage order (:meth:`LandmarkDataset.canonical`), and
+    #: ``grid`` is that order's grid
+    canonical_order: bool = False
 
     def read_image(self, channel: int = 0):
         """The SimpleITK image of one channel (a file or a DICOM series; a 2D image as one slice)."""
-        return read_image(self.image_files[channel], self.spacing)
+        image = read_image(self.image_files[channel], self.spacing)
+        return canonical_image(image) if self.canonical_order else image
 
 
 @dataclass
@@ -132,6 +138,32 @@ class LandmarkDataset:
     root: Path
     spec: DatasetSpec
     cases: list
+
+    def canonical(self) -> "LandmarkDataset":
+        """The same dataset with every case seen in the canonical storage order
+        (:func:`nnlandmark.data.images.canonical_image`): what nnU-Net is given. Landmarks are world
+        points, the same in any storage order.
+
+        >>> import tempfile, pathlib, SimpleITK as sitk
+        >>> from nnlandmark.data.synthetic import make_synthetic_dataset
+        >>> folder = make_synthetic_dataset(pathlib.Path(tempfile.mkdtemp()) / "syn", n_cases=1)
+        >>> file = load_dataset(folder, progress=False).cases[0].image_files[0]
+        >>> sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(file)), [True, False, True]), str(file))  # stored RPI
+        >>> stored = load_dataset(folder, progress=False)
+        >>> stored.orientations(), stored.canonical().cases[0].read_image().GetDirection()[::4]
+        ({'RPI': 1}, (1.0, 1.0, 1.0))
+        """
+        cases = []
+        for case in self.cases:
+            grid = reoriented_grid(case.grid, canonical_reorientation(case.grid))
+            cases.append(replace(case, grid=grid, canonical_order=True))
+        return replace(self, cases=cases)
+
+    def orientations(self) -> dict:
+        """``{code: number of cases}``: the storage orders of the cases' images
+        (:func:`nnlandmark.geometry.orientation_code`), most frequent first, then alphabetical."""
+        counts = Counter(orientation_code(case.grid.direction) for case in self.cases)
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:

@@ -40,7 +40,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnlandmark.errors import DatasetError, InvalidInput
-from nnlandmark.geometry import GeometryError, ImageGrid
+from nnlandmark.geometry import (GeometryError, ImageGrid, canonical_reorientation, reorient_array,
+                                 reoriented_grid)
 
 #: 2D picture formats: no spacing, origin or direction of their own
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -196,6 +197,28 @@ def place(image: sitk.Image, grid: ImageGrid) -> sitk.Image:
     image.SetOrigin([float(o) for o in grid.origin])
     image.SetDirection([float(d) for d in np.asarray(grid.direction).ravel()])
     return image
+
+
+def canonical_image(image: sitk.Image) -> sitk.Image:
+    """``image`` with its voxels stored in the canonical order (:data:`nnlandmark.geometry.CANONICAL_ORIENTATION`):
+    axes permuted and flipped, nothing resampled, every voxel at the same world position; the image
+    itself when it is stored that way already. Networks see only canonical images, so a scan stored
+    mirrored (LAS, RAI, ...) or in coronal slices shows them the anatomy the way the training scans did.
+
+    >>> rai = sitk.GetImageFromArray(np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    >>> rai.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, -1))
+    >>> lps = canonical_image(rai)
+    >>> lps.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), lps.GetOrigin()
+    (True, (-3.0, 0.0, -1.0))
+    >>> rai.TransformIndexToPhysicalPoint((3, 0, 1)) == lps.TransformIndexToPhysicalPoint((0, 0, 0))
+    True
+    """
+    grid = ImageGrid.from_image(image)
+    reorientation = canonical_reorientation(grid)
+    if reorientation.is_identity:
+        return image
+    array = reorient_array(sitk.GetArrayViewFromImage(image), reorientation)
+    return to_sitk(array, reoriented_grid(grid, reorientation))
 
 
 def write_dicom_series(image: sitk.Image, folder, modality: str = "MR") -> Path:

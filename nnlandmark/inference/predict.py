@@ -62,13 +62,14 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnlandmark.data.dataset import CHANNEL_SUFFIX, discover_images
-from nnlandmark.data.images import IMAGE_SUFFIXES, image_name, place, read_image, read_image_grid
+from nnlandmark.data.images import IMAGE_SUFFIXES, canonical_image, image_name, place, read_image, read_image_grid
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats.json_formats import read_prediction_record, write_markups_json
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
-from nnlandmark.geometry import (ImageGrid, patch_start, patch_to_preprocessed, preprocessed_image_grid,
-                                 preprocessed_to_world, world_to_index, world_to_preprocessed)
+from nnlandmark.geometry import (ImageGrid, canonical_reorientation, is_mirrored, orientation_code, patch_start,
+                                 patch_to_preprocessed, preprocessed_image_grid, preprocessed_to_world,
+                                 reoriented_grid, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
 from nnlandmark.inference.uncertainty import (DEFAULT_COVERAGE, calibrated_radius, coverage_of_key, point_spread,
                                               radial_spread, radius_key, spread_kind, target_sigmas)
@@ -275,33 +276,43 @@ def crop_patches(data, starts, patch_size):
 
 
 @contextmanager
-def _image_files(images, planar: bool = False, spacing=None):
-    """The images as files nnU-Net's reader opens: a DICOM series (a folder), and every
-    ``planar`` (2D) image, is written to a temporary MetaImage file first, geometry included
-    (a 2D image as nnU-Net's raw data holds it, :func:`nnlandmark.nnunet.raw.nnunet_image`;
-    a picture with ``spacing``, in grey), and removed afterwards."""
-    if not planar and not any(Path(f).is_dir() for f in images):
+def _image_files(images, planar: bool = False, spacing=None, reorient: bool = False):
+    """The images as files nnU-Net's reader opens: a DICOM series (a folder), every ``planar``
+    (2D) image, and with ``reorient`` every image not stored in the canonical order
+    (:func:`~nnlandmark.data.images.canonical_image`, as the training images were exported), is
+    written to a temporary MetaImage file first, geometry included (a 2D image as nnU-Net's raw
+    data holds it, :func:`nnlandmark.nnunet.raw.nnunet_image`; a picture with ``spacing``, in
+    grey), and removed afterwards."""
+    def rewrite(image) -> bool:
+        return planar or Path(image).is_dir() or (
+            reorient and not canonical_reorientation(read_image_grid(image, spacing=spacing)).is_identity)
+
+    if not any(rewrite(f) for f in images):
         yield images
         return
     from nnlandmark.nnunet.raw import nnunet_image
     with tempfile.TemporaryDirectory(prefix="nnlandmark_input_") as tmp:
         files = []
         for i, image in enumerate(images):
-            if planar or Path(image).is_dir():
+            if rewrite(image):
                 files.append(Path(tmp) / f"channel_{i:04d}.mha")
-                sitk.WriteImage(nnunet_image(read_image(image, spacing)), str(files[-1]))
+                read = read_image(image, spacing)
+                sitk.WriteImage(nnunet_image(canonical_image(read) if reorient else read), str(files[-1]))
             else:
                 files.append(image)
         yield files
 
 
 def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str, output: str,
-                  mirror: bool, target_sigma=None, shape_prior=None) -> tuple[dict, dict, tuple, list]:
+                  mirror: bool, target_sigma=None, shape_prior=None,
+                  file_grid: ImageGrid | None = None) -> tuple[dict, dict, tuple, list]:
     """``{name: (world, index, score)}`` of one case, ``{name: uncertainty_mm}`` from the stage that gave
     the point (``target_sigma``: that stage's target width, :func:`~nnlandmark.inference.uncertainty.target_sigmas`),
     (maps, pgrid) of the first stage for saving, and the names of the landmarks the shape prior moved:
     in a cascade with a ``shape_prior`` (:mod:`nnlandmark.inference.shape`) a global point far from
-    where the other landmarks put it is looked for again near there (:func:`_search_near_expected`)."""
+    where the other landmarks put it is looked for again near there (:func:`_search_near_expected`).
+    ``grid`` is that of the ``files`` the networks read; ``index`` is the continuous voxel index in
+    ``file_grid``, the user's file (the same grid unless the files were reoriented)."""
     first = predictors.get("global") or predictors["fullres"]
     read = first.read(files)  # once for both stages of a cascade
     data, pgrid = first.preprocess(files, read)
@@ -318,7 +329,7 @@ def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str,
                                                  read, target_sigma)
     else:
         spreads = _spreads(maps, points, pgrid, grid, output, target_sigma)
-    return (_decoded(world, scores, grid, names), dict(zip(names, spreads)), (maps, pgrid),
+    return (_decoded(world, scores, file_grid or grid, names), dict(zip(names, spreads)), (maps, pgrid),
             [n for n, m in zip(names, moved) if m])
 
 
@@ -499,16 +510,36 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     if overwrite:
         clear_outputs(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    reorient = description.get("orientation") is not None
+    if not reorient:
+        _warn_mirrored_inputs(grids, model.path)
     for case in tqdm(todo, desc="predicting", disable=not progress):
-        with _image_files(cases[case], planar, spacing) as files:
-            decoded, spreads, (maps, pgrid), moved = _predict_case(files, grids[case], predictors, names, decoder,
-                                                                   output, mirror, target_sigma, prior)
+        grid = grids[case]
+        if reorient:  # the network sees the scan in the storage order it was trained in
+            grid = reoriented_grid(grid, canonical_reorientation(grid))
+        with _image_files(cases[case], planar, spacing, reorient) as files:
+            decoded, spreads, (maps, pgrid), moved = _predict_case(files, grid, predictors, names, decoder,
+                                                                   output, mirror, target_sigma, prior,
+                                                                   file_grid=grids[case])
         if save_heatmaps:  # before the case JSON, which marks the case done for --continue
-            _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grids[case])
+            _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grid)
         _write_case(output_dir, case, decoded, thresholds, spreads, scales, key, moved)
         del maps
     write_summary(output_dir, list(cases))
     return output_dir
+
+
+def _warn_mirrored_inputs(grids: dict, model_path) -> None:
+    """One warning when a model trained on images exported as stored (before nnlandmark reoriented
+    them) meets images stored in a mirrored voxel order: it may swap or lose left/right landmarks."""
+    mirrored = [case for case, grid in grids.items() if is_mirrored(grid.direction)]
+    if mirrored:
+        example = mirrored[0]
+        warnings.warn(f"{model_path}: this model was trained before nnlandmark reoriented scans, and {len(mirrored)} "
+                      f"of {len(grids)} input(s) are stored in a mirrored voxel order (e.g. {example}: "
+                      f"{orientation_code(grids[example].direction)}); such a model may place left/right landmarks "
+                      "wrongly on them. Retrain it (prepare a new project, then train) to predict every storage "
+                      "order alike", stacklevel=3)
 
 
 def _radius_calibration(description: dict, decoder: str, source) -> tuple[str, dict]:

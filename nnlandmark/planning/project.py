@@ -25,6 +25,7 @@ from nnlandmark.nnunet import planning
 from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
 from nnlandmark.nnunet.raw import PLANAR_SLICE_SPACING, write_raw_dataset
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
+from nnlandmark.geometry import CANONICAL_ORIENTATION
 
 PROJECT_FILE = "project.json"
 #: nnU-Net's cross-validation: the folds planned for every project and trained by ``--fold all``
@@ -47,6 +48,11 @@ class Project:
     cases: list | None = None  # case ids exported, so a rerun can tell that the dataset changed
     #: the dataset's picture spacing (PNG/JPEG, x and y mm; None: 1 mm or images with their own)
     spacing: list | None = None
+    #: the storage order every image was reoriented to before export (``CANONICAL_ORIENTATION``);
+    #: None for projects prepared before nnlandmark reoriented images (exported as stored)
+    orientation: str | None = None
+    #: ``{code: cases}``: the storage orders the dataset's images came in
+    orientations: dict = field(default_factory=dict)
 
     @property
     def folders(self) -> NnunetFolders:
@@ -115,6 +121,20 @@ def dataset_warnings(dataset) -> list:
         return [f"{dataset.root}: {len(dataset.cases)} cases; training ({NUM_FOLDS}-fold cross-validation) "
                 f"needs at least {NUM_FOLDS}"]
     return []
+
+
+def orientation_summary(orientations: dict, reoriented_to: str | None = CANONICAL_ORIENTATION) -> str:
+    """The line ``check`` and ``prepare`` print about the storage orders they saw.
+
+    >>> orientation_summary({"RAS": 24, "LPS": 4, "LAS": 2})
+    'orientations: 24 RAS, 4 LPS, 2 LAS; all reoriented to LPS'
+    >>> orientation_summary({"RAS": 3}, None)
+    'orientations: 3 RAS; exported as stored (project prepared before reorientation)'
+    """
+    seen = ", ".join(f"{n} {code}" for code, n in orientations.items())
+    done = f"all reoriented to {reoriented_to}" if reoriented_to else \
+        "exported as stored (project prepared before reorientation)"
+    return f"orientations: {seen}; {done}"
 
 
 def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: int = 2,
@@ -189,8 +209,12 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
                           dataset_name=f"Dataset{dataset_id:03d}_{_sanitise(dataset.spec.name)}",
                           landmarks=dataset.spec.landmarks, pairs=dataset.spec.pairs,
                           biometry=dataset.spec.biometry, channels=dataset.spec.channels, planner=planner,
-                          target_spacing=target_spacing, cases=case_ids, spacing=dataset.spec.spacing)
+                          target_spacing=target_spacing, cases=case_ids, spacing=dataset.spec.spacing,
+                          orientation=CANONICAL_ORIENTATION)
+    project.orientations = dataset.orientations()
     project.save()
+    if project.orientation:  # the network sees every scan in one storage order (see geometry.py)
+        dataset = dataset.canonical()
 
     folders = project.folders
     planar = dataset.cases[0].grid.is_2d  # a dataset is 2D or 3D throughout (load_dataset checks)

@@ -91,7 +91,7 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
                    "channels": project.channels, "picture_spacing": project.spacing, "planner": project.planner,
                    "plans_identifier": project.plans_identifier, "configuration": stages[settings.stages[-1]],
                    "stages": stages, "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
-                   "nnunetv2_version": nnunetv2_version()}
+                   "orientation": project.orientation, "nnunetv2_version": nnunetv2_version()}
     ModelFolder(model_dir).update(description)
 
 
