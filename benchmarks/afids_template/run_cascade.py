@@ -10,7 +10,11 @@ training and 8 test cases), plus two test subsets the model never trains on:
     T2w image: nnU-Net's intensity augmentation is all the model has for it;
 ``strong pose``
     8 T1w cases with rotations up to 30 degrees and translations up to 20 mm
-    (training: 12 degrees, 8 mm).
+    (training: 12 degrees, 8 mm);
+``storage orders``
+    the 8 T1w test cases, each stored in another of the 48 voxel orders (axes permuted
+    and flipped, every voxel at the same world position: LAS, RSA, ...; the training
+    cases are all stored as the template is); its rows list each case's order and error.
 
 For every method (``preset:configuration``) and every budget, fold 0 is trained from
 scratch with ``TrainingSettings(time_budget_minutes=budget)`` (the epochs are fitted to
@@ -73,7 +77,50 @@ def build_subsets(out: Path, config: dict) -> tuple[dict, dict]:
                                     **kwargs)
             stamp.write_text(json.dumps(config))
         subsets[name] = folder
+    subsets[STORAGE_ORDERS] = storage_order_subset(subsets["T1w"], out / "data" / "test_storage_orders", config)
     return data, subsets
+
+
+STORAGE_ORDERS = "storage orders"
+
+
+def storage_order_subset(source: Path, folder: Path, config: dict) -> Path:
+    """The cases of ``source`` each stored in a different random voxel order (of the 48 signed
+    axis permutations; SimpleITK's PermuteAxes and Flip keep every voxel's world position, so the
+    landmark files are copied unchanged)."""
+    import itertools
+
+    import numpy as np
+    import SimpleITK as sitk
+    stamp = folder / "config.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == config:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(source, folder)
+    orders = list(itertools.product(itertools.permutations(range(3)), itertools.product([False, True], repeat=3)))
+    rng = np.random.default_rng(config["seed"])
+    images = sorted((folder / "images").iterdir())
+    for image_file, k in zip(images, rng.choice(len(orders), size=len(images), replace=False)):
+        axes, flips = orders[k]
+        image = sitk.ReadImage(str(image_file))
+        sitk.WriteImage(sitk.PermuteAxes(sitk.Flip(image, list(flips)), list(axes)), str(image_file),
+                        useCompression=True)
+    stamp.write_text(json.dumps(config))
+    return folder
+
+
+def per_case_lines(result, folder: Path) -> list:
+    """``case (storage order): MRE, max`` for each case of a subset."""
+    import SimpleITK as sitk
+    lines = []
+    for row in result.case_rows():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(folder / "images" / f"{row.case}.nii.gz"))
+        reader.ReadImageInformation()
+        # SimpleITK's letters (where each axis points), as nnlandmark.geometry.orientation_code writes them
+        code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reader.GetDirection())
+        lines.append(f"{row.case} ({code}): {row.mre_mm:.2f} mm, max {row.max_mm:.2f}")
+    return lines
 
 
 def _row(result, **fields) -> dict:
@@ -132,6 +179,8 @@ def train_and_predict(project: Path, method: str, budget: float, subsets: dict, 
                              train_seconds=train_seconds, iterations=iterations, predict_seconds_per_case=per_case,
                              threads=threads, heatmap=settings.heatmap, sigma=settings.gaussian_sigma,
                              learned_sigmas=learned))
+            if subset in (STORAGE_ORDERS, "T1w"):
+                rows[-1]["per_case"] = per_case_lines(result, folder)
             print(f"  {subset:<22} {decoder:<7} MRE {rows[-1]['mre']:6.2f} mm, SDR@2 {rows[-1]['sdr']['2']:.1%}, "
                   f"SDR@4 {rows[-1]['sdr']['4']:.1%}, {per_case:.1f} s/case", flush=True)
     return rows
@@ -180,6 +229,10 @@ def write_report(out: Path, rows: list, args, started: float, load_start) -> Non
                          f"{_pct(r['sdr']['4'])} | {its} | {r.get('train_seconds', 0):.0f} | "
                          f"{r.get('predict_seconds_per_case', 0):.1f} |")
         lines.append("")
+        for r in rows:
+            if r["subset"] == subset and r.get("per_case"):
+                lines += [f"Per case, {r['method']}, {r['budget_minutes']:g} min, {r['decoder']}: "
+                          + "; ".join(r["per_case"]) + ".", ""]
     adaptive = {(r["method"], r["budget_minutes"]): r["learned_sigmas"] for r in learned if r.get("learned_sigmas")}
     if adaptive:
         lines += ["## Learned sigmas (voxels of each stage's grid, fold 0)", "",
@@ -232,6 +285,8 @@ def main(argv=None) -> int:
     ap.add_argument("--voxel-mm", type=float, default=2.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--subsets", nargs="+", default=None, metavar="NAME",
+                    help="test only these subsets (T1w, 'T2w (unseen contrast)', 'strong pose', 'storage orders')")
     args = ap.parse_args(argv)
     from nnlandmark.training.presets import HEATMAPS
     unknown = sorted(set(args.heatmaps or []) - set(HEATMAPS))
@@ -247,6 +302,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = {"n_train": args.n_train, "n_test": args.n_test, "voxel_mm": args.voxel_mm, "seed": args.seed}
     data, subsets = build_subsets(out, config)
+    if args.subsets:
+        subsets = {name: folder for name, folder in subsets.items() if name in args.subsets}
     t0 = time.perf_counter()
     nl.prepare(data["train"], out / "project", num_processes=min(2, args.threads), progress=False)
     print(f"prepared in {time.perf_counter() - t0:.0f} s", flush=True)
