@@ -146,8 +146,29 @@ def read_image(path, spacing=None) -> sitk.Image:
     return as_volume(image)
 
 
+def grey_if_equal_channels(image: sitk.Image) -> sitk.Image:
+    """A colour picture whose red, green and blue are equal everywhere (grey stored as RGB,
+    as radiographs often are) as its one grey channel, in its own pixel type; any other
+    image unchanged.
+
+    >>> rgb = sitk.Compose(*[sitk.Image(3, 2, sitk.sitkUInt8) + 7] * 3)
+    >>> grey = grey_if_equal_channels(rgb)
+    >>> grey.GetNumberOfComponentsPerPixel(), grey.GetPixelIDTypeAsString(), grey[1, 1]
+    (1, '8-bit unsigned integer', 7)
+    """
+    if image.GetNumberOfComponentsPerPixel() < 3:
+        return image
+    pixels = sitk.GetArrayViewFromImage(image)
+    if not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])):
+        return image
+    grey = sitk.VectorIndexSelectionCast(image, 0)
+    grey.CopyInformation(image)
+    return grey
+
+
 def _picture(image: sitk.Image, spacing=None) -> sitk.Image:
     """A picture as a scalar 2D image with ``spacing``, origin 0 and identity direction."""
+    image = grey_if_equal_channels(image)  # exact grey values, not a float luminance
     components = image.GetNumberOfComponentsPerPixel()
     if components >= 3:  # RGB or RGBA: luminance, alpha ignored
         channels = [sitk.Cast(sitk.VectorIndexSelectionCast(image, c), sitk.sitkFloat32) for c in range(3)]
