@@ -146,9 +146,12 @@ def predict_child(images: Path, predictions: Path, model: Path, fold: int) -> tu
     """Predict in a child process; returns (seconds per image, the child's peak resident MB)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                                      os.environ.get("PYTHONPATH")])))
-    code = ("import sys, resource, nnlandmark as nl; "
+    # the peak of the child's own memory: VmHWM (reset by exec); ru_maxrss would also count the
+    # parent's resident memory at the fork (Linux keeps it across exec)
+    code = ("import sys, re, nnlandmark as nl; "
             "nl.predict(sys.argv[1], sys.argv[2], sys.argv[3], folds=[int(sys.argv[4])], overwrite=True, "
-            "progress=False); print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "progress=False); "
+            "print('PEAK_MB', int(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)")
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, str(images), str(predictions), str(model), str(fold)],
                           env=env, capture_output=True, text=True)

@@ -153,13 +153,13 @@ def _series_files(folder: Path) -> list:
 
 
 def dicom_pixel_spacing(tags: dict):
-    """The (x, y) pixel spacing in mm of a 2D DICOM image from its tags, or None without one.
+    r"""The (x, y) pixel spacing in mm of a 2D DICOM image from its tags, or None without one.
 
     ``tags`` maps ``"gggg|eeee"`` to values, as SimpleITK reads them. Pixel Spacing
     (0028,0030), when present, is the spacing in the patient (calibrated, or as the
     modality defines it); else Imager Pixel Spacing (0018,1164), the spacing at the
     detector, which a projection radiograph (DX, CR) often gives alone (it includes the
-    geometric magnification). Both are written "row spacing\\column spacing", i.e.
+    geometric magnification). Both are written "row spacing\column spacing", i.e.
     (y, x). GDCM, which SimpleITK reads DICOM with, prefers Imager Pixel Spacing for
     DX and CR files; we follow the standard's order.
 

@@ -101,9 +101,9 @@ def pixels_to_landmarks(pixels: np.ndarray, source=None) -> Landmarks:
 
     Examples
     --------
-    >>> lm = pixels_to_landmarks(np.tile([[835.0, 996.0]], (19, 1)))
+    >>> lm = pixels_to_landmarks(np.tile([[835.0, 990.0]], (19, 1)))
     >>> lm.point("sella").tolist()
-    [83.5, 99.6, 0.0]
+    [83.5, 99.0, 0.0]
     """
     return Landmarks(points={name: np.array([x * PIXEL_SPACING_MM, y * PIXEL_SPACING_MM, 0.0])
                              for name, (x, y) in zip(NAMES, pixels)}, source=source)
