@@ -911,6 +911,18 @@ def test_isbi2015_one_doctor_as_ground_truth(tmp_path, doctor):
     assert json.loads((dst / "conversion_notes.json").read_text())["ground_truth"] == doctor
 
 
+def test_isbi2015_from_the_command_line(tmp_path, capsys):
+    from nnlandmark.cli import main
+    src = tmp_path / "src"
+    isbi_fixture(src)
+    assert main(["convert", "isbi2015", str(src), str(tmp_path / "out"), "--ground-truth", "junior"]) == 0
+    assert json.loads((tmp_path / "out" / "conversion_notes.json").read_text())["ground_truth"] == "junior"
+    capsys.readouterr()
+    assert main(["convert", "afids", str(src), str(tmp_path / "o2"), "--ground-truth", "senior"]) == 2
+    assert "--ground-truth: not an option of the afids converter" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
 def test_isbi2015_malformed(tmp_path):
     from nnlandmark.data.convert import isbi2015
     src = tmp_path / "src"
