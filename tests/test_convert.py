@@ -899,15 +899,18 @@ def test_isbi2015_points_land_on_their_pixels(tmp_path):
         assert image[int(round(index[0])), int(round(index[1])), 0] == 250
 
 
-@pytest.mark.parametrize("doctor", ["senior", "junior"])
-def test_isbi2015_one_doctor_as_ground_truth(tmp_path, doctor):
+@pytest.mark.parametrize("doctor, suffix", [("senior", ".jpg"), ("junior", ".jpeg")])
+def test_isbi2015_one_doctor_as_ground_truth(tmp_path, doctor, suffix):
     from nnlandmark.data.convert import isbi2015
     src = tmp_path / "src"
-    truth = isbi_fixture(src, suffix=".jpg", extra_lines=())
+    truth = isbi_fixture(src, suffix=suffix, extra_lines=())
     dst = run_converter("isbi2015", src, tmp_path / "out", ground_truth=doctor)
     lm = read_landmarks(dst / "train" / "landmarks" / "002.json")
     np.testing.assert_allclose(lm.as_array(isbi2015.NAMES)[:, :2], 0.1 * truth["002"][doctor])
     assert sorted(p.name for p in (dst / "train" / "images").iterdir()) == ["001.jpg", "002.jpg", "003.jpg"]
+    # JPEG is copied byte for byte (never decoded and encoded again), whichever its spelling
+    assert (dst / "train" / "images" / "002.jpg").read_bytes() == \
+        (src / "RawImage" / "TrainingData" / f"002{suffix}").read_bytes()
     assert json.loads((dst / "conversion_notes.json").read_text())["ground_truth"] == doctor
 
 

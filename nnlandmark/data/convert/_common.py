@@ -281,7 +281,9 @@ class DatasetWriter:
                                   f"dataset's landmark list")
         image = Path(image)
         out_image = self.dst / "images" / f"{case_id}{self.image_suffix}"
-        if spacing is None and image_suffix(image) == self.image_suffix:
+        same_format = image_suffix(image) == self.image_suffix or \
+            {image_suffix(image), self.image_suffix} == {".jpg", ".jpeg"}  # one format, two spellings
+        if spacing is None and same_format:
             shutil.copyfile(image, out_image)
         else:
             try:
