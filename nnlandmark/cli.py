@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mml: keep only cases with every landmark annotated")
     p.add_argument("--index-base", type=int, choices=[0, 1], default=None,
                    help="fetal-pose: whether the published voxel indices count from 0 or 1 (default 0)")
+    p.add_argument("--ground-truth", choices=["mean", "senior", "junior"], default=None,
+                   help="isbi2015: the mean of the two doctors' points (default) or one doctor's")
 
     p = sub.add_parser("report", help="QC pictures and an HTML report of predictions against a reference")
     p.add_argument("-p", "--predictions", required=True)
@@ -268,7 +270,8 @@ def run(args) -> int:
         print(api.import_model(args.zip, args.folder))
     elif args.command == "convert":
         from nnlandmark.data.convert import run_converter
-        options = {"complete_only": args.complete_only, "index_base": args.index_base}
+        options = {"complete_only": args.complete_only, "index_base": args.index_base,
+                   "ground_truth": args.ground_truth}
         print(run_converter(args.benchmark, args.src, args.dst, seed=args.seed,
                             **{k: v for k, v in options.items() if v is not None}))
     elif args.command == "report":

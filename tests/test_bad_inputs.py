@@ -625,9 +625,9 @@ def test_convert_refuses_an_option_of_another_converter(tmp_path, capsys):
                    ("--index-base", "not an option of the afids converter"), watched=[src],
                    absent=[tmp_path / "dst"])
     with pytest.raises(SystemExit) as exit_info:
-        main(["convert", "isbi2015", str(src), str(tmp_path / "dst")])
+        main(["convert", "no-such-benchmark", str(src), str(tmp_path / "dst")])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'isbi2015'" in capsys.readouterr().err
+    assert "invalid choice: 'no-such-benchmark'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- predict: flags and model files

@@ -810,11 +810,155 @@ def test_fetal_pose_one_based_and_malformed(tmp_path):
         fetal_pose.convert(src, tmp_path / "out2")
 
 
+# ------------------------------------------------------------------ ISBI 2015 cephalometric
+#
+# Published layout (the challenge's release, as described by Wang et al. 2016 and read by the
+# public loaders, e.g. github.com/christianpayer/MedicalDataAugmentationTool-HeatmapRegression):
+# RawImage/{TrainingData,Test1Data,Test2Data}/NNN.bmp, AnnotationsByMD/{400_senior,400_junior}/
+# NNN.txt with 19 lines "x,y" (integer pixels: x column, y row, 0.1 mm per pixel) in the paper's
+# landmark order. The real release's images are 1935 x 2400 grey BMPs; the fixture's are 30 x 40.
+
+ISBI_SIZE = (30, 40)  # (columns, rows)
+ISBI_FOLDERS = {"TrainingData": ("001", "002", "003"), "Test1Data": ("151", "152"), "Test2Data": ("301",)}
+
+
+def isbi_fixture(src, suffix=".png", rgb=False, extra_lines=("1", "2")):
+    """The challenge layout under ``src``; returns {case: {"senior": (19, 2), "junior": (19, 2)}} pixels.
+
+    Each image is dark with one bright pixel at each senior landmark, so that a
+    point's pixel can be looked up in the converted image."""
+    rng = np.random.default_rng(19)
+    truth = {}
+    for folder, cases in ISBI_FOLDERS.items():
+        for case in cases:
+            senior = np.stack([rng.integers(0, ISBI_SIZE[0], 19), rng.integers(0, ISBI_SIZE[1], 19)], axis=1)
+            junior = np.clip(senior + rng.integers(-3, 4, senior.shape), 0, np.array(ISBI_SIZE) - 1)
+            truth[case] = {"senior": senior, "junior": junior}
+            array = np.full(ISBI_SIZE[::-1], 20, np.uint8)  # rows, columns
+            array[senior[:, 1], senior[:, 0]] = 250
+            image = sitk.Compose(*[sitk.GetImageFromArray(array)] * 3) if rgb else sitk.GetImageFromArray(array)
+            path = src / "RawImage" / folder / f"{case}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(image, str(path))
+            for doctor, xy in truth[case].items():
+                txt = src / "AnnotationsByMD" / f"400_{doctor}" / f"{case}.txt"
+                txt.parent.mkdir(parents=True, exist_ok=True)
+                txt.write_text("".join(f"{x},{y}\r\n" for x, y in xy) + "".join(f"{v}\r\n" for v in extra_lines))
+    return truth
+
+
+def test_isbi2015_challenge_layout_mean_of_the_doctors(tmp_path):
+    from nnlandmark.data.convert import isbi2015
+    from nnlandmark.data.dataset import load_dataset
+    src = tmp_path / "ISBI2015"
+    truth = isbi_fixture(src)
+    before = tree_digest(src)
+    dst = run_converter("isbi2015", src, tmp_path / "out")
+    assert tree_digest(src) == before
+    assert sorted(p.name for p in dst.iterdir()) == ["conversion_notes.json", "test1", "test2", "train"]
+    for name, (folder, split) in zip(("train", "test1", "test2"), [("TrainingData", "train"),
+                                                                  ("Test1Data", "test"), ("Test2Data", "test")]):
+        cases = ISBI_FOLDERS[folder]
+        mean_mm = {c: {n: [*(0.05 * (truth[c]["senior"][k] + truth[c]["junior"][k])), 0.0]
+                       for k, n in enumerate(isbi2015.NAMES)} for c in cases}
+        dataset, splits = check_dataset(dst / name, mean_mm)
+        assert splits[split] == list(cases) and sum(map(len, splits.values())) == len(cases)
+        assert dataset["landmarks"][:3] == ["sella", "nasion", "orbitale"]
+        assert dataset["landmarks"][-1] == "articulare" and len(dataset["landmarks"]) == 19
+        assert dataset["spacing"] == [0.1, 0.1]
+        for case in cases:  # pictures copied byte for byte
+            assert (dst / name / "images" / f"{case}.png").read_bytes() == \
+                (src / "RawImage" / folder / f"{case}.png").read_bytes()
+            for doctor in ("senior", "junior"):
+                lm = read_landmarks(dst / name / "doctors" / doctor / f"{case}.json")
+                np.testing.assert_allclose(lm.as_array(isbi2015.NAMES)[:, :2], 0.1 * truth[case][doctor])
+                np.testing.assert_array_equal(lm.as_array(isbi2015.NAMES)[:, 2], 0.0)
+    # each converted set is a dataset nnlandmark reads, with the 0.1 mm pixels
+    train = load_dataset(dst / "train", progress=False)
+    assert [c.case_id for c in train.cases] == ["001", "002", "003"]
+    assert train.cases[0].grid.spacing == (0.1, 0.1, 1.0) and train.cases[0].grid.size == (30, 40, 1)
+    notes = json.loads((dst / "conversion_notes.json").read_text())
+    assert notes["ground_truth"] == "mean" and notes["verified_against_real_data"] is True
+    assert notes["datasets"]["test2"]["cases"] == 1
+
+
+def test_isbi2015_points_land_on_their_pixels(tmp_path):
+    """Pixel (x, y) of an annotation file -> world mm -> the same pixel of the converted image."""
+    from nnlandmark.data.convert import isbi2015
+    from nnlandmark.data.dataset import load_dataset
+    src = tmp_path / "src"
+    truth = isbi_fixture(src, suffix=".bmp", rgb=True)
+    dst = isbi2015.convert(src, tmp_path / "out", ground_truth="senior")
+    case = load_dataset(dst / "test1", progress=False).cases[1]
+    image = case.read_image()
+    assert (dst / "test1" / "images" / "152.png").is_file()
+    assert image.GetNumberOfComponentsPerPixel() == 1 and image.GetPixelID() == sitk.sitkUInt8  # grey, exact
+    for k, name in enumerate(isbi2015.NAMES):
+        index = world_to_index(case.landmarks.point(name), case.grid)
+        np.testing.assert_allclose(index, [*truth["152"]["senior"][k], 0.0], atol=1e-9)
+        assert image[int(round(index[0])), int(round(index[1])), 0] == 250
+
+
+@pytest.mark.parametrize("doctor, suffix", [("senior", ".jpg"), ("junior", ".jpeg")])
+def test_isbi2015_one_doctor_as_ground_truth(tmp_path, doctor, suffix):
+    from nnlandmark.data.convert import isbi2015
+    src = tmp_path / "src"
+    truth = isbi_fixture(src, suffix=suffix, extra_lines=())
+    dst = run_converter("isbi2015", src, tmp_path / "out", ground_truth=doctor)
+    lm = read_landmarks(dst / "train" / "landmarks" / "002.json")
+    np.testing.assert_allclose(lm.as_array(isbi2015.NAMES)[:, :2], 0.1 * truth["002"][doctor])
+    assert sorted(p.name for p in (dst / "train" / "images").iterdir()) == ["001.jpg", "002.jpg", "003.jpg"]
+    # JPEG is copied byte for byte (never decoded and encoded again), whichever its spelling
+    assert (dst / "train" / "images" / "002.jpg").read_bytes() == \
+        (src / "RawImage" / "TrainingData" / f"002{suffix}").read_bytes()
+    assert json.loads((dst / "conversion_notes.json").read_text())["ground_truth"] == doctor
+
+
+def test_isbi2015_from_the_command_line(tmp_path, capsys):
+    from nnlandmark.cli import main
+    src = tmp_path / "src"
+    isbi_fixture(src)
+    assert main(["convert", "isbi2015", str(src), str(tmp_path / "out"), "--ground-truth", "junior"]) == 0
+    assert json.loads((tmp_path / "out" / "conversion_notes.json").read_text())["ground_truth"] == "junior"
+    capsys.readouterr()
+    assert main(["convert", "afids", str(src), str(tmp_path / "o2"), "--ground-truth", "senior"]) == 2
+    assert "--ground-truth: not an option of the afids converter" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+
+
+def test_isbi2015_malformed(tmp_path):
+    from nnlandmark.data.convert import isbi2015
+    src = tmp_path / "src"
+    isbi_fixture(src)
+    with pytest.raises(ConversionError, match="--ground-truth: 'median'"):
+        isbi2015.convert(src, tmp_path / "o1", ground_truth="median")
+    # a missing junior file: that case is skipped for the mean, kept for the senior doctor
+    (src / "AnnotationsByMD" / "400_junior" / "002.txt").unlink()
+    dst = isbi2015.convert(src, tmp_path / "o2")
+    notes = json.loads((dst / "train" / "conversion_notes.json").read_text())
+    assert list(notes["skipped"]) == ["002"] and "400_junior/002.txt" in notes["skipped"]["002"]
+    assert json.loads((dst / "train" / "splits.json").read_text())["train"] == ["001", "003"]
+    assert sorted(p.name for p in (isbi2015.convert(src, tmp_path / "o3", ground_truth="senior")
+                                   / "train" / "landmarks").iterdir()) == ["001.json", "002.json", "003.json"]
+    # 18 points, or a point that is not two numbers: refused naming the file and line, nothing left behind
+    txt = src / "AnnotationsByMD" / "400_senior" / "151.txt"
+    lines = txt.read_text().splitlines()
+    txt.write_text("\n".join(lines[:18]) + "\n")
+    with pytest.raises(ConversionError, match=r"151\.txt: 18 'x,y' lines, expected 19"):
+        isbi2015.convert(src, tmp_path / "o4")
+    assert not (tmp_path / "o4").exists()
+    txt.write_text("\n".join(lines[:5] + ["12;40"] + lines[6:]) + "\n")
+    with pytest.raises(ConversionError, match=r"151\.txt: line 6 is '12;40'"):
+        isbi2015.convert(src, tmp_path / "o5")
+    with pytest.raises(ConversionError, match="expected the challenge layout"):
+        isbi2015.convert(src / "RawImage", tmp_path / "o6")
+
+
 # ------------------------------------------------------------------ registry
 
 def test_registry(tmp_path):
-    assert set(CONVERTERS) == {"afids", "mml", "pddca", "feta", "lfc", "fetal-pose"}
+    assert set(CONVERTERS) == {"afids", "mml", "pddca", "feta", "lfc", "fetal-pose", "isbi2015"}
     with pytest.raises(ValueError, match="known: afids"):
-        run_converter("isbi2015", tmp_path, tmp_path / "o")
+        run_converter("isbi2099", tmp_path, tmp_path / "o")
     with pytest.raises(ConversionError, match="does not exist"):
         run_converter("lfc", tmp_path / "nowhere", tmp_path / "o")

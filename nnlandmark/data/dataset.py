@@ -18,6 +18,7 @@ Example
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -28,14 +29,30 @@ import numpy as np
 from tqdm import tqdm
 
 from nnlandmark.data.formats import LANDMARK_SUFFIXES
-from nnlandmark.data.images import (DICOM_SERIES, IMAGE_SUFFIXES, canonical_image, dicom_series_ids, image_name,
-                                    is_picture, picture_spacing, read_image, read_image_grid, split_suffix)
+from nnlandmark.data.images import (DICOM_SERIES, IMAGE_SUFFIXES, canonical_image, dicom_series_ids,
+                                    dicom_volume_slices, image_name, is_picture, picture_spacing, read_image,
+                                    read_image_grid, split_suffix)
 from nnlandmark.data.landmarks import LandmarkFileError, Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput
-from nnlandmark.geometry import (ImageGrid, canonical_reorientation, orientation_code, reoriented_grid,
-                                 world_to_index)
+from nnlandmark.geometry import (ImageGrid, canonical_reorientation, index_to_world, orientation_code,
+                                 reoriented_grid, world_to_index)
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+#: values of ``landmark_units`` in dataset.json ("voxel" is "pixel" for 3D images)
+LANDMARK_UNITS = ("mm", "pixel", "voxel")
+
+
+def landmarks_from_pixels(landmarks: Landmarks, grid: ImageGrid) -> Landmarks:
+    """``landmarks`` whose coordinates are 0-based pixel (voxel) indices ``(i, j[, k])`` of the
+    image on ``grid``, as world LPS points: pixel (i, j) of a picture of spacing (sx, sy) is
+    (i sx, j sy, 0) mm; a file with a geometry of its own places it by its origin and direction.
+
+    >>> grid = ImageGrid(size=(30, 40, 1), spacing=(0.1, 0.2, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    >>> landmarks_from_pixels(Landmarks(points={"sella": np.array([10.0, 5.0, 0.0])}), grid).point("sella").tolist()
+    [1.0, 1.0, 0.0]
+    """
+    points = {name: index_to_world(point, grid) for name, point in landmarks.points.items()}
+    return dataclasses.replace(landmarks, points=points, order=list(landmarks.order), planar=list(landmarks.planar))
 
 
 @dataclass
@@ -49,6 +66,10 @@ class DatasetSpec:
     channels: list = field(default_factory=lambda: ["image"])
     #: pixel spacing (x, y mm) of PNG/JPEG images, which have none of their own (None: 1 mm)
     spacing: list | None = None
+    #: what the landmark files' coordinates are: world ``"mm"`` (the default), or 0-based
+    #: ``"pixel"`` indices (column, row[, slice]; ``"voxel"`` is the same), placed through each
+    #: case's image (:func:`landmarks_from_pixels`)
+    landmark_units: str = "mm"
 
     @classmethod
     def from_file(cls, path: Path) -> "DatasetSpec":
@@ -99,16 +120,23 @@ class DatasetSpec:
             except InvalidInput:
                 problems.append(f"{path}: 'spacing' (of PNG/JPEG images) must be one or two positive numbers "
                                 f"(mm per pixel along x and y), got {json.dumps(spacing)}")
+        units = raw.get("landmark_units", "mm")
+        if units not in LANDMARK_UNITS:
+            problems.append(f"{path}: 'landmark_units' must be one of {', '.join(map(json.dumps, LANDMARK_UNITS))}, "
+                            f"got {json.dumps(units)}")
         if problems:
             raise DatasetError(problems)
         return cls(name=str(raw.get("name", path.parent.name)), landmarks=names, pairs=[list(p) for p in pairs],
-                   biometry={k: list(v) for k, v in biometry.items()}, channels=channels, spacing=spacing)
+                   biometry={k: list(v) for k, v in biometry.items()}, channels=channels, spacing=spacing,
+                   landmark_units=units)
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "landmarks": self.landmarks, "pairs": self.pairs,
                "biometry": self.biometry, "channels": self.channels}
         if self.spacing is not None:
             out["spacing"] = self.spacing
+        if self.landmark_units != "mm":
+            out["landmark_units"] = self.landmark_units
         return out
 
 
@@ -182,6 +210,11 @@ def discover_images(images_dir: Path, n_channels: int) -> tuple[dict, list]:
                 strays.append(path)
             continue
         stems.append((path, split))
+    if sum(suffix == ".dcm" for _, (_, suffix) in stems) > 1:
+        # .dcm files are single images (radiographs), unless they are the slices of one volume
+        slices = dicom_volume_slices(images_dir)
+        strays += sorted(slices)
+        stems = [(path, split) for path, split in stems if path not in slices]
     if len(strays) > 1 and dicom_series_ids(images_dir):
         # slices of a series side by side: one line for all, not one per slice
         problems.append(f"{images_dir}: holds {len(strays)} DICOM slice files; put each series in a folder of "
@@ -377,6 +410,8 @@ def load_dataset(root, read_pixels: bool = True, progress: bool = True) -> Landm
         except LandmarkFileError as e:
             problems.append(str(e))
             continue
+        if spec.landmark_units != "mm":
+            landmarks = landmarks_from_pixels(landmarks, grids[0])
         problems += check_case_landmarks(landmarks, spec, grids[0], landmark_files[case])
         cases.append(Case(case, images[case], landmark_files[case], landmarks, grids[0], spacing))
     if len(dimensions) > 1:

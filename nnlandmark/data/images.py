@@ -1,7 +1,7 @@
 """Reading images: the one place that knows image files, DICOM series and their geometry.
 
 An image is a file with one of :data:`IMAGE_SUFFIXES` (NIfTI, NRRD, MetaImage,
-and the 2D picture formats PNG and JPEG) or a folder holding one DICOM series
+a single DICOM file, and the 2D picture formats PNG, JPEG and TIFF) or a folder holding one DICOM series
 (read with SimpleITK's GDCM series reader, which orders the slices by position
 and takes the geometry from their headers). Every error names the file or
 folder and is a :class:`DatasetError` (one line per problem).
@@ -16,8 +16,12 @@ too, with the geometry it declares. Pictures (:data:`PICTURE_SUFFIXES`) have no
 spacing of their own (a PNG's ``pHYs`` is a print resolution): theirs is given
 by the caller (a dataset's ``spacing`` in ``dataset.json``), else
 :data:`DEFAULT_PICTURE_SPACING`; their origin is 0 and their direction the
-identity, so pixel (i, j) lies at (i sx, j sy, 0) mm. Colour pictures are read as
-their luminance (0.299 R + 0.587 G + 0.114 B; an alpha channel is ignored).
+identity, so pixel (i, j) lies at (i sx, j sy, 0) mm. Pictures keep their pixel
+type (8 or 16 bits); grey stored as RGB is read as that grey, other colour
+pictures as their luminance (0.299 R + 0.587 G + 0.114 B; an alpha channel is
+ignored). A single DICOM file (``.dcm``: a DX or CR radiograph, or any
+one-frame image) is a 2D image whose spacing comes from its Pixel Spacing, else
+its Imager Pixel Spacing tag (:func:`dicom_pixel_spacing`).
 
 Examples
 --------
@@ -43,9 +47,12 @@ from nnlandmark.errors import DatasetError, InvalidInput
 from nnlandmark.geometry import (GeometryError, ImageGrid, canonical_reorientation, reorient_array,
                                  reoriented_grid)
 
-#: 2D picture formats: no spacing, origin or direction of their own
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd") + PICTURE_SUFFIXES
+#: 2D picture formats: no spacing, origin or direction of their own (a TIFF's resolution tags,
+#: like a PNG's ``pHYs``, are a print resolution and are ignored)
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: one DICOM file: a 2D radiograph (DX, CR, ...), its spacing from its tags (:func:`dicom_pixel_spacing`)
+DICOM_FILE_SUFFIXES = (".dcm",)
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd") + PICTURE_SUFFIXES + DICOM_FILE_SUFFIXES
 #: the pixel spacing (mm; x, y) of a picture whose dataset gives none
 DEFAULT_PICTURE_SPACING = (1.0, 1.0)
 #: what a folder of DICOM slices is called in messages and in ``image_name``
@@ -66,10 +73,10 @@ def split_suffix(path, suffixes) -> tuple[str, str] | None:
 
 
 def is_picture(path) -> bool:
-    """True for a PNG or JPEG file (:data:`PICTURE_SUFFIXES`), whose spacing is not its own.
+    """True for a PNG, JPEG or TIFF file (:data:`PICTURE_SUFFIXES`), whose spacing is not its own.
 
-    >>> is_picture("a/ceph_001.PNG"), is_picture("a/scan.nii.gz")
-    (True, False)
+    >>> is_picture("a/ceph_001.PNG"), is_picture("a/ceph_002.tif"), is_picture("a/scan.nii.gz")
+    (True, True, False)
     """
     return split_suffix(path, PICTURE_SUFFIXES) is not None
 
@@ -95,6 +102,26 @@ def dicom_series_ids(folder) -> tuple:
     if not folder.is_dir() or not any(_is_dicom_file(f) for f in folder.iterdir()):
         return ()  # GDCM would print a warning for every folder without a series
     return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def dicom_volume_slices(folder) -> set:
+    """The DICOM files directly in ``folder`` that are slices of a volume: files of one series,
+    more than one, placed in space (Image Position (Patient)). Radiographs (DX, CR) carry no
+    position and stay single images even when they share a series."""
+    slices = set()
+    for series in dicom_series_ids(folder):
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series)
+        if len(files) < 2:
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue
+        if reader.HasMetaDataKey("0020|0032"):
+            slices.update(Path(f) for f in files)
+    return slices
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -126,6 +153,44 @@ def _series_files(folder: Path) -> list:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
+def dicom_pixel_spacing(tags: dict):
+    r"""The (x, y) pixel spacing in mm of a 2D DICOM image from its tags, or None without one.
+
+    ``tags`` maps ``"gggg|eeee"`` to values, as SimpleITK reads them. Pixel Spacing
+    (0028,0030), when present, is the spacing in the patient (calibrated, or as the
+    modality defines it); else Imager Pixel Spacing (0018,1164), the spacing at the
+    detector, which a projection radiograph (DX, CR) often gives alone (it includes the
+    geometric magnification). Both are written "row spacing\column spacing", i.e.
+    (y, x). GDCM, which SimpleITK reads DICOM with, prefers Imager Pixel Spacing for
+    DX and CR files; we follow the standard's order.
+
+    >>> dicom_pixel_spacing({"0028|0030": "0.15\\0.1", "0018|1164": ".2\\.2"})
+    (0.1, 0.15)
+    >>> dicom_pixel_spacing({"0018|1164": "0.139\\0.143"}), dicom_pixel_spacing({})
+    ((0.143, 0.139), None)
+    """
+    for tag in ("0028|0030", "0018|1164"):
+        value = str(tags.get(tag, "")).strip()
+        if not value:
+            continue
+        try:
+            row, column = (float(v) for v in value.split("\\"))
+        except ValueError:
+            continue  # malformed: the next tag, or none
+        if row > 0 and column > 0 and np.isfinite(row) and np.isfinite(column):
+            return column, row
+    return None
+
+
+def _dicom_file_spacing(reader, size) -> tuple | None:
+    """The spacing (x, y, 1) of a one-slice DICOM file read by ``reader`` (header read), else None."""
+    if len(size) == 3 and size[2] != 1:
+        return None  # a multi-frame volume: GDCM's own geometry
+    tags = {key: reader.GetMetaData(key) for key in ("0028|0030", "0018|1164") if reader.HasMetaDataKey(key)}
+    planar = dicom_pixel_spacing(tags)
+    return None if planar is None else (*planar, 1.0)
+
+
 def read_image(path, spacing=None) -> sitk.Image:
     """The image at ``path`` (a file, or a folder with one DICOM series), pixels and geometry.
 
@@ -139,16 +204,43 @@ def read_image(path, spacing=None) -> sitk.Image:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(_series_files(path))
             return reader.Execute()
-        image = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        image = reader.Execute()
     except RuntimeError as e:
         raise DatasetError(f"{path}: image cannot be read ({_itk_reason(e)})") from e
     if is_picture(path):
         image = _picture(image, spacing)
+    elif split_suffix(path, DICOM_FILE_SUFFIXES):
+        dicom_spacing = _dicom_file_spacing(reader, image.GetSize())
+        if dicom_spacing is not None:
+            image.SetSpacing(dicom_spacing[: image.GetDimension()])
     return as_volume(image)
+
+
+def grey_if_equal_channels(image: sitk.Image) -> sitk.Image:
+    """A colour picture whose red, green and blue are equal everywhere (grey stored as RGB,
+    as radiographs often are) as its one grey channel, in its own pixel type; any other
+    image unchanged.
+
+    >>> rgb = sitk.Compose(*[sitk.Image(3, 2, sitk.sitkUInt8) + 7] * 3)
+    >>> grey = grey_if_equal_channels(rgb)
+    >>> grey.GetNumberOfComponentsPerPixel(), grey.GetPixelIDTypeAsString(), grey[1, 1]
+    (1, '8-bit unsigned integer', 7)
+    """
+    if image.GetNumberOfComponentsPerPixel() < 3:
+        return image
+    pixels = sitk.GetArrayViewFromImage(image)
+    if not (np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])):
+        return image
+    grey = sitk.VectorIndexSelectionCast(image, 0)
+    grey.CopyInformation(image)
+    return grey
 
 
 def _picture(image: sitk.Image, spacing=None) -> sitk.Image:
     """A picture as a scalar 2D image with ``spacing``, origin 0 and identity direction."""
+    image = grey_if_equal_channels(image)  # exact grey values, not a float luminance
     components = image.GetNumberOfComponentsPerPixel()
     if components >= 3:  # RGB or RGBA: luminance, alpha ignored
         channels = [sitk.Cast(sitk.VectorIndexSelectionCast(image, c), sitk.sitkFloat32) for c in range(3)]
@@ -330,12 +422,17 @@ def read_image_grid(path, read_pixels: bool = False, finite: bool = False, spaci
     size, origin, direction = reader.GetSize(), reader.GetOrigin(), reader.GetDirection()
     picture = is_picture(path)
     if picture:
+        if dim != 2:
+            raise DatasetError(f"{path}: a {dim}D picture (size {tuple(size)}; a multi-page TIFF?); expected "
+                               "one 2D picture")
         try:
             pixel_spacing = picture_spacing(spacing)
         except InvalidInput as e:
             raise DatasetError(f"{path}: {e}") from e
     else:
         pixel_spacing = reader.GetSpacing()
+        if split_suffix(path, DICOM_FILE_SUFFIXES):
+            pixel_spacing = _dicom_file_spacing(reader, size) or pixel_spacing
     if dim == 4 and size[3] == 1:
         raise DatasetError(f"{path}: 4D image with a single volume; save it as 3D")
     if dim not in (2, 3):

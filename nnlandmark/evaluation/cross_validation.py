@@ -138,16 +138,17 @@ def presence_scores(prediction_dir, reference_dir, landmark_names) -> dict:
     is annotated absent; unknown or unmentioned references are left out, as
     are cases without a prediction.
     """
-    from nnlandmark.data.formats import read_landmarks
-    from nnlandmark.evaluation.evaluate import list_case_files, resolve_reference
+    from nnlandmark.evaluation.evaluate import list_case_files, read_references, resolve_reference
 
     landmarks_dir, _ = resolve_reference(reference_dir)
     predictions, _ = list_case_files(prediction_dir)
     references, _ = list_case_files(landmarks_dir)
+    cases = sorted(set(predictions) & set(references))
+    read = read_references(reference_dir, references, cases)
     out = {name: ([], []) for name in landmark_names}
-    for case in sorted(set(predictions) & set(references)):
+    for case in cases:
         record = json.loads(predictions[case].read_text())  # the predictor's JSON: scores are only here
-        reference = read_landmarks(references[case])
+        reference = read[case]
         for name in landmark_names:
             status = reference.status(name)
             score = (record.get(name) or {}).get("score")

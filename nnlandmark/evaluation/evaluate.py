@@ -134,6 +134,34 @@ def resolve_reference(reference_dir) -> tuple[Path, dict | None]:
     return reference_dir, None
 
 
+def read_references(reference_dir, ref_files: dict, cases) -> dict:
+    """``case -> Landmarks`` in world mm of the reference files ``ref_files`` (from
+    :func:`list_case_files` of the reference's landmark folder) of ``cases``.
+
+    A dataset folder whose ``dataset.json`` gives its landmarks in pixels
+    (``"landmark_units": "pixel"``) has each case's points placed through its image.
+    """
+    from nnlandmark.data.dataset import DatasetSpec, discover_images, landmarks_from_pixels
+    from nnlandmark.data.images import is_picture, read_image_grid
+    refs = {c: read_landmarks(ref_files[c]) for c in cases}
+    reference_dir = Path(reference_dir)
+    _, dataset = resolve_reference(reference_dir)
+    if dataset is None or dataset.get("landmark_units", "mm") == "mm":
+        return refs
+    spec = DatasetSpec.from_file(reference_dir / "dataset.json")
+    images, _ = discover_images(reference_dir / "images", len(spec.channels)) \
+        if (reference_dir / "images").is_dir() else ({}, [])
+    for c in cases:
+        if c not in images:
+            raise InvalidInput(f"{ref_files[c]}: landmarks in pixels ({reference_dir / 'dataset.json'}: "
+                               f"'landmark_units'), but {reference_dir / 'images'} has no image of case {c!r} "
+                               "to place them")
+        image = images[c][0]
+        refs[c] = landmarks_from_pixels(refs[c], read_image_grid(image, spacing=spec.spacing if is_picture(image)
+                                                                 else None))
+    return refs
+
+
 def _status_and_points(landmarks: Landmarks, names: list) -> tuple[np.ndarray, list]:
     return landmarks.as_array(names), [landmarks.status(n) for n in names]
 
@@ -217,7 +245,7 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
         check_writable(output_dir)
 
     preds = {c: read_landmarks(pred_files[c]) for c in case_ids}
-    refs = {c: read_landmarks(ref_files[c]) for c in case_ids}
+    refs = read_references(reference_dir, ref_files, case_ids)
 
     if landmark_names is not None:  # asked for by name: a typo would come back as 'missing' in every case
         known = set().union(*(refs[c].names for c in case_ids))

@@ -18,7 +18,7 @@ import html
 from pathlib import Path
 
 from nnlandmark.data.formats import read_landmarks
-from nnlandmark.evaluation.evaluate import list_case_files, resolve_reference
+from nnlandmark.evaluation.evaluate import list_case_files, read_references, resolve_reference
 from nnlandmark.evaluation.result import (
     EvaluationResult, Notation, biometry_table, landmark_table, presence_table,
 )
@@ -58,12 +58,13 @@ def _slice_pngs(result, out_dir: Path, images, predictions_dir, reference_dir) -
     """Draw ``slices/<case>.png`` for every evaluated case with an image; returns case -> note or path."""
     pred_files, _ = list_case_files(predictions_dir)
     ref_files, _ = list_case_files(resolve_reference(reference_dir)[0])
+    references = read_references(reference_dir, ref_files, [c for c in sorted(images) if c in ref_files])
     made = {}
     for case in sorted(images):
         if case not in pred_files:
             made[case] = "no prediction file"
             continue
-        reference = read_landmarks(ref_files[case]) if case in ref_files else None
+        reference = references.get(case)
         out = out_dir / "slices" / f"{case}.png"
         plot_landmark_slices(images[case], read_landmarks(pred_files[case]), reference, out,
                              names=result.landmark_names)

@@ -10,7 +10,7 @@ the layout it expects and the assumptions it makes.
 Examples
 --------
 >>> sorted(CONVERTERS)
-['afids', 'feta', 'fetal-pose', 'lfc', 'mml', 'pddca']
+['afids', 'feta', 'fetal-pose', 'isbi2015', 'lfc', 'mml', 'pddca']
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ CONVERTERS = {
     "feta": "feta",
     "lfc": "lfc",
     "fetal-pose": "fetal_pose",
+    "isbi2015": "isbi2015",
 }
 
 __all__ = ["CONVERTERS", "ConversionError", "converter", "run_converter", "seeded_split"]
@@ -53,7 +54,8 @@ def run_converter(name: str, src, dst, seed: int = 0, **options) -> Path:
     """Run the converter registered as ``name``; return the dataset folder.
 
     ``options`` are passed to the converter (e.g. ``complete_only=True`` for
-    ``"mml"``, ``index_base=1`` for ``"fetal-pose"``).
+    ``"mml"``, ``index_base=1`` for ``"fetal-pose"``, ``ground_truth="senior"`` for
+    ``"isbi2015"``).
 
     Raises
     ------

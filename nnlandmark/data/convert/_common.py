@@ -27,7 +27,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnlandmark.data.formats import write_landmarks
-from nnlandmark.data.images import IMAGE_SUFFIXES, read_image_grid, split_suffix  # noqa: F401 (read_image_grid: for the converters)
+from nnlandmark.data.images import (  # noqa: F401 (read_image_grid: for the converters)
+    IMAGE_SUFFIXES, grey_if_equal_channels, is_picture, picture_spacing, read_image_grid, split_suffix,
+)
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import InvalidInput
 from nnlandmark.geometry import GeometryError, ImageGrid, world_to_index
@@ -86,8 +88,9 @@ def safe_case_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def prepare_destination(src, dst) -> tuple[Path, Path]:
-    """Check ``src`` and ``dst`` and create ``dst`` with its sub-folders.
+def prepare_destination(src, dst, subfolders: bool = True) -> tuple[Path, Path]:
+    """Check ``src`` and ``dst`` and create ``dst`` (with ``images/`` and ``landmarks/``
+    unless ``subfolders`` is False: a converter that writes several datasets under ``dst``).
 
     Raises
     ------
@@ -109,8 +112,10 @@ def prepare_destination(src, dst) -> tuple[Path, Path]:
             raise ConversionError(f"destination {dst} exists and is not a folder")
         if any(dst.iterdir()):
             raise ConversionError(f"destination {dst} is not empty; refusing to write into it")
-    (dst / "images").mkdir(parents=True, exist_ok=True)
-    (dst / "landmarks").mkdir(exist_ok=True)
+    dst.mkdir(parents=True, exist_ok=True)
+    if subfolders:
+        (dst / "images").mkdir(exist_ok=True)
+        (dst / "landmarks").mkdir(exist_ok=True)
     return src, dst
 
 
@@ -210,11 +215,14 @@ class DatasetWriter:
     pairs, biometry, channels
         Optional ``dataset.json`` entries.
     image_suffix : str
-        Extension of every written image (``.nii.gz``, ``.nrrd`` ...).
+        Extension of every written image (``.nii.gz``, ``.nrrd``, ``.png`` ...).
+    spacing : float or (float, float), optional
+        Pixel spacing (mm) of the dataset's PNG/JPEG images, written to
+        ``dataset.json`` as ``spacing`` (pictures carry none of their own).
     """
 
     def __init__(self, src, dst, *, name: str, landmarks, pairs=(), biometry=None,
-                 channels=None, image_suffix: str = ".nii.gz"):
+                 channels=None, image_suffix: str = ".nii.gz", spacing=None):
         self.src, self.dst = prepare_destination(src, dst)
         self.name = name
         self.landmark_names = list(landmarks)
@@ -224,6 +232,7 @@ class DatasetWriter:
         self.biometry = dict(biometry or {})
         self.channels = list(channels) if channels else None
         self.image_suffix = image_suffix
+        self.picture_spacing = None if spacing is None else list(picture_spacing(spacing))
         self.cases: list[str] = []
         self.skipped: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -272,7 +281,9 @@ class DatasetWriter:
                                   f"dataset's landmark list")
         image = Path(image)
         out_image = self.dst / "images" / f"{case_id}{self.image_suffix}"
-        if spacing is None and image_suffix(image) == self.image_suffix:
+        same_format = image_suffix(image) == self.image_suffix or \
+            {image_suffix(image), self.image_suffix} == {".jpg", ".jpeg"}  # one format, two spellings
+        if spacing is None and same_format:
             shutil.copyfile(image, out_image)
         else:
             try:
@@ -282,13 +293,17 @@ class DatasetWriter:
                                       f"({str(err).strip().splitlines()[-1]})") from None
             if spacing is not None:
                 img.SetSpacing(tuple(float(s) for s in spacing))
+            if is_picture(out_image):
+                img = grey_if_equal_channels(img)
             sitk.WriteImage(img, str(out_image), useCompression=True)
         out = Landmarks(points={n: np.asarray(p, float) for n, p in landmarks.points.items()},
                         absent=[n for n in landmarks.absent if n not in landmarks.points],
                         unknown=[n for n in self.landmark_names
                                  if landmarks.status(n) in ("unknown", "missing")])
         write_landmarks(out, self.dst / "landmarks" / f"{case_id}.json")
-        self._check_inside(case_id, out, grid if grid is not None else read_image_grid(out_image))
+        if grid is None:
+            grid = read_image_grid(out_image, spacing=self.picture_spacing)
+        self._check_inside(case_id, out, grid)
         self.cases.append(case_id)
         return case_id
 
@@ -318,6 +333,8 @@ class DatasetWriter:
             dataset["biometry"] = self.biometry
         if self.channels:
             dataset["channels"] = self.channels
+        if self.picture_spacing is not None:
+            dataset["spacing"] = self.picture_spacing
         (self.dst / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
         (self.dst / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
         notes = dict(self.notes)
