@@ -155,7 +155,7 @@ def expected_positions(points, mean, trials: int = 300, seed: int = 0) -> np.nda
     >>> mean = np.array([[0., 0, 0], [40, 0, 0], [0, 30, 0], [0, 0, 20], [20, 20, 20], [10, 5, 30]])
     >>> found = mean + [100, 0, 0]
     >>> found[2] += [0, 0, 60]  # one landmark lost
-    >>> np.round(expected_positions(found, mean)[2], 3).tolist()
+    >>> (np.round(expected_positions(found, mean)[2], 3) + 0.0).tolist()  # + 0.0: -0.0 prints as 0.0
     [100.0, 30.0, 0.0]
     """
     points, mean = np.asarray(points, dtype=np.float64), np.asarray(mean, dtype=np.float64)
