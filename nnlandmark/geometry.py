@@ -293,6 +293,45 @@ def patch_start(centre, patch_size) -> np.ndarray:
     return np.rint(np.asarray(centre, dtype=float) - half).astype(int)
 
 
+def shared_patch_starts(centres, patch_size, reach) -> tuple[np.ndarray, np.ndarray]:
+    """Patches shared by nearby points: ``(starts (P, D), patch_of (N,))``.
+
+    Each of the ``centres`` (N, D) (continuous indices, as for :func:`patch_start`)
+    is given one patch of ``patch_size``, ``starts[patch_of[n]]``; points close
+    together share one, centred on their bounding box, as long as every point of
+    the group lies within ``reach`` voxels (per axis, plus the half voxel that
+    rounding the start may add) of its patch's centre. Greedy: the first point
+    without a patch opens one, and the others join it nearest first while the
+    group's extent stays within ``2 * reach`` on every axis. ``reach`` 0 gives
+    every point its own patch (points at the same voxel aside), exactly
+    :func:`patch_start` of each. ``reach`` may be a number or one per axis.
+
+    >>> starts, patch_of = shared_patch_starts([[10.0, 10.0], [12.0, 11.0], [40.0, 10.0]], (8, 8), reach=2)
+    >>> starts.tolist(), patch_of.tolist()
+    ([[8, 7], [36, 6]], [0, 0, 1])
+    >>> shared_patch_starts([[10.0, 10.0], [12.0, 11.0]], (8, 8), reach=0)[1].tolist()
+    [0, 1]
+    """
+    centres = np.atleast_2d(np.asarray(centres, dtype=float))
+    reach = np.broadcast_to(np.asarray(reach, dtype=float), centres.shape[1:])
+    patch_of = np.full(len(centres), -1, dtype=int)
+    starts = []
+    for first in range(len(centres)):
+        if patch_of[first] >= 0:
+            continue
+        lo = hi = centres[first]
+        members = [first]
+        others = [n for n in range(len(centres)) if patch_of[n] < 0 and n != first]
+        for n in sorted(others, key=lambda n: float(np.max(np.abs(centres[n] - centres[first])))):
+            new_lo, new_hi = np.minimum(lo, centres[n]), np.maximum(hi, centres[n])
+            if np.all(new_hi - new_lo <= 2 * reach):
+                lo, hi = new_lo, new_hi
+                members.append(n)
+        patch_of[members] = len(starts)
+        starts.append(patch_start((lo + hi) / 2, patch_size))
+    return np.asarray(starts, dtype=int).reshape(-1, centres.shape[1]), patch_of
+
+
 def patch_to_preprocessed(index, start) -> np.ndarray:
     """Index (..., D) inside a patch -> index in the preprocessed array it was cut from at ``start``."""
     return np.asarray(index, dtype=float) + np.asarray(start, dtype=float)

@@ -214,3 +214,23 @@ def test_point_in_a_local_patch_maps_to_its_world_point(prepared_project, tmp_pa
         # the patch is centred on the estimate to within half a voxel per axis
         assert np.all(np.abs(world_to_preprocessed(estimate, pgrid, grid) - centre) <= 0.5 + 1e-9)
     assert checked >= 200
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_shared_patches_keep_every_point_within_reach_of_its_patch_centre(dims):
+    from nnlandmark.geometry import patch_start, shared_patch_starts
+    rng = np.random.default_rng(dims)
+    patch = (40,) * dims
+    for _ in range(20):
+        centres = rng.uniform(0, 120, size=(32, dims))
+        reach = rng.uniform(1, 10, size=dims)
+        starts, patch_of = shared_patch_starts(centres, patch, reach)
+        patch_centres = starts[patch_of] + (np.asarray(patch) - 1) / 2
+        assert np.all(np.abs(centres - patch_centres) <= reach + 0.5 + 1e-9)
+        assert set(patch_of.tolist()) == set(range(len(starts)))  # no empty patch
+        # reach 0: each point's own patch, as the local stage had it before sharing
+        alone, patch_of = shared_patch_starts(centres, patch, 0)
+        assert np.array_equal(alone[patch_of], patch_start(centres, patch))
+    # clustered points do share: 32 points in four tight clusters need four patches
+    clusters = np.repeat(rng.uniform(0, 200, size=(4, dims)), 8, axis=0) + rng.uniform(-2, 2, size=(32, dims))
+    assert len(shared_patch_starts(clusters, patch, 4)[0]) == 4
