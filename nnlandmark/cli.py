@@ -225,34 +225,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training time of fold 0 (default 3 minutes)")
     p.add_argument("--epochs", type=int, default=None, help="a fixed schedule instead of the time budget")
     p.add_argument("--iterations", type=int, default=None)
+    for command in sub.choices.values():
+        _add_verbosity_options(command)
     return parser
+
+
+def _add_verbosity_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bars, and the line naming nnU-Net's log not shown: results, warnings "
+                            "and errors only")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="nnU-Net's own messages on the console (by default they go to a log file, named on "
+                            "the console: PROJECT/logs/nnunet.log, or for predict a file in the temporary folder)")
 
 
 def run(args) -> int:
     import nnlandmark as api
+    from nnlandmark.nnunet import console
+    with console.at_verbosity(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.NORMAL):
+        return _run(args, api, progress=not args.quiet)
+
+
+def _run(args, api, progress: bool) -> int:
     if args.command == "check":
         from nnlandmark.planning.project import check_dataset, dataset_warnings, orientation_summary
-        ds = check_dataset(args.dataset)  # every check prepare makes, nothing written
+        ds = check_dataset(args.dataset, progress=progress)  # every check prepare makes, nothing written
         for line in dataset_warnings(ds):
             print(f"warning: {line}", file=sys.stderr)
         print(f"{args.dataset}: OK, {len(ds.cases)} cases, {len(ds.spec.landmarks)} landmarks")
         print(orientation_summary(ds.orientations()))
     elif args.command == "prepare":
         project = api.prepare(args.dataset, args.project, planner=args.planner,
-                              num_processes=args.num_processes, target_spacing=args.spacing)
+                              num_processes=args.num_processes, target_spacing=args.spacing, progress=progress)
         from nnlandmark.planning.project import orientation_summary
         print(orientation_summary(project.orientations, project.orientation))
         print(f"prepared {project.dataset_name} in {project.root}")
     elif args.command == "train":
         model = api.train(args.project, args.fold, _settings(args), device=args.device,
-                          continue_training=args.continue_training, num_gpus=args.num_gpus)
+                          continue_training=args.continue_training, num_gpus=args.num_gpus, progress=progress)
         print(f"model folder: {model}")
     elif args.command == "predict":
         out = api.predict(args.input, args.output, args.model, folds=args.folds,
                           device=args.device, step_size=args.step_size, decoder=args.decoder,
                           save_heatmaps=args.save_heatmaps, overwrite=args.overwrite, resume=args.resume,
                           mirror=_MIRROR[args.mirror], shape_prior=args.shape_prior,
-                          spacing=args.spacing[0] if args.spacing and len(args.spacing) == 1 else args.spacing)
+                          spacing=args.spacing[0] if args.spacing and len(args.spacing) == 1 else args.spacing,
+                          progress=progress)
         print(f"predictions in {out}")
     elif args.command == "evaluate":
         result = api.evaluate(args.predictions, args.reference, landmark_names=args.landmarks,
@@ -262,7 +281,7 @@ def run(args) -> int:
     elif args.command == "evaluate-cv":
         result = api.evaluate_cv(args.project, args.output, model_dir=args.model, device=args.device,
                                  decoder=args.decoder, overwrite=args.overwrite, resume=args.resume,
-                                 coverage=args.coverage)
+                                 coverage=args.coverage, progress=progress)
         print(result.format_table())
     elif args.command == "export-model":
         print(api.export_model(args.model, args.zip))
@@ -279,7 +298,7 @@ def run(args) -> int:
     elif args.command == "demo":
         from nnlandmark.demo import run_demo
         run_demo(args.output, device=args.device, budget_minutes=args.time_budget, epochs=args.epochs,
-                 iterations=args.iterations)
+                 iterations=args.iterations, progress=progress)
     return 0
 
 

@@ -69,6 +69,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     from nnlandmark.evaluation.evaluate import OUTPUT_FILES, evaluate
     from nnlandmark.inference.model_folder import ModelFolder, ModelFolderError, resolve_model
     from nnlandmark.inference.predict import clear_outputs, previous_outputs, predict, write_summary
+    from nnlandmark.nnunet.console import nnunet_log
     from nnlandmark.nnunet.paths import read_splits, splits_file
     from nnlandmark.planning.project import Project
     from nnlandmark.inference.predict import default_decoder
@@ -96,19 +97,20 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     if overwrite:  # once for all folds: each fold's predict adds its own cases
         clear_outputs(predictions)
     folds_done, predicted = [], []
-    for fold, split in enumerate(splits):
-        try:
-            ModelFolder(model_dir).check([fold])  # every stage of the fold has a checkpoint
-        except ModelFolderError:
-            print(f"fold {fold}: no checkpoint, skipped")
-            continue
-        cases = {c: images[c] for c in split["val"]}
-        # resume: the folds' cases are disjoint, and the earlier folds' (and, with --continue, an
-        # earlier run's) predictions stay
-        predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder, resume=True,
-                progress=progress)
-        folds_done.append(fold)
-        predicted += list(cases)
+    with nnunet_log(project.log_file):  # nnU-Net's messages beside the training's
+        for fold, split in enumerate(splits):
+            try:
+                ModelFolder(model_dir).check([fold])  # every stage of the fold has a checkpoint
+            except ModelFolderError:
+                print(f"fold {fold}: no checkpoint, skipped")
+                continue
+            cases = {c: images[c] for c in split["val"]}
+            # resume: the folds' cases are disjoint, and the earlier folds' (and, with --continue, an
+            # earlier run's) predictions stay
+            predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder, resume=True,
+                    progress=progress)
+            folds_done.append(fold)
+            predicted += list(cases)
     if not folds_done:
         raise MissingPath(f"{model_dir}: no fold has a checkpoint")
     write_summary(predictions, predicted)  # each fold's predict wrote a summary of its own cases only

@@ -26,6 +26,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnlandmark.geometry import PreprocessedGrid
+from nnlandmark.nnunet.console import captured
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.planning import case_grids
 
@@ -89,9 +90,10 @@ class LandmarkPredictor(nnUNetPredictor):
                  checkpoints, device: str = "cpu", step_size: float = 0.5, mirror_swap=None,
                  progress: bool = False):
         device = torch.device(device)
-        super().__init__(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
-                         perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                         verbose_preprocessing=False, allow_tqdm=progress)
+        with captured():  # on a CPU: "perform_everything_on_device=True is only supported for cuda devices!"
+            super().__init__(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
+                             perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                             verbose_preprocessing=False, allow_tqdm=progress)
         plans_manager = PlansManager(plans)
         configuration = plans_manager.get_configuration(configuration)
         network = build_network(architecture, configuration, len(dataset_json["channel_names"]), num_landmarks)

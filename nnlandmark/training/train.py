@@ -12,6 +12,7 @@ import torch
 
 from nnlandmark.inference.model_folder import ModelFolder
 from nnlandmark.nnunet import nnunetv2_version
+from nnlandmark.nnunet.console import nnunet_log
 from nnlandmark.nnunet.paths import nnunet_environment, read_splits, splits_file
 from nnlandmark.nnunet.planning import (CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION,
                                         full_configuration, is_planar, preprocessed_folder)
@@ -194,13 +195,14 @@ def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, 
             raise OutputExists(f"{fold_dir}: already has checkpoints; use --continue to resume it "
                                   "or choose another model")
     write_model_description(project, settings, model_dir)
-    if num_gpus > 1:
-        from nnlandmark.nnunet.distributed import spawn
-        spawn(_train_folds, (project.root, folds, settings, torch_device.type, model_dir, continue_training,
-                             progress), num_gpus, backend="nccl" if torch_device.type == "cuda" else "gloo")
-    else:
-        for f in folds:
-            _train_fold(project, f, settings, torch_device, model_dir, continue_training, progress)
+    with nnunet_log(project.log_file):  # the processes of a multi-GPU run inherit it
+        if num_gpus > 1:
+            from nnlandmark.nnunet.distributed import spawn
+            spawn(_train_folds, (project.root, folds, settings, torch_device.type, model_dir, continue_training,
+                                 progress), num_gpus, backend="nccl" if torch_device.type == "cuda" else "gloo")
+        else:
+            for f in folds:
+                _train_fold(project, f, settings, torch_device, model_dir, continue_training, progress)
     for f in folds:
         record_shape_prior(project, f, model_dir)
     return model_dir
