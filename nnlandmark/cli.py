@@ -87,19 +87,21 @@ def _biometry(items):
 
 
 def _fold(text: str):
-    """``--fold``: 'all' or an integer 0-4 (argparse turns the error into a usage message)."""
+    """``--fold``: 'all' or a fold of nnU-Net's cross-validation (argparse turns the error into a usage message)."""
+    from nnlandmark.nnunet.paths import NUM_FOLDS
     if text == "all":
         return "all"
     try:
         fold = int(text)
     except ValueError:
         fold = -1
-    if not 0 <= fold <= 4:
-        raise argparse.ArgumentTypeError(f"expected 0, 1, 2, 3, 4 or 'all', got {text!r}")
+    if not 0 <= fold < NUM_FOLDS:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(map(str, range(NUM_FOLDS)))} or 'all', got {text!r}")
     return fold
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnlandmark.nnunet.paths import NUM_FOLDS
     choices = _registries()
     parser = argparse.ArgumentParser(prog="nnlandmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one fold, or all five with --fold all")
     p.add_argument("project")
-    p.add_argument("--fold", default=0, type=_fold, help="0-4 or 'all'")
+    p.add_argument("--fold", default=0, type=_fold, help=f"0-{NUM_FOLDS - 1} or 'all'")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from the latest checkpoint")

@@ -77,7 +77,8 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
 
     radius_key(coverage)  # refuses a coverage outside (0, 1) before any work
     project = Project.load(project_dir)
-    model_dir = resolve_model(model_dir or project_dir)
+    model = ModelFolder(resolve_model(model_dir or project_dir))  # resolved once, for every fold
+    model_dir = model.path
     splits = read_splits(project.folders, project.dataset_name)
     if splits is None:
         raise MissingPath(f"{splits_file(project.folders, project.dataset_name)}: no cross-validation split yet "
@@ -100,7 +101,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     with nnunet_log(project.log_file):  # nnU-Net's messages beside the training's
         for fold, split in enumerate(splits):
             try:
-                ModelFolder(model_dir).check([fold])  # every stage of the fold has a checkpoint
+                model.check([fold])  # every stage of the fold has a checkpoint
             except ModelFolderError:
                 print(f"fold {fold}: no checkpoint, skipped")
                 continue
@@ -125,7 +126,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
             print(f"presence threshold {name}: {threshold:.4f} (F1 {details[name]['f1']:.3f} on "
                   f"{details[name]['n_present']} present, {details[name]['n_absent']} absent)")
         calibration = calibrate_uncertainty(predictions, project.dataset_dir, project.landmarks, coverage)
-        calibration.update({"decoder": decoder or default_decoder(ModelFolder(model_dir).description),
+        calibration.update({"decoder": decoder or default_decoder(model.description),
                             "folds": folds_done, "n_cases": len(result.case_ids)})
         store_uncertainty_calibration(model_dir, calibration)
         (output_dir / UNCERTAINTY_FILE).write_text(json.dumps(calibration, indent=2) + "\n")

@@ -153,7 +153,8 @@ def resolve_model(path) -> Path:
     path = Path(path)
     if (path / MODEL_FILE).is_file():
         return path
-    if (path / "project.json").is_file():
+    from nnlandmark.planning.project import PROJECT_FILE
+    if (path / PROJECT_FILE).is_file():
         models = list_models(path)
         if len(models) == 1:
             return models[0]
@@ -161,7 +162,7 @@ def resolve_model(path) -> Path:
             raise MissingPath(f"{path}: project has no trained model yet (run 'nnlandmark train')")
         raise InvalidInput(f"{path}: project has {len(models)} models; pass one of: "
                          + ", ".join(str(m) for m in models))
-    raise MissingPath(f"{path}: neither a model folder ({MODEL_FILE}) nor a project folder (project.json)")
+    raise MissingPath(f"{path}: neither a model folder ({MODEL_FILE}) nor a project folder ({PROJECT_FILE})")
 
 
 def export_model(model_dir, zip_path) -> Path:

@@ -24,14 +24,12 @@ from pathlib import Path
 from nnlandmark.data.dataset import load_dataset
 from nnlandmark.nnunet import planning
 from nnlandmark.nnunet.console import LOG_FILE_NAME, nnunet_log
-from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
+from nnlandmark.nnunet.paths import NUM_FOLDS, NnunetFolders, nnunet_environment
 from nnlandmark.nnunet.raw import PLANAR_SLICE_SPACING, write_raw_dataset
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
 from nnlandmark.geometry import CANONICAL_ORIENTATION
 
 PROJECT_FILE = "project.json"
-#: nnU-Net's cross-validation: the folds planned for every project and trained by ``--fold all``
-NUM_FOLDS = 5
 FIRST_DATASET_ID = 701  # clear of the ids nnU-Net's public datasets use
 
 

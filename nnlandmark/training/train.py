@@ -13,18 +13,16 @@ import torch
 from nnlandmark.inference.model_folder import ModelFolder
 from nnlandmark.nnunet import nnunetv2_version
 from nnlandmark.nnunet.console import nnunet_log
-from nnlandmark.nnunet.paths import nnunet_environment, read_splits, splits_file
+from nnlandmark.nnunet.paths import NUM_FOLDS, nnunet_environment, read_splits, splits_file
 from nnlandmark.nnunet.planning import (CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION,
                                         full_configuration, is_planar, preprocessed_folder)
+from nnlandmark.nnunet.raw import SIDECAR
 from nnlandmark.planning.project import Project
 from nnlandmark.training.presets import STAGE_BUDGET_SHARE, TrainingSettings
 from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
 
 #: the nnU-Net configuration each stage trains
 STAGE_CONFIGURATIONS = {"fullres": CONFIGURATION, "global": GLOBAL_CONFIGURATION, "local": LOCAL_CONFIGURATION}
-
-NUM_FOLDS = 5
-
 
 #: a schedule this long (iterations per stage) takes a day or more on a CPU: train warns
 CPU_DAYS_ITERATIONS = 50_000
@@ -98,7 +96,7 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
 
 def _landmark_records(project: Project) -> dict:
     """case id -> {name: world LPS point, or "absent"/"unknown"}, as exported for nnU-Net."""
-    return json.loads((project.raw_dir() / "landmarks_world.json").read_text())
+    return json.loads((project.raw_dir() / SIDECAR).read_text())
 
 
 def _unknown_landmarks(records: dict) -> dict:
@@ -350,9 +348,7 @@ def record_shape_prior(project: Project, fold: int, model_dir) -> dict | None:
 
 
 def _plot_curves(curves: dict, folder: Path) -> None:
-    """``training_curves.png`` beside the trainer's ``training_curves.json``; skipped without matplotlib."""
-    try:
-        from nnlandmark.report.curves import plot_training_curves
-        plot_training_curves(curves, Path(folder) / "training_curves.png")
-    except ImportError:
-        pass
+    """``training_curves.png`` beside the trainer's ``training_curves.json`` (matplotlib is a dependency:
+    an ImportError here is a broken installation, not a reason to skip the plot)."""
+    from nnlandmark.report.curves import plot_training_curves
+    plot_training_curves(curves, Path(folder) / "training_curves.png")
