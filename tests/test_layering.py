@@ -22,7 +22,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "nnlandmark"
 ADAPTER = "nnlandmark.nnunet"
 #: what the adapter may import of nnlandmark: itself, and leaf modules that import nothing above it
-ADAPTER_MAY_IMPORT = ("nnlandmark.nnunet", "nnlandmark.geometry", "nnlandmark.errors", "nnlandmark.architectures")
+ADAPTER_MAY_IMPORT = ("nnlandmark.nnunet", "nnlandmark.geometry", "nnlandmark.errors", "nnlandmark.files",
+                      "nnlandmark.architectures")
 
 
 def module_name(path: Path, package_dir: Path = PACKAGE) -> str:

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
+from nnlandmark.files import atomic_write_text
 
 PRESENCE_KEY = "presence_thresholds"
 CALIBRATION_FILE = "presence_calibration.json"
@@ -121,7 +122,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
         record = {"rule": "max F1 of present, on cross-validation predictions", "folds": folds_done,
                   "n_cases": len(result.case_ids), "landmarks": details}
         store_presence_thresholds(model_dir, thresholds, record)
-        (output_dir / CALIBRATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(output_dir / CALIBRATION_FILE, json.dumps(record, indent=2) + "\n")
         for name, threshold in thresholds.items():
             print(f"presence threshold {name}: {threshold:.4f} (F1 {details[name]['f1']:.3f} on "
                   f"{details[name]['n_present']} present, {details[name]['n_absent']} absent)")
@@ -129,7 +130,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
         calibration.update({"decoder": decoder or default_decoder(model.description),
                             "folds": folds_done, "n_cases": len(result.case_ids)})
         store_uncertainty_calibration(model_dir, calibration)
-        (output_dir / UNCERTAINTY_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+        atomic_write_text(output_dir / UNCERTAINTY_FILE, json.dumps(calibration, indent=2) + "\n")
         print(describe_uncertainty_calibration(calibration))
     return result
 

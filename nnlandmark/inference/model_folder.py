@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
+from nnlandmark.files import atomic_write, atomic_write_text, temporary_name
 
 MODEL_FILE = "nnlandmark.json"
 _EXPORTED = ("plans.json", "dataset.json", "dataset_fingerprint.json", MODEL_FILE)
@@ -71,9 +72,7 @@ class ModelFolder:
         path = self.description_file
         description = {**(self.description if path.is_file() else {}), **fields}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp_{path.name}")
-        tmp.write_text(json.dumps(description, indent=2))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(description, indent=2))
         return description
 
     @staticmethod
@@ -173,17 +172,18 @@ def export_model(model_dir, zip_path) -> Path:
     folds = sorted(p for p in model_dir.glob("fold_*") if p.is_dir())
     if not folds:
         raise MissingPath(f"{model_dir}: no fold_N folders to export")
-    tmp = zip_path.with_name(f".tmp_{zip_path.name}")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name in _EXPORTED:
-            if (model_dir / name).is_file():
-                z.write(model_dir / name, name)
-        for fold in folds:
-            for folder in (fold, fold / "global", fold / "local"):
-                for name in _EXPORTED_PER_FOLD:
-                    if (folder / name).is_file():
-                        z.write(folder / name, (folder / name).relative_to(model_dir).as_posix())
-    tmp.replace(zip_path)
+
+    def write(tmp):
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name in _EXPORTED:
+                if (model_dir / name).is_file():
+                    z.write(model_dir / name, name)
+            for fold in folds:
+                for folder in (fold, fold / "global", fold / "local"):
+                    for name in _EXPORTED_PER_FOLD:
+                        if (folder / name).is_file():
+                            z.write(folder / name, (folder / name).relative_to(model_dir).as_posix())
+    atomic_write(zip_path, write)
     return zip_path
 
 
@@ -204,7 +204,7 @@ def import_model(zip_path, folder) -> Path:
             if name.startswith("/") or ".." in Path(name).parts:
                 raise InvalidInput(f"{zip_path}: unsafe path {name!r} in archive")
         # unpacked beside the target first, so a failure (disk full, damaged member) leaves no half model
-        tmp = folder.with_name(f".tmp_{folder.name}")
+        tmp = temporary_name(folder)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             z.extractall(tmp)

@@ -67,6 +67,7 @@ from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats.json_formats import read_prediction_record, write_markups_json
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
+from nnlandmark.files import atomic_write
 from nnlandmark.geometry import (ImageGrid, canonical_reorientation, is_mirrored, orientation_code, patch_start,
                                  patch_to_preprocessed, preprocessed_image_grid, preprocessed_to_world,
                                  reoriented_grid, world_to_index, world_to_preprocessed)
@@ -218,10 +219,7 @@ def clear_outputs(output_dir: Path) -> None:
         summary.unlink()
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
+_atomic = atomic_write  # the name this module's writers use
 
 
 def decode_case(heatmaps, pgrid, grid: ImageGrid, names, decoder: str = "argmax") -> dict:

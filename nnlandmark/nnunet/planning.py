@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from nnlandmark.geometry import array_to_itk_index, itk_to_array_order, untranspose
 from nnlandmark.errors import InvalidInput
+from nnlandmark.files import atomic_write_text
 from nnlandmark.nnunet.console import captured, console_stream
 
 CONFIGURATION = "3d_fullres"
@@ -343,7 +344,5 @@ def ensure_cascade(plans_file: Path, n_cases: int) -> dict:
                             and LOCAL_CONFIGURATION in plans["configurations"]):
         return plans
     plans = plan_cascade(plans, n_cases)
-    tmp = plans_file.with_name(f".tmp_{plans_file.name}")
-    tmp.write_text(json.dumps(plans, indent=4))
-    tmp.replace(plans_file)
+    atomic_write_text(plans_file, json.dumps(plans, indent=4))
     return plans

@@ -26,6 +26,7 @@ from nnlandmark.nnunet import planning
 from nnlandmark.nnunet.console import LOG_FILE_NAME, nnunet_log
 from nnlandmark.nnunet.paths import NUM_FOLDS, NnunetFolders, nnunet_environment
 from nnlandmark.nnunet.raw import PLANAR_SLICE_SPACING, write_raw_dataset
+from nnlandmark.files import atomic_write_text
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
 from nnlandmark.geometry import CANONICAL_ORIENTATION
 
@@ -79,9 +80,7 @@ class Project:
 
     def save(self) -> None:
         data = {k: v for k, v in asdict(self).items() if k != "root"}  # a project folder may be moved
-        tmp = self.root / f".tmp_{PROJECT_FILE}"
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(self.root / PROJECT_FILE)
+        atomic_write_text(self.root / PROJECT_FILE, json.dumps(data, indent=2))
 
     @classmethod
     def load(cls, root) -> "Project":
