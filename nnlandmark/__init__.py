@@ -20,8 +20,8 @@ _EXPORTS = {
     "make_synthetic_dataset": "nnlandmark.data.synthetic", "Project": "nnlandmark.planning.project",
     "prepare": "nnlandmark.planning.project", "TrainingSettings": "nnlandmark.training.presets",
     "train": "nnlandmark.training.train", "predict": "nnlandmark.inference.predict",
-    "export_model": "nnlandmark.inference.model_folder", "import_model": "nnlandmark.inference.model_folder",
-    "resolve_model": "nnlandmark.inference.model_folder", "evaluate": "nnlandmark.evaluation.evaluate",
+    "export_model": "nnlandmark.model.folder", "import_model": "nnlandmark.model.folder",
+    "resolve_model": "nnlandmark.model.folder", "evaluate": "nnlandmark.evaluation.evaluate",
     "evaluate_cv": "nnlandmark.evaluation.cross_validation", "qc_report": "nnlandmark.report.qc",
 }
 __all__ = sorted(_EXPORTS)

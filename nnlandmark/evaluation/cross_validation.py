@@ -68,7 +68,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     """
     from nnlandmark.data.dataset import discover_images
     from nnlandmark.evaluation.evaluate import OUTPUT_FILES, evaluate
-    from nnlandmark.inference.model_folder import ModelFolder, ModelFolderError, resolve_model
+    from nnlandmark.model.folder import ModelFolder, ModelFolderError, resolve_model
     from nnlandmark.inference.predict import clear_outputs, previous_outputs, predict, write_summary
     from nnlandmark.nnunet.console import nnunet_log
     from nnlandmark.nnunet.paths import read_splits, splits_file
@@ -193,7 +193,7 @@ def calibrate_presence(prediction_dir, reference_dir, landmark_names) -> tuple[d
 
 def store_presence_thresholds(model_dir, thresholds: dict, record: dict | None = None) -> None:
     """Replace ``presence_thresholds`` (and ``presence_calibration``) in the model's ``nnlandmark.json``."""
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     fields = {PRESENCE_KEY: {name: float(t) for name, t in thresholds.items()}}
     if record is not None:
         fields["presence_calibration"] = record
@@ -228,7 +228,7 @@ def calibrate_uncertainty(prediction_dir, reference_dir, landmark_names, coverag
 
 def store_uncertainty_calibration(model_dir, calibration: dict) -> None:
     """Replace ``uncertainty_calibration`` in the model's ``nnlandmark.json`` (prediction reads it)."""
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     ModelFolder(model_dir).update({UNCERTAINTY_KEY: calibration})
 
 

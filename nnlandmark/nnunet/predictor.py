@@ -3,8 +3,8 @@
 A trained model is loaded without nnU-Net's trainer lookup by name: the
 network is rebuilt from the plans and each fold's weights are loaded directly
 from its checkpoint. Which plans, configuration, architecture and
-checkpoints make the model is the inference layer's to say
-(:meth:`nnlandmark.inference.model_folder.ModelFolder.predictor` reads them from a
+checkpoints make the model is the model layer's to say
+(:meth:`nnlandmark.model.folder.ModelFolder.predictor` reads them from a
 model folder). Each case goes through nnU-Net's own preprocessing, then nnU-Net's
 Gaussian-weighted sliding window (its weights floored so that no border voxel
 loses its logit in float16, see

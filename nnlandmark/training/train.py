@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnlandmark.inference.model_folder import ModelFolder
+from nnlandmark.model.description import fold_key
+from nnlandmark.model.folder import ModelFolder
 from nnlandmark.nnunet import nnunetv2_version
 from nnlandmark.nnunet.console import nnunet_log
 from nnlandmark.nnunet.paths import NUM_FOLDS, nnunet_environment, read_splits, splits_file
@@ -66,7 +67,7 @@ def settings_for(project_dir, given: dict, continue_training: bool) -> TrainingS
         project = Project.load(project_dir)
         model = ModelFolder(model_dir_for(project, project_settings(project, TrainingSettings(**identity))))
         if model.description_file.is_file():
-            saved = model.description["settings"]
+            saved = model.description.settings
     return TrainingSettings(**{**saved, **given})
 
 
@@ -89,7 +90,8 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
     description = {"landmarks": project.landmarks, "pairs": project.pairs, "biometry": project.biometry,
                    "channels": project.channels, "picture_spacing": project.spacing, "planner": project.planner,
                    "plans_identifier": project.plans_identifier, "configuration": stages[settings.stages[-1]],
-                   "stages": stages, "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
+                   "stages": stages, "settings": settings.to_dict(), "output": settings.output,
+                   "mirror": settings.mirroring(project.pairs),
                    "orientation": project.orientation, "nnunetv2_version": nnunetv2_version()}
     ModelFolder(model_dir).update(description)
 
@@ -188,7 +190,7 @@ def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, 
     if num_gpus > 1:
         check_batch_split(project, settings, num_gpus)
     for f in folds:
-        fold_dir = model_dir / f"fold_{f}"
+        fold_dir = model_dir / fold_key(f)
         if not continue_training and any(fold_dir.glob("checkpoint_*.pth")):
             raise OutputExists(f"{fold_dir}: already has checkpoints; use --continue to resume it "
                                   "or choose another model")
@@ -319,9 +321,9 @@ def record_learned_sigmas(model_dir, fold: int, stage: str, landmark_names, lear
     (other folds' and stages' entries are kept). ``folder`` (the stage's checkpoint folder,
     as the trainer's ``on_end`` passes it) is not needed."""
     model = ModelFolder(model_dir)
-    recorded = model.description.get("learned_sigmas", {}) if model.description_file.is_file() else {}
+    recorded = model.description.learned_sigmas if model.description_file.is_file() else {}
     values = learned_sigmas().detach().cpu().tolist()
-    recorded.setdefault(f"fold_{fold}", {})[stage] = {n: round(v, 4) for n, v in zip(landmark_names, values)}
+    recorded.setdefault(fold_key(fold), {})[stage] = {n: round(v, 4) for n, v in zip(landmark_names, values)}
     model.update({"learned_sigmas": recorded})
     return recorded
 
@@ -341,8 +343,8 @@ def record_shape_prior(project: Project, fold: int, model_dir) -> dict | None:
     if prior is None:
         return None
     model = ModelFolder(model_dir)
-    recorded = model.description.get("shape_prior", {})
-    recorded[f"fold_{fold}"] = prior
+    recorded = model.description.shape_prior
+    recorded[fold_key(fold)] = prior
     model.update({"shape_prior": recorded})
     return prior
 
