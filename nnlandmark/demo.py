@@ -31,7 +31,7 @@ def run_demo(output="demo_output", device: str = "cpu", budget_minutes: float | 
     from nnlandmark.nnunet.console import nnunet_log
     from nnlandmark.planning.project import prepare
     from nnlandmark.training.presets import TrainingSettings
-    from nnlandmark.training.train import train
+    from nnlandmark import train  # with the learning-curve plots
 
     out = Path(output)
     started = time.time()

@@ -32,6 +32,7 @@ ADAPTER_MAY_IMPORT = ("nnlandmark.nnunet", "nnlandmark.geometry", "nnlandmark.er
 BELOW = {
     "nnlandmark.model": ("nnlandmark.training", "nnlandmark.inference", "nnlandmark.evaluation",
                          "nnlandmark.report", "nnlandmark.cli", "nnlandmark.demo"),
+    "nnlandmark.training": ("nnlandmark.inference", "nnlandmark.report", "nnlandmark.evaluation"),
 }
 
 
@@ -113,6 +114,9 @@ def test_the_walk_sees_the_adapters_nnunetv2_imports():
     ("nnlandmark.model.folder", "def f():\n    from nnlandmark.training.presets import PRESETS\n", True),
     ("nnlandmark.model.description", "from ..inference import predict\n", True),
     ("nnlandmark.model.folder", "from nnlandmark.nnunet.predictor import LandmarkPredictor\n", False),
+    ("nnlandmark.training.train", "from nnlandmark.report.curves import plot_training_curves\n", True),
+    ("nnlandmark.training.train", "from nnlandmark.inference.shape import fit_shape_prior\n", True),
+    ("nnlandmark.training.train", "from nnlandmark.model.shape import fit_shape_prior\n", False),
 ])
 def test_the_rules_catch_bad_imports(tmp_path, module, source, bad):
     path = tmp_path / Path(*module.split(".")).with_suffix(".py")
