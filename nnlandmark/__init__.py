@@ -31,9 +31,9 @@ def train(project_dir, fold=0, settings=None, **options):
     """:func:`nnlandmark.training.train.train` (see there), drawing each stage's
     ``training_curves.png`` after every epoch unless given another ``on_curves``: the training
     layer imports no report, so its plotter is passed down from here."""
-    from nnlandmark.report.curves import plot_training_curves
+    from nnlandmark.report.curves import plot_curves_beside
     from nnlandmark.training.train import train as train_folds
-    options.setdefault("on_curves", plot_training_curves)
+    options.setdefault("on_curves", plot_curves_beside)
     return train_folds(project_dir, fold, settings, **options)
 
 

@@ -168,7 +168,7 @@ def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, 
 
     ``on_curves(curves, folder)`` is called after every epoch with the stage's learning curves
     (those of ``training_curves.json``); :func:`nnlandmark.train` and the CLI pass
-    :func:`nnlandmark.report.curves.plot_training_curves`, which draws ``training_curves.png``
+    :func:`nnlandmark.report.curves.plot_curves_beside`, which draws ``training_curves.png``
     (this layer imports no report).
     """
     check_num_gpus(num_gpus, device, ddp_on_cpu)
