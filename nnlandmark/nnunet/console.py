@@ -13,8 +13,8 @@ warnings other packages raise there.
 
 The layers above say where the log goes (:func:`nnunet_log`: the project's
 ``logs/nnunet.log``); without one it is a file in the system's temporary
-folder. Either is named once, on the console, when something is first written
-to it. The adapter wraps its calls into nnU-Net in :func:`captured` and draws
+folder. Either is named once on the console, when the first :func:`captured`
+block opens it. The adapter wraps its calls into nnU-Net in :func:`captured` and draws
 its own progress bars on :func:`console_stream`, which stays the console.
 
 The state lives in environment variables so that processes started inside a
@@ -74,8 +74,9 @@ def verbosity() -> int:
 
 @contextmanager
 def nnunet_log(path):
-    """nnU-Net's output inside this block goes to ``path`` (created, with its folder, only when
-    something is written). An enclosing block's log wins: ``demo`` keeps one log for its
+    """nnU-Net's output inside this block goes to ``path`` (created, with its folder, only when a
+    :func:`captured` block runs: a command refused before any work leaves none). An enclosing
+    block's log wins: ``demo`` keeps one log for its
     prepare, train and predict."""
     if os.environ.get(_LOG_VARIABLE):
         yield Path(os.environ[_LOG_VARIABLE])
