@@ -27,7 +27,7 @@ import numpy as np
 def heatmaps_per_case(model_dir, images: dict, grids: dict, tta_settings, device: str = "cpu") -> dict:
     """``{tta: {case: (heatmaps, pgrid)}}``: one sliding-window prediction per case and setting."""
     from nnlandmark.data.pairs import left_right_axis, swap_permutation
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     description = json.loads((Path(model_dir) / "nnlandmark.json").read_text())
     predictor = ModelFolder(model_dir).predictor([0], device=device,
                                                  mirror_swap=swap_permutation(description["landmarks"], description["pairs"]))

@@ -299,7 +299,7 @@ def summarise(result: dict) -> dict:
 
 def plan_summary(model: Path) -> str:
     """Spacing and patch of each stage the model predicts with."""
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     plans = json.loads((model / "plans.json").read_text())
     stages = ModelFolder(model).stages
     parts = []

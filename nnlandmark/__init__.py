@@ -19,12 +19,22 @@ _EXPORTS = {
     "read_landmarks": "nnlandmark.data.formats", "write_landmarks": "nnlandmark.data.formats",
     "make_synthetic_dataset": "nnlandmark.data.synthetic", "Project": "nnlandmark.planning.project",
     "prepare": "nnlandmark.planning.project", "TrainingSettings": "nnlandmark.training.presets",
-    "train": "nnlandmark.training.train", "predict": "nnlandmark.inference.predict",
-    "export_model": "nnlandmark.inference.model_folder", "import_model": "nnlandmark.inference.model_folder",
-    "resolve_model": "nnlandmark.inference.model_folder", "evaluate": "nnlandmark.evaluation.evaluate",
+    "predict": "nnlandmark.inference.predict", "plot_training_curves": "nnlandmark.report.curves",
+    "export_model": "nnlandmark.model.folder", "import_model": "nnlandmark.model.folder",
+    "resolve_model": "nnlandmark.model.folder", "evaluate": "nnlandmark.evaluation.evaluate",
     "evaluate_cv": "nnlandmark.evaluation.cross_validation", "qc_report": "nnlandmark.report.qc",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "train"])
+
+
+def train(project_dir, fold=0, settings=None, **options):
+    """:func:`nnlandmark.training.train.train` (see there), drawing each stage's
+    ``training_curves.png`` after every epoch unless given another ``on_curves``: the training
+    layer imports no report, so its plotter is passed down from here."""
+    from nnlandmark.report.curves import plot_curves_beside
+    from nnlandmark.training.train import train as train_folds
+    options.setdefault("on_curves", plot_curves_beside)
+    return train_folds(project_dir, fold, settings, **options)
 
 
 def __getattr__(name: str):

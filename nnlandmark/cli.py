@@ -87,19 +87,21 @@ def _biometry(items):
 
 
 def _fold(text: str):
-    """``--fold``: 'all' or an integer 0-4 (argparse turns the error into a usage message)."""
+    """``--fold``: 'all' or a fold of nnU-Net's cross-validation (argparse turns the error into a usage message)."""
+    from nnlandmark.nnunet.paths import NUM_FOLDS
     if text == "all":
         return "all"
     try:
         fold = int(text)
     except ValueError:
         fold = -1
-    if not 0 <= fold <= 4:
-        raise argparse.ArgumentTypeError(f"expected 0, 1, 2, 3, 4 or 'all', got {text!r}")
+    if not 0 <= fold < NUM_FOLDS:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(map(str, range(NUM_FOLDS)))} or 'all', got {text!r}")
     return fold
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnlandmark.nnunet.paths import NUM_FOLDS
     choices = _registries()
     parser = argparse.ArgumentParser(prog="nnlandmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one fold, or all five with --fold all")
     p.add_argument("project")
-    p.add_argument("--fold", default=0, type=_fold, help="0-4 or 'all'")
+    p.add_argument("--fold", default=0, type=_fold, help=f"0-{NUM_FOLDS - 1} or 'all'")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--continue", dest="continue_training", action="store_true",
                    help="resume from the latest checkpoint")
@@ -225,34 +227,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training time of fold 0 (default 3 minutes)")
     p.add_argument("--epochs", type=int, default=None, help="a fixed schedule instead of the time budget")
     p.add_argument("--iterations", type=int, default=None)
+    for command in sub.choices.values():
+        _add_verbosity_options(command)
     return parser
+
+
+def _add_verbosity_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bars, and the line naming nnU-Net's log not shown: results, warnings "
+                            "and errors only")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="nnU-Net's own messages on the console (by default they go to a log file, named on "
+                            "the console: PROJECT/logs/nnunet.log, or for predict a file in the temporary folder)")
 
 
 def run(args) -> int:
     import nnlandmark as api
+    from nnlandmark.nnunet import console
+    with console.at_verbosity(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.NORMAL):
+        return _run(args, api, progress=not args.quiet)
+
+
+def _run(args, api, progress: bool) -> int:
     if args.command == "check":
         from nnlandmark.planning.project import check_dataset, dataset_warnings, orientation_summary
-        ds = check_dataset(args.dataset)  # every check prepare makes, nothing written
+        ds = check_dataset(args.dataset, progress=progress)  # every check prepare makes, nothing written
         for line in dataset_warnings(ds):
             print(f"warning: {line}", file=sys.stderr)
         print(f"{args.dataset}: OK, {len(ds.cases)} cases, {len(ds.spec.landmarks)} landmarks")
         print(orientation_summary(ds.orientations()))
     elif args.command == "prepare":
         project = api.prepare(args.dataset, args.project, planner=args.planner,
-                              num_processes=args.num_processes, target_spacing=args.spacing)
+                              num_processes=args.num_processes, target_spacing=args.spacing, progress=progress)
         from nnlandmark.planning.project import orientation_summary
         print(orientation_summary(project.orientations, project.orientation))
         print(f"prepared {project.dataset_name} in {project.root}")
     elif args.command == "train":
         model = api.train(args.project, args.fold, _settings(args), device=args.device,
-                          continue_training=args.continue_training, num_gpus=args.num_gpus)
+                          continue_training=args.continue_training, num_gpus=args.num_gpus, progress=progress)
         print(f"model folder: {model}")
     elif args.command == "predict":
         out = api.predict(args.input, args.output, args.model, folds=args.folds,
                           device=args.device, step_size=args.step_size, decoder=args.decoder,
                           save_heatmaps=args.save_heatmaps, overwrite=args.overwrite, resume=args.resume,
                           mirror=_MIRROR[args.mirror], shape_prior=args.shape_prior,
-                          spacing=args.spacing[0] if args.spacing and len(args.spacing) == 1 else args.spacing)
+                          spacing=args.spacing[0] if args.spacing and len(args.spacing) == 1 else args.spacing,
+                          progress=progress)
         print(f"predictions in {out}")
     elif args.command == "evaluate":
         result = api.evaluate(args.predictions, args.reference, landmark_names=args.landmarks,
@@ -262,7 +283,7 @@ def run(args) -> int:
     elif args.command == "evaluate-cv":
         result = api.evaluate_cv(args.project, args.output, model_dir=args.model, device=args.device,
                                  decoder=args.decoder, overwrite=args.overwrite, resume=args.resume,
-                                 coverage=args.coverage)
+                                 coverage=args.coverage, progress=progress)
         print(result.format_table())
     elif args.command == "export-model":
         print(api.export_model(args.model, args.zip))
@@ -279,7 +300,7 @@ def run(args) -> int:
     elif args.command == "demo":
         from nnlandmark.demo import run_demo
         run_demo(args.output, device=args.device, budget_minutes=args.time_budget, epochs=args.epochs,
-                 iterations=args.iterations)
+                 iterations=args.iterations, progress=progress)
     return 0
 
 

@@ -28,9 +28,10 @@ def run_demo(output="demo_output", device: str = "cpu", budget_minutes: float | 
     from nnlandmark.evaluation.baselines import write_baseline_predictions
     from nnlandmark.evaluation.evaluate import evaluate
     from nnlandmark.inference.predict import predict
+    from nnlandmark.nnunet.console import nnunet_log
     from nnlandmark.planning.project import prepare
     from nnlandmark.training.presets import TrainingSettings
-    from nnlandmark.training.train import train
+    from nnlandmark import train  # with the learning-curve plots
 
     out = Path(output)
     started = time.time()
@@ -39,14 +40,15 @@ def run_demo(output="demo_output", device: str = "cpu", budget_minutes: float | 
         make_synthetic_dataset(train_data, n_cases=N_TRAIN, seed=0)
     if not (test_data / "dataset.json").exists():
         make_synthetic_dataset(test_data, n_cases=N_TEST, seed=1)
-    prepare(train_data, out / "project", progress=progress)
+    project = prepare(train_data, out / "project", progress=progress)
     if epochs or iterations:
         settings = TrainingSettings(epochs=epochs or 10, iterations_per_epoch=iterations or 25, val_iterations=2)
     else:
         settings = TrainingSettings(time_budget_minutes=budget_minutes or DEMO_BUDGET_MINUTES, val_iterations=2)
     model = train(out / "project", 0, settings, device=device, continue_training=True, progress=progress)
-    predict(test_data / "images", out / "predictions", model, folds=[0], device=device, overwrite=True,
-            progress=progress)
+    with nnunet_log(project.log_file):  # one log for the whole demo
+        predict(test_data / "images", out / "predictions", model, folds=[0], device=device, overwrite=True,
+                progress=progress)
     result = evaluate(out / "predictions", test_data, output_dir=out / "evaluation", overwrite=True)
     baselines = {name: evaluate(folder, test_data)
                  for name, folder in write_baseline_predictions(train_data, test_data / "images",

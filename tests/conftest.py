@@ -86,7 +86,9 @@ def tiny_model(prepared_project) -> Path:
     """A model folder with fold 0 trained for 2 x 2 iterations (weights barely trained)."""
     from nnlandmark.training.presets import TrainingSettings
     from nnlandmark.training.train import train
-    return train(prepared_project, 0, TrainingSettings(**TINY_SETTINGS), device="cpu", progress=False)
+    from nnlandmark.report.curves import plot_curves_beside
+    return train(prepared_project, 0, TrainingSettings(**TINY_SETTINGS), device="cpu", progress=False,
+                 on_curves=plot_curves_beside)
 
 
 def shrink_plans(project_dir: Path) -> None:

@@ -56,7 +56,7 @@ def test_demo_model_beats_the_mean_position_atlas_twice(demo_run):
 @pytest.mark.slow
 def test_demo_trained_both_stages_within_its_budget_and_they_learned(demo_run):
     from nnlandmark.demo import DEMO_BUDGET_MINUTES
-    from nnlandmark.inference.model_folder import MODEL_FILE
+    from nnlandmark.model.folder import MODEL_FILE
     out, _, _ = demo_run
     model = next((out / "project").rglob(MODEL_FILE)).parent
     spent = 0.0

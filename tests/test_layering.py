@@ -1,12 +1,16 @@
 """nnlandmark's layers: nnU-Net is reached only through ``nnlandmark.nnunet``, the bottom layer.
 
-Two rules (see ``nnlandmark/nnunet/__init__.py``):
+The rules (see ``nnlandmark/nnunet/__init__.py`` and ``nnlandmark/model/__init__.py``):
 
 - no module outside ``nnlandmark/nnunet`` imports ``nnunetv2``, so that an
   nnunetv2 upgrade is a change in one package;
 - ``nnlandmark/nnunet`` imports nothing of nnlandmark but itself and leaf
   modules (:data:`ADAPTER_MAY_IMPORT`): the layers above (data, planning,
-  training, inference, evaluation, report) pass down what it needs.
+  training, inference, evaluation, report) pass down what it needs;
+- each package in :data:`BELOW` imports none of the packages listed for it: the model
+  folder's contract (``model``) sits below training, inference, evaluation and report,
+  and training reaches neither inference nor report (what it needs of them lives below,
+  or is passed down).
 
 Every module is parsed with ``ast``, not imported, so this runs in a second and
 sees imports inside functions too (most of ours are lazy). Dynamic imports are
@@ -22,7 +26,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "nnlandmark"
 ADAPTER = "nnlandmark.nnunet"
 #: what the adapter may import of nnlandmark: itself, and leaf modules that import nothing above it
-ADAPTER_MAY_IMPORT = ("nnlandmark.nnunet", "nnlandmark.geometry", "nnlandmark.errors", "nnlandmark.architectures")
+ADAPTER_MAY_IMPORT = ("nnlandmark.nnunet", "nnlandmark.geometry", "nnlandmark.errors", "nnlandmark.files",
+                      "nnlandmark.architectures")
+#: package -> packages above it, which it must not import
+BELOW = {
+    "nnlandmark.model": ("nnlandmark.training", "nnlandmark.inference", "nnlandmark.evaluation",
+                         "nnlandmark.report", "nnlandmark.cli", "nnlandmark.demo"),
+    "nnlandmark.training": ("nnlandmark.inference", "nnlandmark.report", "nnlandmark.evaluation"),
+}
 
 
 def module_name(path: Path, package_dir: Path = PACKAGE) -> str:
@@ -74,6 +85,9 @@ def layering_violations(package_dir: Path = PACKAGE) -> list:
                     and not any(_within(name, allowed) for allowed in ADAPTER_MAY_IMPORT):
                 problems.append(f"{where}: imports {name}; {ADAPTER} is the bottom layer and may import only "
                                 f"{', '.join(ADAPTER_MAY_IMPORT)}")
+            for package, above in BELOW.items():
+                if _within(module, package) and any(_within(name, a) for a in above):
+                    problems.append(f"{where}: imports {name}; {package} sits below {', '.join(above)}")
     return problems
 
 
@@ -97,6 +111,12 @@ def test_the_walk_sees_the_adapters_nnunetv2_imports():
     ("nnlandmark.nnunet.raw", "from nnlandmark import inference\n", True),
     ("nnlandmark.nnunet.raw", "from . import planning\nfrom nnlandmark.geometry import nearest_voxel\n", False),
     ("nnlandmark.nnunet.trainer", "from nnunetv2.training import nnUNetTrainer\n", False),
+    ("nnlandmark.model.folder", "def f():\n    from nnlandmark.training.presets import PRESETS\n", True),
+    ("nnlandmark.model.description", "from ..inference import predict\n", True),
+    ("nnlandmark.model.folder", "from nnlandmark.nnunet.predictor import LandmarkPredictor\n", False),
+    ("nnlandmark.training.train", "from nnlandmark.report.curves import plot_training_curves\n", True),
+    ("nnlandmark.training.train", "from nnlandmark.inference.shape import fit_shape_prior\n", True),
+    ("nnlandmark.training.train", "from nnlandmark.model.shape import fit_shape_prior\n", False),
 ])
 def test_the_rules_catch_bad_imports(tmp_path, module, source, bad):
     path = tmp_path / Path(*module.split(".")).with_suffix(".py")

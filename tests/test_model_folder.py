@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nnlandmark.cli import main
-from nnlandmark.inference.model_folder import MODEL_FILE, import_model, resolve_model
+from nnlandmark.model.folder import MODEL_FILE, import_model, resolve_model
 
 _DESCRIPTION = json.dumps({"landmarks": ["a"], "settings": {"preset": "softmax", "architecture": "unet"}})
 

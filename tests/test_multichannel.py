@@ -81,7 +81,7 @@ def test_two_channels_are_exported_trained_on_and_predicted_from(two_channel_mod
         assert first_conv.shape[1] == 2, stage
 
     # prediction preprocesses the two files as prepare did, in the same order
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     files = [m.data / "images" / f"case_000_{c:04d}.nii.gz" for c in range(2)]
     x, _ = ModelFolder(m.model).predictor([0], "local").preprocess(files)  # full resolution, as prepared
     np.testing.assert_allclose(np.asarray(x), data, atol=1e-4)

@@ -145,7 +145,7 @@ def test_test_time_mirroring_is_equivariant_with_swapped_pairs(tiny_model, synth
     in each stage of the model: the whole-scan sliding window and the local patches."""
     from nnlandmark.data.images import read_image_grid
     from nnlandmark.geometry import patch_start
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     from nnlandmark.inference.predict import crop_patches
     description = json.loads((tiny_model / "nnlandmark.json").read_text())
     assert description["mirror"] is True  # the synthetic dataset has pairs

@@ -72,7 +72,7 @@ def test_tiny_model_folder_is_self_contained(tiny_model, prepared_project, synth
     assert list(record) == json.loads((tiny_model / "nnlandmark.json").read_text())["landmarks"]
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     from nnlandmark.nnunet.networks import build_network
     description = json.loads((tiny_model / "nnlandmark.json").read_text())
     assert description["landmarks"][0] == "nose_tip"

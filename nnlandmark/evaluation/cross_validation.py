@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
+from nnlandmark.files import atomic_write_text
 
 PRESENCE_KEY = "presence_thresholds"
 CALIBRATION_FILE = "presence_calibration.json"
@@ -67,8 +68,9 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     """
     from nnlandmark.data.dataset import discover_images
     from nnlandmark.evaluation.evaluate import OUTPUT_FILES, evaluate
-    from nnlandmark.inference.model_folder import ModelFolder, ModelFolderError, resolve_model
+    from nnlandmark.model.folder import ModelFolder, ModelFolderError, resolve_model
     from nnlandmark.inference.predict import clear_outputs, previous_outputs, predict, write_summary
+    from nnlandmark.nnunet.console import nnunet_log
     from nnlandmark.nnunet.paths import read_splits, splits_file
     from nnlandmark.planning.project import Project
     from nnlandmark.inference.predict import default_decoder
@@ -76,7 +78,8 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
 
     radius_key(coverage)  # refuses a coverage outside (0, 1) before any work
     project = Project.load(project_dir)
-    model_dir = resolve_model(model_dir or project_dir)
+    model = ModelFolder(resolve_model(model_dir or project_dir))  # resolved once, for every fold
+    model_dir = model.path
     splits = read_splits(project.folders, project.dataset_name)
     if splits is None:
         raise MissingPath(f"{splits_file(project.folders, project.dataset_name)}: no cross-validation split yet "
@@ -96,19 +99,20 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     if overwrite:  # once for all folds: each fold's predict adds its own cases
         clear_outputs(predictions)
     folds_done, predicted = [], []
-    for fold, split in enumerate(splits):
-        try:
-            ModelFolder(model_dir).check([fold])  # every stage of the fold has a checkpoint
-        except ModelFolderError:
-            print(f"fold {fold}: no checkpoint, skipped")
-            continue
-        cases = {c: images[c] for c in split["val"]}
-        # resume: the folds' cases are disjoint, and the earlier folds' (and, with --continue, an
-        # earlier run's) predictions stay
-        predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder, resume=True,
-                progress=progress)
-        folds_done.append(fold)
-        predicted += list(cases)
+    with nnunet_log(project.log_file):  # nnU-Net's messages beside the training's
+        for fold, split in enumerate(splits):
+            try:
+                model.check([fold])  # every stage of the fold has a checkpoint
+            except ModelFolderError:
+                print(f"fold {fold}: no checkpoint, skipped")
+                continue
+            cases = {c: images[c] for c in split["val"]}
+            # resume: the folds' cases are disjoint, and the earlier folds' (and, with --continue, an
+            # earlier run's) predictions stay
+            predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder, resume=True,
+                    progress=progress)
+            folds_done.append(fold)
+            predicted += list(cases)
     if not folds_done:
         raise MissingPath(f"{model_dir}: no fold has a checkpoint")
     write_summary(predictions, predicted)  # each fold's predict wrote a summary of its own cases only
@@ -118,15 +122,15 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
         record = {"rule": "max F1 of present, on cross-validation predictions", "folds": folds_done,
                   "n_cases": len(result.case_ids), "landmarks": details}
         store_presence_thresholds(model_dir, thresholds, record)
-        (output_dir / CALIBRATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(output_dir / CALIBRATION_FILE, json.dumps(record, indent=2) + "\n")
         for name, threshold in thresholds.items():
             print(f"presence threshold {name}: {threshold:.4f} (F1 {details[name]['f1']:.3f} on "
                   f"{details[name]['n_present']} present, {details[name]['n_absent']} absent)")
         calibration = calibrate_uncertainty(predictions, project.dataset_dir, project.landmarks, coverage)
-        calibration.update({"decoder": decoder or default_decoder(ModelFolder(model_dir).description),
+        calibration.update({"decoder": decoder or default_decoder(model.description),
                             "folds": folds_done, "n_cases": len(result.case_ids)})
         store_uncertainty_calibration(model_dir, calibration)
-        (output_dir / UNCERTAINTY_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+        atomic_write_text(output_dir / UNCERTAINTY_FILE, json.dumps(calibration, indent=2) + "\n")
         print(describe_uncertainty_calibration(calibration))
     return result
 
@@ -189,7 +193,7 @@ def calibrate_presence(prediction_dir, reference_dir, landmark_names) -> tuple[d
 
 def store_presence_thresholds(model_dir, thresholds: dict, record: dict | None = None) -> None:
     """Replace ``presence_thresholds`` (and ``presence_calibration``) in the model's ``nnlandmark.json``."""
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     fields = {PRESENCE_KEY: {name: float(t) for name, t in thresholds.items()}}
     if record is not None:
         fields["presence_calibration"] = record
@@ -224,7 +228,7 @@ def calibrate_uncertainty(prediction_dir, reference_dir, landmark_names, coverag
 
 def store_uncertainty_calibration(model_dir, calibration: dict) -> None:
     """Replace ``uncertainty_calibration`` in the model's ``nnlandmark.json`` (prediction reads it)."""
-    from nnlandmark.inference.model_folder import ModelFolder
+    from nnlandmark.model.folder import ModelFolder
     ModelFolder(model_dir).update({UNCERTAINTY_KEY: calibration})
 
 

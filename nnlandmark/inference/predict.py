@@ -67,6 +67,7 @@ from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats.json_formats import read_prediction_record, write_markups_json
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
+from nnlandmark.files import atomic_write
 from nnlandmark.geometry import (ImageGrid, canonical_reorientation, is_mirrored, orientation_code, patch_start,
                                  patch_to_preprocessed, preprocessed_image_grid, preprocessed_to_world,
                                  reoriented_grid, world_to_index, world_to_preprocessed)
@@ -218,10 +219,7 @@ def clear_outputs(output_dir: Path) -> None:
         summary.unlink()
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
+_atomic = atomic_write  # the name this module's writers use
 
 
 def decode_case(heatmaps, pgrid, grid: ImageGrid, names, decoder: str = "argmax") -> dict:
@@ -236,14 +234,15 @@ def _decoded(world, scores, grid: ImageGrid, names) -> dict:
     return {name: (world[i], index[i], float(scores[i])) for i, name in enumerate(names)}
 
 
-def default_decoder(description: dict) -> str:
+def default_decoder(description) -> str:
     """``mass`` for a softmax model (its channels are distributions), else ``argmax``."""
     return "mass" if _output(description) == "softmax" else "argmax"
 
 
-def _output(description: dict) -> str:
-    from nnlandmark.training.presets import PRESETS
-    return PRESETS[description["settings"]["preset"]]["output"]
+def _output(description) -> str:
+    """How the model's outputs are read, as its description says (``softmax`` or ``sigmoid``)."""
+    from nnlandmark.model.description import ModelDescription
+    return ModelDescription.of(description).output
 
 
 def _maps(logits, output: str):
@@ -472,7 +471,7 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         prior and predict without).
     """
     from nnlandmark.data.images import picture_spacing
-    from nnlandmark.inference.model_folder import ModelFolder, resolve_model
+    from nnlandmark.model.folder import ModelFolder, resolve_model
     # every check before any work or any write: flags, model, inputs, output folder
     if decoder is not None and decoder not in DECODERS:
         raise InvalidInput(f"--decoder: unknown decoder '{decoder}', choose from {sorted(DECODERS)}")
@@ -502,8 +501,7 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     # the spread is the final stage's: the local one of a cascade
     target_sigma = target_sigmas(description, "local" if "local" in model.stages else next(iter(model.stages)), folds)
     mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
-    priors = description.get("shape_prior") or {}
-    prior = next((priors[f"fold_{f}"] for f in folds if f"fold_{f}" in priors), None) if shape_prior else None
+    prior = description.shape_prior_of(folds) if shape_prior else None
     swap = swap_permutation(names, description.get("pairs") or [])
     predictors = {stage: model.predictor(folds, stage, device=device, step_size=step_size, mirror_swap=swap)
                   for stage in model.stages}

@@ -196,31 +196,29 @@ def target_sigmas(description: dict, stage: str, folds=(0,)) -> np.ndarray | Non
     trained towards, when its output is a distribution (``softmax``); None for sigmoid heatmaps.
 
     Learned sigmas (``heatmap="adaptive"``, ``learned_sigmas`` in the description) are averaged
-    over ``folds``; otherwise the settings' ``gaussian_sigma`` (one value or one per landmark),
-    else the preset's.
+    over ``folds``; otherwise the settings' ``gaussian_sigma`` (one value or one per landmark).
+    ``description``: a :class:`~nnlandmark.model.description.ModelDescription` or its dict.
 
-    >>> d = {"landmarks": ["a", "b"], "settings": {"preset": "softmax", "gaussian_sigma": 1.5}}
+    >>> d = {"landmarks": ["a", "b"], "stages": {"local": "3d_local"},
+    ...      "settings": {"preset": "softmax", "gaussian_sigma": 1.5}}
     >>> target_sigmas(d, "local").tolist()
     [1.5, 1.5]
     >>> d["learned_sigmas"] = {"fold_0": {"local": {"a": 1.0, "b": 2.0}}, "fold_1": {"local": {"a": 2.0, "b": 2.0}}}
     >>> target_sigmas(d, "local", folds=[0, 1]).tolist()
     [1.5, 2.0]
-    >>> target_sigmas({"landmarks": ["a"], "settings": {"preset": "cone"}}, "fullres") is None
+    >>> target_sigmas({"landmarks": ["a"], "configuration": "3d_fullres", "settings": {"preset": "cone"}},
+    ...               "fullres") is None
     True
     """
-    from nnlandmark.training.presets import PRESETS
-    settings = description.get("settings") or {}
-    preset = PRESETS.get(settings.get("preset", "softmax"), PRESETS["softmax"])
-    if preset["output"] != "softmax" or settings.get("heatmap", preset["heatmap"]) == "cone":
+    from nnlandmark.model.description import ModelDescription
+    description = ModelDescription.of(description)
+    if description.output != "softmax" or description.heatmap == "cone":
         return None
-    names = description["landmarks"]
-    learned = description.get("learned_sigmas") or {}
-    per_fold = [learned.get(f"fold_{f}", {}).get(stage) for f in folds]
+    names = description.landmarks
+    per_fold = [description.learned_sigmas_of(f, stage) for f in folds]
     if per_fold and all(isinstance(s, dict) and all(n in s for n in names) for s in per_fold):
         return np.mean([[float(s[n]) for n in names] for s in per_fold], axis=0)
-    sigma = settings.get("gaussian_sigma")
-    sigma = preset["sigma"] if sigma is None else sigma
-    values = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(names),))
+    values = np.broadcast_to(np.asarray(description.settings["gaussian_sigma"], dtype=np.float64), (len(names),))
     return values.copy()
 
 

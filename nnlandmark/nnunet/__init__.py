@@ -11,7 +11,7 @@ widen the pin only after running the tests against another version).
 It is also the bottom of nnlandmark's layers: nothing here imports from
 ``nnlandmark.data``, ``training``, ``inference``, ``evaluation``, ``planning`` or
 ``report`` (``tests/test_layering.py`` checks it). Only leaf modules are used:
-:mod:`nnlandmark.geometry`, :mod:`nnlandmark.errors` and the networks of
+:mod:`nnlandmark.geometry`, :mod:`nnlandmark.errors`, :mod:`nnlandmark.files` and the networks of
 :mod:`nnlandmark.architectures`. The layers above pass down what is theirs, as
 plain values and callables: the landmark dataset to export (duck-typed, see
 :mod:`.raw`), the loss, batch preparation and curve plotting of a training

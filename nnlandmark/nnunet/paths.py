@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+#: nnU-Net's cross-validation: the folds its trainer splits a dataset into (``splits_final.json``), which
+#: every project plans and ``--fold all`` trains
+NUM_FOLDS = 5
 
 
 @dataclass(frozen=True)

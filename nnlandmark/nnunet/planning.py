@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from nnlandmark.geometry import array_to_itk_index, itk_to_array_order, untranspose
 from nnlandmark.errors import InvalidInput
+from nnlandmark.files import atomic_write_text
+from nnlandmark.nnunet.console import captured, console_stream
 
 CONFIGURATION = "3d_fullres"
 #: nnU-Net's configuration of 2D images (one slice each): it plans no ``3d_fullres`` for them
@@ -43,8 +45,9 @@ def _import(path: str):
 
 def extract_fingerprint(dataset_name: str, num_processes: int) -> dict:
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
-    extractor = DatasetFingerprintExtractor(dataset_name, num_processes, verbose=False)
-    return extractor.run(overwrite_existing=False)
+    with captured():  # its own progress bar and its workers' "Using <class ...> as reader/writer"
+        extractor = DatasetFingerprintExtractor(dataset_name, num_processes, verbose=False)
+        return extractor.run(overwrite_existing=False)
 
 
 def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> dict:
@@ -61,7 +64,8 @@ def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> di
     if target_spacing is not None:
         # nnU-Net's spacing is in array order (z, y, x) before its own transpose
         kwargs["overwrite_target_spacing"] = itk_to_array_order(target_spacing)
-    return planner_class(dataset_name, suppress_transpose=False, **kwargs).plan_experiment()
+    with captured():  # the planner prints each configuration's whole plans dictionary
+        return planner_class(dataset_name, suppress_transpose=False, **kwargs).plan_experiment()
 
 
 def is_planar(plans: dict) -> bool:
@@ -150,16 +154,18 @@ def preprocess(folders, dataset_name: str, plans: dict, num_processes: int = 2, 
         jobs.append((case_id, images, str(label_file), plans, dataset_json, str(out_dir), configuration))
     if not jobs:
         return out_dir
-    bar = tqdm(total=len(jobs), desc=f"preprocessing {configuration}", disable=not progress)
-    if num_processes <= 1:
-        for job in jobs:
-            _preprocess_one(job)
-            bar.update()
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-            for _ in pool.imap_unordered(_preprocess_one, jobs):
+    with captured():  # nnU-Net's reader and preprocessor print, in this process and in the workers
+        bar = tqdm(total=len(jobs), desc=f"preprocessing {configuration}", disable=not progress,
+                   file=console_stream())
+        if num_processes <= 1:
+            for job in jobs:
+                _preprocess_one(job)
                 bar.update()
-    bar.close()
+        else:
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+                for _ in pool.imap_unordered(_preprocess_one, jobs):
+                    bar.update()
+        bar.close()
     return out_dir
 
 
@@ -338,7 +344,5 @@ def ensure_cascade(plans_file: Path, n_cases: int) -> dict:
                             and LOCAL_CONFIGURATION in plans["configurations"]):
         return plans
     plans = plan_cascade(plans, n_cases)
-    tmp = plans_file.with_name(f".tmp_{plans_file.name}")
-    tmp.write_text(json.dumps(plans, indent=4))
-    tmp.replace(plans_file)
+    atomic_write_text(plans_file, json.dumps(plans, indent=4))
     return plans

@@ -3,8 +3,8 @@
 A trained model is loaded without nnU-Net's trainer lookup by name: the
 network is rebuilt from the plans and each fold's weights are loaded directly
 from its checkpoint. Which plans, configuration, architecture and
-checkpoints make the model is the inference layer's to say
-(:meth:`nnlandmark.inference.model_folder.ModelFolder.predictor` reads them from a
+checkpoints make the model is the model layer's to say
+(:meth:`nnlandmark.model.folder.ModelFolder.predictor` reads them from a
 model folder). Each case goes through nnU-Net's own preprocessing, then nnU-Net's
 Gaussian-weighted sliding window (its weights floored so that no border voxel
 loses its logit in float16, see
@@ -26,6 +26,7 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnlandmark.geometry import PreprocessedGrid
+from nnlandmark.nnunet.console import captured
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.planning import case_grids
 
@@ -89,9 +90,10 @@ class LandmarkPredictor(nnUNetPredictor):
                  checkpoints, device: str = "cpu", step_size: float = 0.5, mirror_swap=None,
                  progress: bool = False):
         device = torch.device(device)
-        super().__init__(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
-                         perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
-                         verbose_preprocessing=False, allow_tqdm=progress)
+        with captured():  # on a CPU: "perform_everything_on_device=True is only supported for cuda devices!"
+            super().__init__(tile_step_size=step_size, use_gaussian=True, use_mirroring=False,
+                             perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                             verbose_preprocessing=False, allow_tqdm=progress)
         plans_manager = PlansManager(plans)
         configuration = plans_manager.get_configuration(configuration)
         network = build_network(architecture, configuration, len(dataset_json["channel_names"]), num_landmarks)

@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from nnlandmark.geometry import itk_to_array_index, nearest_voxel, world_to_index
 from nnlandmark.errors import InvalidInput
+from nnlandmark.files import atomic_write, atomic_write_text
 
 CUBE_HALF_WIDTH = 1  # 3x3x3 cubes at the target spacing or finer
 RAW_FILE_ENDING = ".mha"  # stores any direction matrix exactly, unlike NIfTI's float32 quaternions
@@ -264,22 +265,14 @@ def write_raw_dataset(dataset, raw_dir: Path, target_spacing=None, progress: boo
                             label_file)
         if main_labels:
             sidecar[case.case_id] = record
-            _atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
+            atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
         written_records[case.case_id] = record
     record = nnunet_dataset_json(dataset, n_maps, cube_sizes) if main_labels \
         else {LABEL_MAPS_KEY: n_maps, CUBE_SIZES_KEY: cube_sizes, "records": written_records}
-    _atomic_write_text(json_path, json.dumps(record, indent=2))
+    atomic_write_text(json_path, json.dumps(record, indent=2))
 
 
 def _atomic_write_image(image, path: Path) -> None:
     for key in image.GetMetaDataKeys():  # NIfTI/NRRD header fields MetaImage cannot store
         image.EraseMetaData(key)
-    tmp = path.with_name(f".tmp_{path.name}")
-    sitk.WriteImage(image, str(tmp))
-    tmp.replace(path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp)))

@@ -58,6 +58,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nnlandmark.nnunet import distributed
+from nnlandmark.nnunet.console import captured, console_stream
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.paths import NnunetFolders
 
@@ -110,7 +111,8 @@ def make_trainer(folders: NnunetFolders, dataset_name: str, plans: dict, configu
     dataset_json = json.loads((Path(folders.preprocessed) / dataset_name / "dataset.json").read_text())
     # nnunetv2 2.8 reads (and pops) continue_training from the plans it is given; the copy keeps the caller's
     plans = {**plans, "continue_training": continue_training}
-    trainer = LandmarkTrainer(plans, configuration, fold, dataset_json, torch.device(device))
+    with captured():  # "Using device: cpu"
+        trainer = LandmarkTrainer(plans, configuration, fold, dataset_json, torch.device(device))
     # every process has made nnU-Net's default output folder before any moves its log out of it
     distributed.barrier()
     return trainer
@@ -424,7 +426,8 @@ class LandmarkTrainer(nnUNetTrainer):
             self._written.append(os.path.basename(filename))
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)  # builds the network and optimizer first when needed
+        with captured():
+            super().load_checkpoint(filename_or_checkpoint)  # builds the network and optimizer first when needed
         if not self.recipe.extra_parameters:
             return
         # nnU-Net's load_checkpoint takes only a path in 2.8 (a dict reaches an unassigned name)
@@ -485,26 +488,26 @@ class LandmarkTrainer(nnUNetTrainer):
             self._set_num_epochs(epochs)
 
     def run_training(self, progress: bool = True):
+        with captured():  # nnU-Net's and torch's messages go to the log; our bar stays on the console
+            self._run_training(progress)
+
+    def _run_training(self, progress: bool) -> None:
         self.on_train_start()
         self._fit_to_budget()  # a resumed run
         its = self.num_iterations_per_epoch
-        bar = tqdm(total=self.num_epochs * its, initial=self.current_epoch * its,
-                   disable=not progress or self.local_rank != 0,
+        # a budgeted run knows its total only once an epoch was timed (or, resumed, at once): until
+        # then the bar counts without one, so that its total changes only when the budget refits it
+        known = self.time_budget_s is None or bool(self._epoch_seconds())
+        bar = tqdm(total=self.num_epochs * its if known else None, initial=self.current_epoch * its,
+                   disable=not progress or self.local_rank != 0, file=console_stream(),
                    desc=f"fold {self.fold} {self.stage}", unit="it", dynamic_ncols=True)
         while self.current_epoch < self.num_epochs:
             self.on_epoch_start()
             self.on_train_epoch_start()
             train_outputs = []
-            started = time()
-            for i in range(its):
+            for _ in range(its):
                 train_outputs.append(self.train_step(next(self.dataloader_train)))
                 bar.update()
-                if self.time_budget_s is not None and not self._epoch_seconds():
-                    # first epoch of a budgeted run: show the total it will come to, not 1000 epochs
-                    per_iteration = (time() - started) / (i + 1)
-                    epochs = self.time_budget_s / (per_iteration * (its + self.num_val_iterations_per_epoch))
-                    bar.total = max(its, int(min(self.recipe.epochs, epochs)) * its)
-                    bar.refresh()
             self.on_train_epoch_end(train_outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()

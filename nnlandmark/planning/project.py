@@ -8,6 +8,7 @@ Layout::
 
     PROJECT/
       project.json            what was prepared, from where, with which planner
+      logs/nnunet.log         what nnU-Net printed while preparing and training (nnlandmark.nnunet.console)
       nnUNet_raw/DatasetNNN_<name>/          (or $nnUNet_raw when set)
       nnUNet_preprocessed/DatasetNNN_<name>/ (or $nnUNet_preprocessed)
       nnUNet_results/DatasetNNN_<name>/<model>/  model folders (or $nnUNet_results)
@@ -22,14 +23,14 @@ from pathlib import Path
 
 from nnlandmark.data.dataset import load_dataset
 from nnlandmark.nnunet import planning
-from nnlandmark.nnunet.paths import NnunetFolders, nnunet_environment
+from nnlandmark.nnunet.console import LOG_FILE_NAME, nnunet_log
+from nnlandmark.nnunet.paths import NUM_FOLDS, NnunetFolders, nnunet_environment
 from nnlandmark.nnunet.raw import PLANAR_SLICE_SPACING, write_raw_dataset
+from nnlandmark.files import atomic_write_text
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
 from nnlandmark.geometry import CANONICAL_ORIENTATION
 
 PROJECT_FILE = "project.json"
-#: nnU-Net's cross-validation: the folds planned for every project and trained by ``--fold all``
-NUM_FOLDS = 5
 FIRST_DATASET_ID = 701  # clear of the ids nnU-Net's public datasets use
 
 
@@ -69,14 +70,17 @@ class Project:
     def plans(self) -> dict:
         return json.loads(self.plans_file.read_text())
 
+    @property
+    def log_file(self) -> Path:
+        """Where nnU-Net's own output goes while this project is prepared and trained."""
+        return self.root / "logs" / LOG_FILE_NAME
+
     def raw_dir(self) -> Path:
         return self.folders.raw / self.dataset_name
 
     def save(self) -> None:
         data = {k: v for k, v in asdict(self).items() if k != "root"}  # a project folder may be moved
-        tmp = self.root / f".tmp_{PROJECT_FILE}"
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(self.root / PROJECT_FILE)
+        atomic_write_text(self.root / PROJECT_FILE, json.dumps(data, indent=2))
 
     @classmethod
     def load(cls, root) -> "Project":
@@ -229,7 +233,7 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
         known_spacing = None if target_spacing is None else target_spacing[:2] + [
             float("nan") if planar else target_spacing[2]]
     write_raw_dataset(dataset, project.raw_dir(), known_spacing, progress=progress)
-    with nnunet_environment(folders):
+    with nnunet_environment(folders), nnunet_log(project.log_file):
         planning.extract_fingerprint(project.dataset_name, num_processes)
         if not project.plans_file.exists():
             planning.plan(project.dataset_name, planner, nnunet_spacing)

@@ -80,3 +80,9 @@ def plot_training_curves(log: Mapping[str, Sequence[float]], out_png, title: str
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, out_png)
+
+
+def plot_curves_beside(curves: dict, folder) -> Path:
+    """``training_curves.png`` in ``folder``, beside the trainer's ``training_curves.json``: the
+    ``on_curves`` that :func:`nnlandmark.train` passes down to training, called after every epoch."""
+    return plot_training_curves(curves, Path(folder) / "training_curves.png")

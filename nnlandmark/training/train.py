@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnlandmark.inference.model_folder import ModelFolder
+from nnlandmark.model.description import fold_key
+from nnlandmark.model.folder import ModelFolder
 from nnlandmark.nnunet import nnunetv2_version
-from nnlandmark.nnunet.paths import nnunet_environment, read_splits, splits_file
+from nnlandmark.nnunet.console import nnunet_log
+from nnlandmark.nnunet.paths import NUM_FOLDS, nnunet_environment, read_splits, splits_file
 from nnlandmark.nnunet.planning import (CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION,
                                         full_configuration, is_planar, preprocessed_folder)
+from nnlandmark.nnunet.raw import SIDECAR
 from nnlandmark.planning.project import Project
 from nnlandmark.training.presets import STAGE_BUDGET_SHARE, TrainingSettings
 from nnlandmark.errors import InvalidInput, MissingPath, OutputExists
 
 #: the nnU-Net configuration each stage trains
 STAGE_CONFIGURATIONS = {"fullres": CONFIGURATION, "global": GLOBAL_CONFIGURATION, "local": LOCAL_CONFIGURATION}
-
-NUM_FOLDS = 5
-
 
 #: a schedule this long (iterations per stage) takes a day or more on a CPU: train warns
 CPU_DAYS_ITERATIONS = 50_000
@@ -67,7 +67,7 @@ def settings_for(project_dir, given: dict, continue_training: bool) -> TrainingS
         project = Project.load(project_dir)
         model = ModelFolder(model_dir_for(project, project_settings(project, TrainingSettings(**identity))))
         if model.description_file.is_file():
-            saved = model.description["settings"]
+            saved = model.description.settings
     return TrainingSettings(**{**saved, **given})
 
 
@@ -90,14 +90,15 @@ def write_model_description(project: Project, settings: TrainingSettings, model_
     description = {"landmarks": project.landmarks, "pairs": project.pairs, "biometry": project.biometry,
                    "channels": project.channels, "picture_spacing": project.spacing, "planner": project.planner,
                    "plans_identifier": project.plans_identifier, "configuration": stages[settings.stages[-1]],
-                   "stages": stages, "settings": settings.to_dict(), "mirror": settings.mirroring(project.pairs),
+                   "stages": stages, "settings": settings.to_dict(), "output": settings.output,
+                   "mirror": settings.mirroring(project.pairs),
                    "orientation": project.orientation, "nnunetv2_version": nnunetv2_version()}
     ModelFolder(model_dir).update(description)
 
 
 def _landmark_records(project: Project) -> dict:
     """case id -> {name: world LPS point, or "absent"/"unknown"}, as exported for nnU-Net."""
-    return json.loads((project.raw_dir() / "landmarks_world.json").read_text())
+    return json.loads((project.raw_dir() / SIDECAR).read_text())
 
 
 def _unknown_landmarks(records: dict) -> dict:
@@ -148,7 +149,7 @@ def check_folds(project: Project, folds, settings: TrainingSettings | None = Non
 
 def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, device: str = "cpu",
           continue_training: bool = False, progress: bool = True, num_gpus: int = 1,
-          ddp_on_cpu: bool = False) -> Path:
+          ddp_on_cpu: bool = False, on_curves=None) -> Path:
     """Train ``fold`` (0-4, or ``"all"`` for the five folds in turn); returns the model folder.
 
     With ``continue_training`` a fold resumes from its latest checkpoint (a
@@ -164,6 +165,11 @@ def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, 
     ``device="cpu"`` the ``num_gpus`` processes run on the CPU with the gloo
     backend, the same code path, no faster (they share the cores). The processes are
     started with ``spawn``: a script calling this needs the ``if __name__ == "__main__":`` guard.
+
+    ``on_curves(curves, folder)`` is called after every epoch with the stage's learning curves
+    (those of ``training_curves.json``); :func:`nnlandmark.train` and the CLI pass
+    :func:`nnlandmark.report.curves.plot_curves_beside`, which draws ``training_curves.png``
+    (this layer imports no report).
     """
     check_num_gpus(num_gpus, device, ddp_on_cpu)
     if not isinstance(settings, TrainingSettings):
@@ -189,18 +195,19 @@ def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, 
     if num_gpus > 1:
         check_batch_split(project, settings, num_gpus)
     for f in folds:
-        fold_dir = model_dir / f"fold_{f}"
+        fold_dir = model_dir / fold_key(f)
         if not continue_training and any(fold_dir.glob("checkpoint_*.pth")):
             raise OutputExists(f"{fold_dir}: already has checkpoints; use --continue to resume it "
                                   "or choose another model")
     write_model_description(project, settings, model_dir)
-    if num_gpus > 1:
-        from nnlandmark.nnunet.distributed import spawn
-        spawn(_train_folds, (project.root, folds, settings, torch_device.type, model_dir, continue_training,
-                             progress), num_gpus, backend="nccl" if torch_device.type == "cuda" else "gloo")
-    else:
-        for f in folds:
-            _train_fold(project, f, settings, torch_device, model_dir, continue_training, progress)
+    with nnunet_log(project.log_file):  # the processes of a multi-GPU run inherit it
+        if num_gpus > 1:
+            from nnlandmark.nnunet.distributed import spawn
+            spawn(_train_folds, (project.root, folds, settings, torch_device.type, model_dir, continue_training,
+                                 progress, on_curves), num_gpus, backend="nccl" if torch_device.type == "cuda" else "gloo")
+        else:
+            for f in folds:
+                _train_fold(project, f, settings, torch_device, model_dir, continue_training, progress, on_curves)
     for f in folds:
         record_shape_prior(project, f, model_dir)
     return model_dir
@@ -235,20 +242,22 @@ def check_batch_split(project: Project, settings: TrainingSettings, num_gpus: in
                                f"nnU-Net splits each batch across the GPUs; use at most {batch} GPUs")
 
 
-def _train_folds(project_dir, folds, settings, device: str, model_dir, continue_training, progress) -> None:
+def _train_folds(project_dir, folds, settings, device: str, model_dir, continue_training, progress,
+                 on_curves=None) -> None:
     """What each process of a multi-GPU run does (:func:`nnlandmark.nnunet.distributed.spawn`):
     every stage of every fold, in step with the others."""
     project = Project.load(project_dir)
     for f in folds:
-        _train_fold(project, f, settings, torch.device(device), model_dir, continue_training, progress)
+        _train_fold(project, f, settings, torch.device(device), model_dir, continue_training, progress, on_curves)
 
 
-def _train_fold(project, fold, settings, device, model_dir, continue_training, progress) -> None:
+def _train_fold(project, fold, settings, device, model_dir, continue_training, progress, on_curves=None) -> None:
     for stage in settings.stages:
-        _train_stage(project, fold, stage, settings, device, model_dir, continue_training, progress)
+        _train_stage(project, fold, stage, settings, device, model_dir, continue_training, progress, on_curves)
 
 
-def _train_stage(project, fold, stage, settings, device, model_dir, continue_training, progress) -> None:
+def _train_stage(project, fold, stage, settings, device, model_dir, continue_training, progress,
+                 on_curves=None) -> None:
     fold_dir = ModelFolder(model_dir).stage_dir(fold, stage)
     if continue_training and (fold_dir / "checkpoint_final.pth").exists():
         print(f"{fold_dir}: already finished")
@@ -260,7 +269,7 @@ def _train_stage(project, fold, stage, settings, device, model_dir, continue_tra
         else 60 * settings.time_budget_minutes * STAGE_BUDGET_SHARE[stage]
     with nnunet_environment(project.folders, augmentation_workers=workers):
         trainer = stage_trainer(project, fold, stage, settings, model_dir, device, output_folder=fold_dir,
-                                continue_training=continue_training, time_budget_s=budget)
+                                continue_training=continue_training, time_budget_s=budget, on_curves=on_curves)
         if continue_training:
             # latest is written every save_every epochs; best may be the only one when a run
             # was killed between two of those
@@ -272,7 +281,8 @@ def _train_stage(project, fold, stage, settings, device, model_dir, continue_tra
 
 
 def stage_trainer(project: Project, fold: int, stage: str, settings: TrainingSettings, model_dir, device="cpu", *,
-                  output_folder=None, continue_training: bool = False, time_budget_s: float | None = None):
+                  output_folder=None, continue_training: bool = False, time_budget_s: float | None = None,
+                  on_curves=None):
     """nnU-Net's trainer for one stage of a fold, set up for this project's landmarks and ``settings``.
 
     Call it inside :func:`nnlandmark.nnunet.paths.nnunet_environment` (nnU-Net
@@ -294,13 +304,13 @@ def stage_trainer(project: Project, fold: int, stage: str, settings: TrainingSet
                            continue_training=continue_training)
     on_end = None if learned is None else partial(record_learned_sigmas, model_dir, fold, stage, project.landmarks,
                                                   learned)
-    trainer.configure(training_recipe(settings, len(project.landmarks), batches, learned, on_end), model_dir,
+    trainer.configure(training_recipe(settings, len(project.landmarks), batches, learned, on_end, on_curves), model_dir,
                       stage=stage, time_budget_s=time_budget_s, output_folder=output_folder)
     return trainer
 
 
 def training_recipe(settings: TrainingSettings, num_landmarks: int, prepare_batch, learned_sigmas=None,
-                    on_end=None):
+                    on_end=None, on_curves=None):
     """What nnU-Net's trainer needs of ``settings``, as plain values and callables
     (:class:`nnlandmark.nnunet.trainer.TrainingRecipe`); ``learned_sigmas`` (the same module
     ``prepare_batch`` renders its targets with) are learned with the network."""
@@ -309,7 +319,7 @@ def training_recipe(settings: TrainingSettings, num_landmarks: int, prepare_batc
                           iterations_per_epoch=settings.iterations_per_epoch, val_iterations=settings.val_iterations,
                           save_every=settings.save_every, lr=settings.lr, optimizer=settings.optimizer,
                           schedule=settings.schedule, loss=settings.loss_function(learned_sigmas),
-                          prepare_batch=prepare_batch, on_curves=_plot_curves,
+                          prepare_batch=prepare_batch, on_curves=on_curves,
                           extra_parameters=() if learned_sigmas is None else (learned_sigmas,), on_end=on_end)
 
 
@@ -319,18 +329,18 @@ def record_learned_sigmas(model_dir, fold: int, stage: str, landmark_names, lear
     (other folds' and stages' entries are kept). ``folder`` (the stage's checkpoint folder,
     as the trainer's ``on_end`` passes it) is not needed."""
     model = ModelFolder(model_dir)
-    recorded = model.description.get("learned_sigmas", {}) if model.description_file.is_file() else {}
+    recorded = model.description.learned_sigmas if model.description_file.is_file() else {}
     values = learned_sigmas().detach().cpu().tolist()
-    recorded.setdefault(f"fold_{fold}", {})[stage] = {n: round(v, 4) for n, v in zip(landmark_names, values)}
+    recorded.setdefault(fold_key(fold), {})[stage] = {n: round(v, 4) for n, v in zip(landmark_names, values)}
     model.update({"learned_sigmas": recorded})
     return recorded
 
 
 def record_shape_prior(project: Project, fold: int, model_dir) -> dict | None:
-    """Write the shape prior of fold ``fold``'s training cases (:func:`~nnlandmark.inference.shape.fit_shape_prior`)
+    """Write the shape prior of fold ``fold``'s training cases (:func:`~nnlandmark.model.shape.fit_shape_prior`)
     into the model's description: ``shape_prior`` -> ``fold_N`` (other folds' entries are kept);
     nothing when the landmarks are too few for one."""
-    from nnlandmark.inference.shape import fit_shape_prior
+    from nnlandmark.model.shape import fit_shape_prior
     splits = read_splits(project.folders, project.dataset_name)
     if splits is None or fold >= len(splits):
         return None
@@ -341,16 +351,7 @@ def record_shape_prior(project: Project, fold: int, model_dir) -> dict | None:
     if prior is None:
         return None
     model = ModelFolder(model_dir)
-    recorded = model.description.get("shape_prior", {})
-    recorded[f"fold_{fold}"] = prior
+    recorded = model.description.shape_prior
+    recorded[fold_key(fold)] = prior
     model.update({"shape_prior": recorded})
     return prior
-
-
-def _plot_curves(curves: dict, folder: Path) -> None:
-    """``training_curves.png`` beside the trainer's ``training_curves.json``; skipped without matplotlib."""
-    try:
-        from nnlandmark.report.curves import plot_training_curves
-        plot_training_curves(curves, Path(folder) / "training_curves.png")
-    except ImportError:
-        pass
