@@ -787,3 +787,40 @@ def test_thresholds_survive_training_another_fold_and_evaluate_cv_sums_all_folds
     before = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.json")}
     assert main(["evaluate-cv", str(project), "-o", str(out), "--continue"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.json")} == before
+
+
+# --------------------------------------------------------------------------- trust (issue 20)
+
+class _Payload:
+    """What a hostile checkpoint may carry: unpickling it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def _plant_payload(checkpoint: Path, marker: Path) -> None:
+    import torch
+    torch.save({"network_weights": {}, "note": _Payload(marker)}, checkpoint)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    from nnlandmark.errors import UserError
+    from nnlandmark.nnunet.checkpoints import load_checkpoint
+    checkpoint, marker = tmp_path / "checkpoint_final.pth", tmp_path / "pwned"
+    _plant_payload(checkpoint, marker)
+    with pytest.raises(UserError, match=r"checkpoint_final.pth: refused to load .* posix.system|system"):
+        load_checkpoint(checkpoint)
+    assert not marker.exists()
+
+
+def test_predict_refuses_a_model_whose_checkpoint_would_run_code(tiny_model, image, tmp_path, capsys):
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    marker = tmp_path / "pwned"
+    for checkpoint in model.rglob("checkpoint_*.pth"):
+        _plant_payload(checkpoint, marker)
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", model],
+                   ("checkpoint_", "refused to load", "system"), watched=[model, image], absent=[out, marker])
