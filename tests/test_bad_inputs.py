@@ -824,3 +824,17 @@ def test_predict_refuses_a_model_whose_checkpoint_would_run_code(tiny_model, ima
     out = tmp_path / "out"
     assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", model],
                    ("checkpoint_", "refused to load", "system"), watched=[model, image], absent=[out, marker])
+
+
+@pytest.mark.parametrize("edit, suffix, needle", [
+    (lambda a: a.fill(np.nan), ".nii.gz", "all of them: an image with no signal"),
+    (lambda a: a.__setitem__((5, 6, 7), np.nan), ".nii.gz", "1 of"),
+    (lambda a: a.fill(7.0), ".nii.gz", "every voxel has the value 7"),
+    (lambda a: a.fill(0.0), ".mha", "every voxel has the value 0"),
+])
+def test_predict_refuses_an_image_with_no_signal(tiny_model, image, tmp_path, capsys, edit, suffix, needle):
+    # SimpleITK reads a NIfTI's NaN voxels as 0; nibabel is asked instead
+    bad = _copy_image(image, tmp_path / "in" / f"empty_case{suffix}", edit)
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", bad, "-o", out, "-m", tiny_model],
+                   (f"empty_case{suffix}", needle), watched=[bad], absent=[out])

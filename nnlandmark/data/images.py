@@ -407,7 +407,9 @@ def read_image_grid(path, read_pixels: bool = False, finite: bool = False, spaci
     ``read_pixels`` the whole file is decoded as well, so truncated or corrupt
     data are caught here and not hours later; with ``finite`` too, NaN or
     infinite voxels are refused (nnU-Net's normalisation would spread them, and
-    a model would still answer with confident points).
+    a model would still answer with confident points), and so is an image whose
+    voxels all have one value (:func:`check_signal`; a NIfTI's voxels as nibabel
+    reads them, NaN kept).
     """
     path = Path(path)
     if path.is_dir():
@@ -463,11 +465,44 @@ def read_image_grid(path, read_pixels: bool = False, finite: bool = False, spaci
             _check_nifti_complete(path)
         if finite:
             voxels = sitk.GetArrayViewFromImage(image)
-            if voxels.dtype.kind == "f":
-                bad = int(np.count_nonzero(~np.isfinite(voxels)))
-                if bad:
-                    raise DatasetError(f"{path}: {bad} of {voxels.size} voxels are NaN or infinite")
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                voxels = _nifti_voxels(path, voxels)
+            check_signal(path, voxels)
     return grid
+
+
+def _nifti_voxels(path: Path, fallback: np.ndarray) -> np.ndarray:
+    """A NIfTI file's voxels as nibabel reads them: SimpleITK reads NaN voxels of a NIfTI as 0
+    (FSL and ANTs write NaN outside the field of view), which would hide an image with no signal."""
+    import nibabel
+    try:
+        return np.asanyarray(nibabel.load(str(path)).dataobj)
+    except Exception:  # nibabel is stricter than ITK about some headers; ITK has read this file already
+        return fallback
+
+
+def check_signal(path, voxels: np.ndarray) -> None:
+    """Refuse voxels that are NaN or infinite, or all one value (an image with no signal, which a
+    model would still answer with confident points); DatasetError naming ``path``.
+
+    >>> check_signal("a.nii.gz", np.array([1.0, 2.0]))
+    >>> check_signal("a.nii.gz", np.full(8, 3.0))
+    Traceback (most recent call last):
+    ...
+    nnlandmark.errors.DatasetError: a.nii.gz: every voxel has the value 3; an image with no signal
+    >>> check_signal("a.nii.gz", np.array([np.nan, np.nan]))
+    Traceback (most recent call last):
+    ...
+    nnlandmark.errors.DatasetError: a.nii.gz: 2 of 2 voxels are NaN or infinite (all of them: an image with no signal)
+    """
+    voxels = np.asarray(voxels)
+    if voxels.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        if bad:
+            raise DatasetError(f"{path}: {bad} of {voxels.size} voxels are NaN or infinite"
+                               + (" (all of them: an image with no signal)" if bad == voxels.size else ""))
+    if voxels.size and voxels.min() == voxels.max():
+        raise DatasetError(f"{path}: every voxel has the value {voxels.flat[0]:g}; an image with no signal")
 
 
 def _read_series_grid(folder: Path, finite: bool) -> ImageGrid:
@@ -483,9 +518,8 @@ def _read_series_grid(folder: Path, finite: bool) -> ImageGrid:
         grid.validate()
     except GeometryError as e:
         raise DatasetError(f"{folder}: {e}") from e
-    if finite and sitk.GetArrayViewFromImage(image).dtype.kind == "f":
-        if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
-            raise DatasetError(f"{folder}: DICOM series has NaN or infinite voxels")
+    if finite:
+        check_signal(folder, sitk.GetArrayViewFromImage(image))
     return grid
 
 
