@@ -236,7 +236,39 @@ DATASET_CASES = {
                       [("data", "empty dataset")]),
     "no landmarks folder": (lambda ds: shutil.rmtree(ds / "landmarks"),
                             [("data/landmarks", "folder not found")]),
+    "DICOM series with a missing slice": (
+        lambda ds: (_dicom_case(ds) / "slice_0005.dcm").unlink(),
+        [("images/case_001", "not evenly spaced", "slice_0004.dcm and slice_0006.dcm", "a missing slice")]),
+    "DICOM series with a duplicate slice position": (
+        lambda ds: _move_slice(_dicom_case(ds) / "slice_0005.dcm", z_slices=-1),
+        [("images/case_001", "slice_0004.dcm and slice_0005.dcm have the same position")]),
+    "DICOM series with mixed orientations": (
+        lambda ds: _move_slice(_dicom_case(ds) / "slice_0005.dcm", tilt=True),
+        [("images/case_001", "different orientations", "slice_0005.dcm")]),
 }
+
+
+def _dicom_case(ds: Path) -> Path:
+    """case_001's image replaced by a DICOM series folder (one file per slice)."""
+    from nnlandmark.data.images import write_dicom_series
+    image = ds / "images/case_001.mha"
+    volume = sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(str(image)), 0, 1000), sitk.sitkInt16)
+    image.unlink()
+    return write_dicom_series(volume, ds / "images/case_001")
+
+
+def _move_slice(path: Path, z_slices: int = 0, tilt: bool = False) -> None:
+    """Rewrite one slice of a series ``z_slices`` slices further along z, or with a tilted orientation."""
+    plane = sitk.ReadImage(str(path))
+    position = [float(v) for v in plane.GetMetaData("0020|0032").split("\\")]
+    position[2] += z_slices * 4.0  # the clean dataset's spacing
+    plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+    if tilt:
+        plane.SetMetaData("0020|0037", "1\\0\\0\\0\\0.8\\0.6")
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(plane)
 
 
 def _edit_nrrd(path: Path, key: str, value: str) -> None:
@@ -282,7 +314,7 @@ def test_case_ids_ending_in_digits_are_not_channels(dataset, capsys):
 # --------------------------------------------------------------------------- prepare writes nothing
 
 @pytest.mark.parametrize("problem", ["NaN coordinate", "zero spacing (MetaImage header)",
-                                     "truncated MetaImage"])
+                                     "truncated MetaImage", "DICOM series with a missing slice"])
 def test_prepare_writes_nothing_on_invalid_dataset(problem, dataset, tmp_path, capsys):
     mutate, expected = DATASET_CASES[problem]
     mutate(dataset)
@@ -838,3 +870,14 @@ def test_predict_refuses_an_image_with_no_signal(tiny_model, image, tmp_path, ca
     out = tmp_path / "out"
     assert_refused(capsys, ["predict", "-i", bad, "-o", out, "-m", tiny_model],
                    (f"empty_case{suffix}", needle), watched=[bad], absent=[out])
+
+
+def test_predict_refuses_a_dicom_series_with_a_missing_slice(tiny_model, image, tmp_path, capsys):
+    from nnlandmark.data.images import write_dicom_series
+    volume = sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(str(image)), 0, 1000), sitk.sitkInt16)
+    series = write_dicom_series(volume, tmp_path / "in" / "scan")
+    (series / "slice_0010.dcm").unlink()
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", series, "-o", out, "-m", tiny_model],
+                   ("in/scan", "not evenly spaced", "slice_0009.dcm and slice_0011.dcm"),
+                   watched=[series], absent=[out])

@@ -150,7 +150,68 @@ def _series_files(folder: Path) -> list:
         raise DatasetError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
         raise DatasetError(f"{folder}: folder holds {len(series)} DICOM series; put each in a folder of its own")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    check_slice_positions(folder, _slice_geometry(files))
+    return files
+
+
+def _slice_geometry(files) -> list:
+    """``(file name, position, orientation)`` of each slice with Image Position and Orientation
+    (Patient), in the reader's order; slices without them (radiographs) are left out."""
+    found = []
+    reader = sitk.ImageFileReader()
+    for f in files:
+        reader.SetFileName(str(f))
+        try:
+            reader.ReadImageInformation()
+            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            orientation = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):  # a tag missing or malformed: GDCM's own geometry decides
+            continue
+        if len(position) == 3 and len(orientation) == 6:
+            found.append((Path(f).name, np.array(position), np.array(orientation)))
+    return found
+
+
+def check_slice_positions(folder, slices, tolerance: float = 0.01) -> None:
+    """Refuse a series whose slices do not lie evenly along one normal: ITK's series reader
+    would read a series with a missing slice as a volume of fewer, thicker slices (every
+    position after the gap shifts) and merely warn. ``slices`` are ``(name, position (3,),
+    orientation (6,))``; positions may be apart by their median step within ``tolerance``
+    of it (relative). DatasetError naming ``folder`` and the slices around the problem.
+
+    >>> z = lambda k: (f"s{k}.dcm", np.array([0.0, 0.0, 3.0 * k]), np.array([1.0, 0, 0, 0, 1, 0]))
+    >>> check_slice_positions("series", [z(0), z(1), z(2), z(3)])
+    >>> check_slice_positions("series", [z(0), z(1), z(3), z(4)])
+    Traceback (most recent call last):
+    ...
+    nnlandmark.errors.DatasetError: series: DICOM slice positions are not evenly spaced: 6 mm between s1.dcm and s3.dcm where the other slices are 3 mm apart (a missing slice?)
+    """
+    if len(slices) < 2:
+        return
+    names = [name for name, _, _ in slices]
+    orientations = np.array([o for _, _, o in slices])
+    odd = np.flatnonzero(np.abs(orientations - orientations[0]).max(axis=1) > 1e-3)
+    if len(odd):
+        raise DatasetError(f"{folder}: DICOM slices with different orientations ({names[0]} and "
+                           f"{names[odd[0]]}); put each orientation in a series folder of its own")
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    depth = np.array([p for _, p, _ in slices]) @ normal
+    order = np.argsort(depth, kind="stable")
+    steps = np.diff(depth[order])
+    step = float(np.median(steps))
+    duplicate = np.flatnonzero(steps <= tolerance * max(step, 1e-6))
+    if len(duplicate):
+        a, b = order[duplicate[0]], order[duplicate[0] + 1]
+        raise DatasetError(f"{folder}: DICOM slices {names[a]} and {names[b]} have the same position "
+                           f"({depth[a]:.4g} mm along the slice normal); remove the duplicate")
+    uneven = np.flatnonzero(np.abs(steps - step) > tolerance * step)
+    if len(uneven):
+        k = int(uneven[np.argmax(np.abs(steps[uneven] - step))])
+        a, b = order[k], order[k + 1]
+        hint = " (a missing slice?)" if steps[k] > step else ""
+        raise DatasetError(f"{folder}: DICOM slice positions are not evenly spaced: {steps[k]:.4g} mm between "
+                           f"{names[a]} and {names[b]} where the other slices are {step:.4g} mm apart{hint}")
 
 
 def dicom_pixel_spacing(tags: dict):
