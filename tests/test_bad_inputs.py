@@ -707,8 +707,10 @@ def test_predict_overwrite_removes_only_the_earlier_runs_cases(tiny_model, synth
     (out / "my_notes.txt").write_text("mine")
     assert main(["predict", "-i", str(images / "case_002.nii.gz"), "-o", str(out), "-m", str(tiny_model),
                  "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["case_002.json", "case_002.mrk.json", "my_notes.json",
-                                                     "my_notes.txt", "predictions.csv"]
+    # the run's manifest (and the lock file guarding it) are hidden files
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "case_002.json", "case_002.mrk.json", "my_notes.json", "my_notes.txt", "predictions.csv"]
+    assert (out / ".nnlandmark_predict.json").is_file()
     summary = (out / "predictions.csv").read_text().splitlines()[1:]
     assert {row.split(",")[0] for row in summary} == {"case_002"}
 
