@@ -443,6 +443,8 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     folds = [int(f) for f in folds]
     model = ModelFolder(resolve_model(model_dir))
     description = model.check(folds)
+    for line in model.unfinished(folds):  # a fold stopped or killed: its best checkpoint, but say so
+        warnings.warn(f"{model.path}: {line}", stacklevel=2)
     decoder = decoder or default_decoder(description)
     output = _output(description)
     names = description["landmarks"]
