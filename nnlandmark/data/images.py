@@ -269,7 +269,9 @@ def read_image(path, spacing=None) -> sitk.Image:
         reader.SetFileName(str(path))
         image = reader.Execute()
     except RuntimeError as e:
-        raise DatasetError(f"{path}: image cannot be read ({_itk_reason(e)})") from e
+        image = _grey_alpha_picture(path)  # SimpleITK cannot read grey + alpha PNGs
+        if image is None:
+            raise DatasetError(f"{path}: image cannot be read ({_itk_reason(e)})") from e
     if is_picture(path):
         image = _picture(image, spacing)
     elif split_suffix(path, DICOM_FILE_SUFFIXES):
@@ -480,7 +482,13 @@ def read_image_grid(path, read_pixels: bool = False, finite: bool = False, spaci
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot read image header, not an image file or corrupt ({_itk_reason(e)})") from e
+        grey = _grey_alpha_picture(path)
+        if grey is None:
+            raise DatasetError(f"{path}: cannot read image header, not an image file or corrupt "
+                               f"({_itk_reason(e)})") from e
+        return _picture_grid(path, grey, spacing, finite)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        _warn_exif_orientation(path)
     dim, components = reader.GetDimension(), reader.GetNumberOfComponents()
     size, origin, direction = reader.GetSize(), reader.GetOrigin(), reader.GetDirection()
     picture = is_picture(path)
@@ -564,6 +572,50 @@ def check_signal(path, voxels: np.ndarray) -> None:
                                + (" (all of them: an image with no signal)" if bad == voxels.size else ""))
     if voxels.size and voxels.min() == voxels.max():
         raise DatasetError(f"{path}: every voxel has the value {voxels.flat[0]:g}; an image with no signal")
+
+
+def _grey_alpha_picture(path: Path) -> sitk.Image | None:
+    """A grey + alpha picture (PNG mode ``LA``, which SimpleITK cannot read) as its grey channel,
+    read with Pillow; None for anything else (the caller's error stands)."""
+    if not is_picture(path):
+        return None
+    try:
+        from PIL import Image
+        with Image.open(path) as picture:
+            if picture.mode not in ("LA", "La"):
+                return None
+            return sitk.GetImageFromArray(np.asarray(picture.getchannel(0)))
+    except Exception:  # not a picture Pillow reads either: SimpleITK's error is the one to show
+        return None
+
+
+def _picture_grid(path: Path, image: sitk.Image, spacing, finite: bool) -> ImageGrid:
+    """The grid of a picture read by :func:`_grey_alpha_picture` (as :func:`read_image_grid` makes it)."""
+    try:
+        pixel_spacing = picture_spacing(spacing)
+    except InvalidInput as e:
+        raise DatasetError(f"{path}: {e}") from e
+    if finite:
+        check_signal(path, sitk.GetArrayViewFromImage(image))
+    return ImageGrid(size=(*image.GetSize(), 1), spacing=(*pixel_spacing, 1.0), origin=(0.0, 0.0, 0.0),
+                     direction=np.eye(3))
+
+
+def _warn_exif_orientation(path: Path) -> None:
+    """Say once per file when a JPEG's EXIF orientation asks viewers to rotate or mirror it:
+    nnlandmark reads (and places landmarks on) the pixels as stored, as SimpleITK does."""
+    import warnings
+    try:
+        from PIL import Image
+        with Image.open(path) as picture:
+            orientation = picture.getexif().get(0x0112, 1)
+    except Exception:
+        return
+    if orientation not in (None, 1):
+        warnings.warn(f"{path}: its EXIF orientation ({orientation}) asks viewers to rotate or mirror it; "
+                      "nnlandmark reads the pixels as stored, without it: landmark pixel coordinates must be "
+                      "of the stored image (save it without the tag, e.g. rotated, to avoid the doubt)",
+                      stacklevel=3)
 
 
 def _read_series_grid(folder: Path, finite: bool) -> ImageGrid:
