@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
+import glob
 import json
 import os
 import tempfile
@@ -284,6 +285,9 @@ def start_run(output_dir: Path, identity: dict, mode: str, redo=()) -> None:
         for case in redo:
             for name in manifest["cases"].pop(case, {}).get("files", ()):
                 (output_dir / name).unlink(missing_ok=True)
+            for ending in CASE_ENDINGS:  # temporary files of a run killed while writing this case
+                for leftover in output_dir.glob(f".{glob.escape(case + ending)}.*.tmp"):
+                    leftover.unlink(missing_ok=True)
         if mode != "join":
             manifest["run"] = identity
         _write_manifest(output_dir, manifest)
