@@ -162,9 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
                    help="pixel spacing of PNG/JPEG inputs, one or two numbers (x y) in mm (default: the "
                         "training dataset's 'spacing', else 1)")
+    p.add_argument("--num-parts", type=int, default=1, metavar="N",
+                   help="split the cases into N parts (for several machines or GPUs, e.g. a SLURM array); "
+                        "with --part-id K this run predicts every N-th case (sorted) from the K-th on")
+    p.add_argument("--part-id", type=int, default=0, metavar="K", help="which part this run predicts (0 ... N-1)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true")
     group.add_argument("--continue", dest="resume", action="store_true", help="skip cases already predicted")
+
+    p = sub.add_parser("merge-predictions", help="rebuild predictions.csv of a prediction folder (after the "
+                                                  "parts of a run) and say which cases are still missing")
+    p.add_argument("folder")
 
     p = sub.add_parser("evaluate", help="radial errors, MRE, SDR and biometry against a reference")
     p.add_argument("-p", "--predictions", required=True)
@@ -272,9 +280,18 @@ def _run(args, api, progress: bool) -> int:
                           device=args.device, step_size=args.step_size, decoder=args.decoder,
                           save_heatmaps=args.save_heatmaps, overwrite=args.overwrite, resume=args.resume,
                           mirror=_MIRROR[args.mirror], shape_prior=args.shape_prior,
+                          num_parts=args.num_parts, part_id=args.part_id,
                           spacing=args.spacing[0] if args.spacing and len(args.spacing) == 1 else args.spacing,
                           progress=progress)
         print(f"predictions in {out}")
+    elif args.command == "merge-predictions":
+        from nnlandmark.inference.outputs import SUMMARY_FILE, merge_predictions
+        listed, missing = merge_predictions(args.folder)
+        print(f"{Path(args.folder) / SUMMARY_FILE}: {len(listed)} case(s)")
+        if missing:
+            print(f"warning: {len(missing)} case(s) of the run not predicted yet: {', '.join(missing[:10])}"
+                  + (", ..." if len(missing) > 10 else ""), file=sys.stderr)
+            return 1
     elif args.command == "evaluate":
         result = api.evaluate(args.predictions, args.reference, landmark_names=args.landmarks,
                               thresholds=tuple(args.thresholds), biometry=_biometry(args.biometry),

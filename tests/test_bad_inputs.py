@@ -236,7 +236,39 @@ DATASET_CASES = {
                       [("data", "empty dataset")]),
     "no landmarks folder": (lambda ds: shutil.rmtree(ds / "landmarks"),
                             [("data/landmarks", "folder not found")]),
+    "DICOM series with a missing slice": (
+        lambda ds: (_dicom_case(ds) / "slice_0005.dcm").unlink(),
+        [("images/case_001", "not evenly spaced", "slice_0004.dcm and slice_0006.dcm", "a missing slice")]),
+    "DICOM series with a duplicate slice position": (
+        lambda ds: _move_slice(_dicom_case(ds) / "slice_0005.dcm", z_slices=-1),
+        [("images/case_001", "slice_0004.dcm and slice_0005.dcm have the same position")]),
+    "DICOM series with mixed orientations": (
+        lambda ds: _move_slice(_dicom_case(ds) / "slice_0005.dcm", tilt=True),
+        [("images/case_001", "different orientations", "slice_0005.dcm")]),
 }
+
+
+def _dicom_case(ds: Path) -> Path:
+    """case_001's image replaced by a DICOM series folder (one file per slice)."""
+    from nnlandmark.data.images import write_dicom_series
+    image = ds / "images/case_001.mha"
+    volume = sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(str(image)), 0, 1000), sitk.sitkInt16)
+    image.unlink()
+    return write_dicom_series(volume, ds / "images/case_001")
+
+
+def _move_slice(path: Path, z_slices: int = 0, tilt: bool = False) -> None:
+    """Rewrite one slice of a series ``z_slices`` slices further along z, or with a tilted orientation."""
+    plane = sitk.ReadImage(str(path))
+    position = [float(v) for v in plane.GetMetaData("0020|0032").split("\\")]
+    position[2] += z_slices * 4.0  # the clean dataset's spacing
+    plane.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+    if tilt:
+        plane.SetMetaData("0020|0037", "1\\0\\0\\0\\0.8\\0.6")
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(plane)
 
 
 def _edit_nrrd(path: Path, key: str, value: str) -> None:
@@ -282,7 +314,7 @@ def test_case_ids_ending_in_digits_are_not_channels(dataset, capsys):
 # --------------------------------------------------------------------------- prepare writes nothing
 
 @pytest.mark.parametrize("problem", ["NaN coordinate", "zero spacing (MetaImage header)",
-                                     "truncated MetaImage"])
+                                     "truncated MetaImage", "DICOM series with a missing slice"])
 def test_prepare_writes_nothing_on_invalid_dataset(problem, dataset, tmp_path, capsys):
     mutate, expected = DATASET_CASES[problem]
     mutate(dataset)
@@ -675,8 +707,10 @@ def test_predict_overwrite_removes_only_the_earlier_runs_cases(tiny_model, synth
     (out / "my_notes.txt").write_text("mine")
     assert main(["predict", "-i", str(images / "case_002.nii.gz"), "-o", str(out), "-m", str(tiny_model),
                  "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["case_002.json", "case_002.mrk.json", "my_notes.json",
-                                                     "my_notes.txt", "predictions.csv"]
+    # the run's manifest (and the lock file guarding it) are hidden files
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "case_002.json", "case_002.mrk.json", "my_notes.json", "my_notes.txt", "predictions.csv"]
+    assert (out / ".nnlandmark_predict.json").is_file()
     summary = (out / "predictions.csv").read_text().splitlines()[1:]
     assert {row.split(",")[0] for row in summary} == {"case_002"}
 
@@ -787,3 +821,276 @@ def test_thresholds_survive_training_another_fold_and_evaluate_cv_sums_all_folds
     before = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.json")}
     assert main(["evaluate-cv", str(project), "-o", str(out), "--continue"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.json")} == before
+
+
+# --------------------------------------------------------------------------- trust (issue 20)
+
+class _Payload:
+    """What a hostile checkpoint may carry: unpickling it runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def _plant_payload(checkpoint: Path, marker: Path) -> None:
+    import torch
+    torch.save({"network_weights": {}, "note": _Payload(marker)}, checkpoint)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    from nnlandmark.errors import UserError
+    from nnlandmark.nnunet.checkpoints import load_checkpoint
+    checkpoint, marker = tmp_path / "checkpoint_final.pth", tmp_path / "pwned"
+    _plant_payload(checkpoint, marker)
+    with pytest.raises(UserError, match=r"checkpoint_final.pth: refused to load .* posix.system|system"):
+        load_checkpoint(checkpoint)
+    assert not marker.exists()
+
+
+def test_predict_refuses_a_model_whose_checkpoint_would_run_code(tiny_model, image, tmp_path, capsys):
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    marker = tmp_path / "pwned"
+    for checkpoint in model.rglob("checkpoint_*.pth"):
+        _plant_payload(checkpoint, marker)
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", model],
+                   ("checkpoint_", "refused to load", "system"), watched=[model, image], absent=[out, marker])
+
+
+@pytest.mark.parametrize("edit, suffix, needle", [
+    (lambda a: a.fill(np.nan), ".nii.gz", "all of them: an image with no signal"),
+    (lambda a: a.__setitem__((5, 6, 7), np.nan), ".nii.gz", "1 of"),
+    (lambda a: a.fill(7.0), ".nii.gz", "every voxel has the value 7"),
+    (lambda a: a.fill(0.0), ".mha", "every voxel has the value 0"),
+])
+def test_predict_refuses_an_image_with_no_signal(tiny_model, image, tmp_path, capsys, edit, suffix, needle):
+    # SimpleITK reads a NIfTI's NaN voxels as 0; nibabel is asked instead
+    bad = _copy_image(image, tmp_path / "in" / f"empty_case{suffix}", edit)
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", bad, "-o", out, "-m", tiny_model],
+                   (f"empty_case{suffix}", needle), watched=[bad], absent=[out])
+
+
+def test_predict_refuses_a_dicom_series_with_a_missing_slice(tiny_model, image, tmp_path, capsys):
+    from nnlandmark.data.images import write_dicom_series
+    volume = sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(str(image)), 0, 1000), sitk.sitkInt16)
+    series = write_dicom_series(volume, tmp_path / "in" / "scan")
+    (series / "slice_0010.dcm").unlink()
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", series, "-o", out, "-m", tiny_model],
+                   ("in/scan", "not evenly spaced", "slice_0009.dcm and slice_0011.dcm"),
+                   watched=[series], absent=[out])
+
+
+def _predict(image_files, out, model, *flags) -> int:
+    return main(["predict", "-i", *map(str, image_files), "-o", str(out), "-m", str(model), *flags])
+
+
+def test_overwrite_keeps_a_users_corrected_prediction(tiny_model, synthetic_dataset, tmp_path, capsys):
+    images = synthetic_dataset / "images"
+    out = tmp_path / "out"
+    assert _predict([images / "case_000.nii.gz"], out, tiny_model) == 0
+    # the user corrects a prediction and saves it beside ours: prediction-shaped, but theirs
+    shutil.copy(out / "case_000.json", out / "case_000_corrected.json")
+    shutil.copy(out / "case_000.mrk.json", out / "case_000_corrected.mrk.json")
+    mine = snapshot(out / "case_000_corrected.json", out / "case_000_corrected.mrk.json")
+    assert _predict([images / "case_001.nii.gz"], out, tiny_model, "--overwrite") == 0
+    assert snapshot(out / "case_000_corrected.json", out / "case_000_corrected.mrk.json") == mine
+    assert not (out / "case_000.json").exists() and (out / "case_001.json").is_file()
+
+
+def test_predict_never_replaces_a_predictions_csv_it_did_not_write(tiny_model, image, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("my,own,table\n")
+    for flag in ([], ["--overwrite"], ["--continue"]):
+        assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model, *flag],
+                       ("predictions.csv", "not written by nnlandmark predict"), watched=[out, image])
+
+
+def test_continue_with_another_model_is_refused(tiny_model, image, synthetic_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _predict([image], out, tiny_model) == 0
+    other = Path(shutil.copytree(tiny_model, tmp_path / "other_model"))
+    assert_refused(capsys, ["predict", "-i", synthetic_dataset / "images" / "case_001.nii.gz", "-o", out,
+                            "-m", other, "--continue"],
+                   (".nnlandmark_predict.json", "--continue", "made by", str(tiny_model)), watched=[out, image])
+    # another decoder is another setting, refused alike
+    assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model, "--continue", "--decoder", "argmax"],
+                   ("--continue", "made by"), watched=[out, image])
+
+
+def test_a_second_predict_into_a_locked_folder_fails(tiny_model, image, tmp_path, capsys):
+    from nnlandmark.inference.outputs import output_lock
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_lock(out):  # another run writing there now
+        assert_refused(capsys, ["predict", "-i", image, "-o", out, "-m", tiny_model],
+                       ("out", "another nnlandmark predict", "is writing into this folder"), watched=[image])
+    assert not list(out.glob("*.json"))
+
+
+def test_continue_with_other_inputs_lists_every_case_in_predictions_csv(tiny_model, synthetic_dataset, tmp_path):
+    images = synthetic_dataset / "images"
+    out = tmp_path / "out"
+    assert _predict([images / "case_000.nii.gz"], out, tiny_model) == 0
+    assert _predict([images / "case_001.nii.gz"], out, tiny_model, "--continue") == 0
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in rows} == {"case_000", "case_001"}
+
+
+@pytest.mark.parametrize("where", ["the input folder", "inside the input folder", "the folder of an input file"])
+def test_predict_refuses_an_output_folder_among_the_inputs(tiny_model, synthetic_dataset, tmp_path, capsys, where):
+    folder = Path(shutil.copytree(synthetic_dataset / "images", tmp_path / "scans"))
+    inputs, out = {"the input folder": ([folder], folder),
+                   "inside the input folder": ([folder], folder / "predictions"),
+                   "the folder of an input file": ([folder / "case_000.nii.gz"], folder)}[where]
+    assert_refused(capsys, ["predict", "-i", *inputs, "-o", out, "-m", tiny_model],
+                   ("scans", "the output folder is", "choose a folder outside it"), watched=[folder])
+
+
+def test_predict_refuses_a_case_name_too_long_for_its_files_before_any_work(tiny_model, image, tmp_path, capsys):
+    long = _copy_image(image, tmp_path / "in" / ("c" * 240 + ".nii.gz"))
+    out = tmp_path / "out"
+    assert_refused(capsys, ["predict", "-i", long, "-o", out, "-m", tiny_model],
+                   ("c" * 240, "too long for its output files"), watched=[long], absent=[out])
+
+
+def test_predict_in_a_folder_from_before_the_manifest(tiny_model, synthetic_dataset, tmp_path, capsys):
+    """The rule for older prediction folders: --continue adopts their records, --overwrite is refused."""
+    images = synthetic_dataset / "images"
+    out = tmp_path / "out"
+    assert _predict([images / "case_000.nii.gz"], out, tiny_model) == 0
+    for hidden in out.glob(".nnlandmark_predict*"):
+        hidden.unlink()  # as an earlier nnlandmark left it
+    assert_refused(capsys, ["predict", "-i", images / "case_001.nii.gz", "-o", out, "-m", tiny_model, "--overwrite"],
+                   ("out", "before nnlandmark kept a manifest", "remove them by hand"), watched=[out])
+    assert _predict([images / "case_001.nii.gz"], out, tiny_model, "--continue") == 0
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in rows} == {"case_000", "case_001"}
+    assert set(json.loads((out / ".nnlandmark_predict.json").read_text())["cases"]) == {"case_000", "case_001"}
+
+
+def test_an_unfinished_fold_is_named_at_predict_and_in_the_exported_model(tiny_model, image, tmp_path, capsys):
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    final = sorted(model.rglob("checkpoint_final.pth"))[-1]  # the last stage: killed before it finished
+    final.unlink()
+    stage = final.parent.name
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert _predict([image], out, model) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {model}: fold 0 ({stage} stage) did not finish training" in err and "2 epoch(s)" in err
+    archive = tmp_path / "model.zip"
+    assert main(["export-model", str(model), str(archive)]) == 0
+    assert f"the {stage} stage did not finish training" in capsys.readouterr().err
+    imported = tmp_path / "imported"
+    assert main(["import-model", str(archive), str(imported)]) == 0
+    assert "did not finish training" in capsys.readouterr().err
+    states = json.loads((imported / "fold_states.json").read_text())
+    assert states["fold_0"][stage] == {"finished": False, "epochs": 2}
+
+
+def _model_zip(path: Path, members: dict) -> Path:
+    import zipfile
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+_GOOD_MEMBERS = {"plans.json": json.dumps({"configurations": {}}), "dataset.json": json.dumps({"channel_names": {}}),
+                 "nnlandmark.json": json.dumps({"landmarks": ["a"], "configuration": "3d_fullres"})}
+
+
+@pytest.mark.parametrize("members, needles", [
+    ({**_GOOD_MEMBERS, "plans.json": "{not json"}, ("plans.json is not valid JSON",)),
+    ({"plans.json": "{}", "dataset.json": "{}", "nnlandmark.json": "{}"}, ("plans.json is not a model's",)),
+    ({**_GOOD_MEMBERS, "nnlandmark.json": json.dumps({"landmarks": ["a"]})}, ("nnlandmark.json", "not a valid")),
+    ({**_GOOD_MEMBERS, "fold_0/checkpoint_final.pth": b"\0" * (64 << 20)}, ("would expand to", "zip bomb")),
+])
+def test_import_model_validates_before_extracting(tmp_path, capsys, members, needles):
+    archive = _model_zip(tmp_path / "model.zip", members)
+    target = tmp_path / "imported"
+    assert_refused(capsys, ["import-model", archive, target], ("model.zip", *needles), watched=[archive],
+                   absent=[target])
+    assert [p.name for p in tmp_path.iterdir()] == ["model.zip"]
+
+
+def test_import_model_refuses_a_member_twice(tmp_path, capsys):
+    import warnings
+    import zipfile
+    archive = _model_zip(tmp_path / "model.zip", _GOOD_MEMBERS)
+    with warnings.catch_warnings(), zipfile.ZipFile(archive, "a") as z:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it is asked to write
+        z.writestr("plans.json", "{not json")  # a second plans.json: extracting all would let it win
+    assert_refused(capsys, ["import-model", archive, tmp_path / "imported"], ("plans.json more than once",),
+                   watched=[archive], absent=[tmp_path / "imported"])
+
+
+def test_import_model_extracts_only_a_models_members_and_keeps_a_users_folders(tmp_path, capsys, monkeypatch):
+    archive = _model_zip(tmp_path / "model.zip", {**_GOOD_MEMBERS, "notes/readme.sh": "echo hi"})
+    sibling = tmp_path / ".tmp_imported"  # a folder of the user's named as the old temporary folder was
+    sibling.mkdir()
+    (sibling / "keep.txt").write_text("mine")
+    assert main(["import-model", str(archive), str(tmp_path / "imported")]) == 0
+    assert "not part of a model were not extracted" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "imported").iterdir()) == sorted(_GOOD_MEMBERS)
+    assert (sibling / "keep.txt").read_text() == "mine"
+    # "." as the target (it once failed with a ValueError on its empty name)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["import-model", str(archive), "."]) == 0
+    assert sorted(p.name for p in here.iterdir()) == sorted(_GOOD_MEMBERS)
+
+
+def test_export_model_keeps_a_users_file_named_like_its_old_temporary_file(tiny_model, tmp_path, capsys):
+    mine = tmp_path / ".tmp_model.zip"
+    mine.write_text("mine")
+    assert main(["export-model", str(tiny_model), str(tmp_path / "model.zip")]) == 0
+    assert mine.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp_model.zip", "model.zip"]
+
+
+@pytest.mark.slow
+def test_prepare_with_no_augmentation_workers(synthetic_dataset, tmp_path, monkeypatch, capsys):
+    """``nnUNet_n_proc_DA=0`` (training without worker processes) once crashed nnU-Net's planner."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    assert main(["prepare", str(synthetic_dataset), "-p", str(tmp_path / "project"), "-np", "1"]) == 0
+    assert os.environ["nnUNet_n_proc_DA"] == "0"
+
+
+def test_predict_reads_a_grey_and_alpha_png_and_names_a_jpeg_exif_orientation(tmp_path):
+    from PIL import Image
+    from nnlandmark.data.images import read_image, read_image_grid
+    pixels = (np.arange(600).reshape(20, 30) % 200).astype(np.uint8)
+    Image.fromarray(np.stack([pixels, np.full_like(pixels, 255)], -1), "LA").save(tmp_path / "la.png")
+    assert read_image_grid(tmp_path / "la.png", read_pixels=True, finite=True).size == (30, 20, 1)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(tmp_path / "la.png"))[0], pixels)
+    picture = Image.fromarray(pixels, "L")
+    exif = picture.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display"
+    picture.save(tmp_path / "rotated.jpg", exif=exif)
+    with pytest.warns(UserWarning, match=r"rotated.jpg: its EXIF orientation \(6\)"):
+        read_image_grid(tmp_path / "rotated.jpg")
+
+
+def test_evaluate_hints_at_2d_predictions_against_3d_references(synthetic_dataset, tmp_path, capsys):
+    predictions = tmp_path / "pred"
+    _prediction(predictions, "case_000")  # z = 0, as a model of 2D images writes
+    _prediction(predictions, "case_001")
+    assert main(["evaluate", "-p", str(predictions), "-r", str(synthetic_dataset)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "every point has z = 0 (2D images)" in err and "are 3D" in err
+
+
+def test_check_hints_at_a_csv_with_semicolons(dataset, capsys):
+    (dataset / "landmarks" / "case_000.json").unlink()
+    (dataset / "landmarks" / "case_000.csv").write_text("name;x;y;z\nnose_tip;1;2;3\n")
+    assert_refused(capsys, ["check", dataset],
+                   ("case_000.csv", "missing column(s)", "holding ';'", "save the file with commas"),
+                   watched=[dataset])

@@ -48,11 +48,13 @@ def test_import_model_unpacks_a_safe_archive(tmp_path):
     """The guard's counterpart: the same archive without the bad member imports as it is."""
     archive = tmp_path / "model.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        z.writestr(MODEL_FILE, _DESCRIPTION)
-        z.writestr("plans.json", "{}")
+        z.writestr(MODEL_FILE, json.dumps({**json.loads(_DESCRIPTION), "configuration": "3d_fullres"}))
+        z.writestr("plans.json", '{"configurations": {}}')
+        z.writestr("dataset.json", '{"channel_names": {"0": "CT"}}')
         z.writestr("fold_0/checkpoint_final.pth", "weights")
     folder = import_model(archive, tmp_path / "imported")
-    assert _files_under(folder) == {MODEL_FILE, "plans.json", "fold_0", "fold_0/checkpoint_final.pth"}
+    assert _files_under(folder) == {MODEL_FILE, "plans.json", "dataset.json", "fold_0",
+                                    "fold_0/checkpoint_final.pth"}
     assert (folder / "fold_0" / "checkpoint_final.pth").read_text() == "weights"
 
 

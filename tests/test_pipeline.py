@@ -100,8 +100,10 @@ def test_export_import_round_trip_predicts_the_same(tiny_model, synthetic_datase
         f"fold_0/{stage}/{name}" for stage in ("global", "local")
         for name in ("checkpoint_best.pth", "checkpoint_final.pth", "training_curves.json", "training_curves.png")}
     files = {p.relative_to(imported).as_posix() for p in imported.rglob("*") if p.is_file()}
-    assert files == expected
-    for name in files:
+    assert files == expected | {"fold_states.json"}  # and whether each fold finished training
+    assert json.loads((imported / "fold_states.json").read_text()) == {
+        "fold_0": {stage: {"finished": True, "epochs": 2} for stage in ("global", "local")}}
+    for name in expected:
         assert (imported / name).read_bytes() == (tiny_model / name).read_bytes(), name
     image = sorted((synthetic_dataset / "images").iterdir())[0]
     out = predict([image], tmp_path / "pred", imported, progress=False)

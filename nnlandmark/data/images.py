@@ -150,7 +150,68 @@ def _series_files(folder: Path) -> list:
         raise DatasetError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
         raise DatasetError(f"{folder}: folder holds {len(series)} DICOM series; put each in a folder of its own")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    check_slice_positions(folder, _slice_geometry(files))
+    return files
+
+
+def _slice_geometry(files) -> list:
+    """``(file name, position, orientation)`` of each slice with Image Position and Orientation
+    (Patient), in the reader's order; slices without them (radiographs) are left out."""
+    found = []
+    reader = sitk.ImageFileReader()
+    for f in files:
+        reader.SetFileName(str(f))
+        try:
+            reader.ReadImageInformation()
+            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            orientation = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):  # a tag missing or malformed: GDCM's own geometry decides
+            continue
+        if len(position) == 3 and len(orientation) == 6:
+            found.append((Path(f).name, np.array(position), np.array(orientation)))
+    return found
+
+
+def check_slice_positions(folder, slices, tolerance: float = 0.01) -> None:
+    """Refuse a series whose slices do not lie evenly along one normal: ITK's series reader
+    would read a series with a missing slice as a volume of fewer, thicker slices (every
+    position after the gap shifts) and merely warn. ``slices`` are ``(name, position (3,),
+    orientation (6,))``; positions may be apart by their median step within ``tolerance``
+    of it (relative). DatasetError naming ``folder`` and the slices around the problem.
+
+    >>> z = lambda k: (f"s{k}.dcm", np.array([0.0, 0.0, 3.0 * k]), np.array([1.0, 0, 0, 0, 1, 0]))
+    >>> check_slice_positions("series", [z(0), z(1), z(2), z(3)])
+    >>> check_slice_positions("series", [z(0), z(1), z(3), z(4)])
+    Traceback (most recent call last):
+    ...
+    nnlandmark.errors.DatasetError: series: DICOM slice positions are not evenly spaced: 6 mm between s1.dcm and s3.dcm where the other slices are 3 mm apart (a missing slice?)
+    """
+    if len(slices) < 2:
+        return
+    names = [name for name, _, _ in slices]
+    orientations = np.array([o for _, _, o in slices])
+    odd = np.flatnonzero(np.abs(orientations - orientations[0]).max(axis=1) > 1e-3)
+    if len(odd):
+        raise DatasetError(f"{folder}: DICOM slices with different orientations ({names[0]} and "
+                           f"{names[odd[0]]}); put each orientation in a series folder of its own")
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    depth = np.array([p for _, p, _ in slices]) @ normal
+    order = np.argsort(depth, kind="stable")
+    steps = np.diff(depth[order])
+    step = float(np.median(steps))
+    duplicate = np.flatnonzero(steps <= tolerance * max(step, 1e-6))
+    if len(duplicate):
+        a, b = order[duplicate[0]], order[duplicate[0] + 1]
+        raise DatasetError(f"{folder}: DICOM slices {names[a]} and {names[b]} have the same position "
+                           f"({depth[a]:.4g} mm along the slice normal); remove the duplicate")
+    uneven = np.flatnonzero(np.abs(steps - step) > tolerance * step)
+    if len(uneven):
+        k = int(uneven[np.argmax(np.abs(steps[uneven] - step))])
+        a, b = order[k], order[k + 1]
+        hint = " (a missing slice?)" if steps[k] > step else ""
+        raise DatasetError(f"{folder}: DICOM slice positions are not evenly spaced: {steps[k]:.4g} mm between "
+                           f"{names[a]} and {names[b]} where the other slices are {step:.4g} mm apart{hint}")
 
 
 def dicom_pixel_spacing(tags: dict):
@@ -208,7 +269,9 @@ def read_image(path, spacing=None) -> sitk.Image:
         reader.SetFileName(str(path))
         image = reader.Execute()
     except RuntimeError as e:
-        raise DatasetError(f"{path}: image cannot be read ({_itk_reason(e)})") from e
+        image = _grey_alpha_picture(path)  # SimpleITK cannot read grey + alpha PNGs
+        if image is None:
+            raise DatasetError(f"{path}: image cannot be read ({_itk_reason(e)})") from e
     if is_picture(path):
         image = _picture(image, spacing)
     elif split_suffix(path, DICOM_FILE_SUFFIXES):
@@ -407,7 +470,9 @@ def read_image_grid(path, read_pixels: bool = False, finite: bool = False, spaci
     ``read_pixels`` the whole file is decoded as well, so truncated or corrupt
     data are caught here and not hours later; with ``finite`` too, NaN or
     infinite voxels are refused (nnU-Net's normalisation would spread them, and
-    a model would still answer with confident points).
+    a model would still answer with confident points), and so is an image whose
+    voxels all have one value (:func:`check_signal`; a NIfTI's voxels as nibabel
+    reads them, NaN kept).
     """
     path = Path(path)
     if path.is_dir():
@@ -417,7 +482,13 @@ def read_image_grid(path, read_pixels: bool = False, finite: bool = False, spaci
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot read image header, not an image file or corrupt ({_itk_reason(e)})") from e
+        grey = _grey_alpha_picture(path)
+        if grey is None:
+            raise DatasetError(f"{path}: cannot read image header, not an image file or corrupt "
+                               f"({_itk_reason(e)})") from e
+        return _picture_grid(path, grey, spacing, finite)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        _warn_exif_orientation(path)
     dim, components = reader.GetDimension(), reader.GetNumberOfComponents()
     size, origin, direction = reader.GetSize(), reader.GetOrigin(), reader.GetDirection()
     picture = is_picture(path)
@@ -463,11 +534,88 @@ def read_image_grid(path, read_pixels: bool = False, finite: bool = False, spaci
             _check_nifti_complete(path)
         if finite:
             voxels = sitk.GetArrayViewFromImage(image)
-            if voxels.dtype.kind == "f":
-                bad = int(np.count_nonzero(~np.isfinite(voxels)))
-                if bad:
-                    raise DatasetError(f"{path}: {bad} of {voxels.size} voxels are NaN or infinite")
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                voxels = _nifti_voxels(path, voxels)
+            check_signal(path, voxels)
     return grid
+
+
+def _nifti_voxels(path: Path, fallback: np.ndarray) -> np.ndarray:
+    """A NIfTI file's voxels as nibabel reads them: SimpleITK reads NaN voxels of a NIfTI as 0
+    (FSL and ANTs write NaN outside the field of view), which would hide an image with no signal."""
+    import nibabel
+    try:
+        return np.asanyarray(nibabel.load(str(path)).dataobj)
+    except Exception:  # nibabel is stricter than ITK about some headers; ITK has read this file already
+        return fallback
+
+
+def check_signal(path, voxels: np.ndarray) -> None:
+    """Refuse voxels that are NaN or infinite, or all one value (an image with no signal, which a
+    model would still answer with confident points); DatasetError naming ``path``.
+
+    >>> check_signal("a.nii.gz", np.array([1.0, 2.0]))
+    >>> check_signal("a.nii.gz", np.full(8, 3.0))
+    Traceback (most recent call last):
+    ...
+    nnlandmark.errors.DatasetError: a.nii.gz: every voxel has the value 3; an image with no signal
+    >>> check_signal("a.nii.gz", np.array([np.nan, np.nan]))
+    Traceback (most recent call last):
+    ...
+    nnlandmark.errors.DatasetError: a.nii.gz: 2 of 2 voxels are NaN or infinite (all of them: an image with no signal)
+    """
+    voxels = np.asarray(voxels)
+    if voxels.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        if bad:
+            raise DatasetError(f"{path}: {bad} of {voxels.size} voxels are NaN or infinite"
+                               + (" (all of them: an image with no signal)" if bad == voxels.size else ""))
+    if voxels.size and voxels.min() == voxels.max():
+        raise DatasetError(f"{path}: every voxel has the value {voxels.flat[0]:g}; an image with no signal")
+
+
+def _grey_alpha_picture(path: Path) -> sitk.Image | None:
+    """A grey + alpha picture (PNG mode ``LA``, which SimpleITK cannot read) as its grey channel,
+    read with Pillow; None for anything else (the caller's error stands)."""
+    if not is_picture(path):
+        return None
+    try:
+        from PIL import Image
+        with Image.open(path) as picture:
+            if picture.mode not in ("LA", "La"):
+                return None
+            return sitk.GetImageFromArray(np.asarray(picture.getchannel(0)))
+    except Exception:  # not a picture Pillow reads either: SimpleITK's error is the one to show
+        return None
+
+
+def _picture_grid(path: Path, image: sitk.Image, spacing, finite: bool) -> ImageGrid:
+    """The grid of a picture read by :func:`_grey_alpha_picture` (as :func:`read_image_grid` makes it)."""
+    try:
+        pixel_spacing = picture_spacing(spacing)
+    except InvalidInput as e:
+        raise DatasetError(f"{path}: {e}") from e
+    if finite:
+        check_signal(path, sitk.GetArrayViewFromImage(image))
+    return ImageGrid(size=(*image.GetSize(), 1), spacing=(*pixel_spacing, 1.0), origin=(0.0, 0.0, 0.0),
+                     direction=np.eye(3))
+
+
+def _warn_exif_orientation(path: Path) -> None:
+    """Say once per file when a JPEG's EXIF orientation asks viewers to rotate or mirror it:
+    nnlandmark reads (and places landmarks on) the pixels as stored, as SimpleITK does."""
+    import warnings
+    try:
+        from PIL import Image
+        with Image.open(path) as picture:
+            orientation = picture.getexif().get(0x0112, 1)
+    except Exception:
+        return
+    if orientation not in (None, 1):
+        warnings.warn(f"{path}: its EXIF orientation ({orientation}) asks viewers to rotate or mirror it; "
+                      "nnlandmark reads the pixels as stored, without it: landmark pixel coordinates must be "
+                      "of the stored image (save it without the tag, e.g. rotated, to avoid the doubt)",
+                      stacklevel=3)
 
 
 def _read_series_grid(folder: Path, finite: bool) -> ImageGrid:
@@ -483,9 +631,8 @@ def _read_series_grid(folder: Path, finite: bool) -> ImageGrid:
         grid.validate()
     except GeometryError as e:
         raise DatasetError(f"{folder}: {e}") from e
-    if finite and sitk.GetArrayViewFromImage(image).dtype.kind == "f":
-        if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
-            raise DatasetError(f"{folder}: DICOM series has NaN or infinite voxels")
+    if finite:
+        check_signal(folder, sitk.GetArrayViewFromImage(image))
     return grid
 
 

@@ -110,7 +110,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
             # resume: the folds' cases are disjoint, and the earlier folds' (and, with --continue, an
             # earlier run's) predictions stay
             predict(cases, predictions, model_dir, folds=[fold], device=device, decoder=decoder, resume=True,
-                    progress=progress)
+                    progress=progress, mix_folds=True)
             folds_done.append(fold)
             predicted += list(cases)
     if not folds_done:

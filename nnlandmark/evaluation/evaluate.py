@@ -166,6 +166,27 @@ def _status_and_points(landmarks: Landmarks, names: list) -> tuple[np.ndarray, l
     return landmarks.as_array(names), [landmarks.status(n) for n in names]
 
 
+def _warn_planar_against_volume(pred_points, ref_points, prediction_dir, reference_dir) -> None:
+    """A hint when one side is 2D (every z exactly 0, as a model of 2D images writes) and the other
+    3D: the errors then hold the references' z, and the paths are likely mixed up."""
+    def flat(points):
+        z = points[..., 2][np.isfinite(points[..., 2])]
+        return z.size > 0 and bool(np.all(z == 0))
+
+    def spread(points):
+        z = points[..., 2][np.isfinite(points[..., 2])]
+        return z.size > 0 and float(np.ptp(z)) > 0
+
+    for planar, volume, a, b in ((pred_points, ref_points, prediction_dir, reference_dir),
+                                 (ref_points, pred_points, reference_dir, prediction_dir)):
+        if flat(planar) and spread(volume):
+            import warnings
+            warnings.warn(f"{a}: every point has z = 0 (2D images), but the points of {b} are 3D (z varies); "
+                          "the errors include their z: are these the right predictions and references?",
+                          stacklevel=3)
+            return
+
+
 def _check_thresholds(thresholds) -> tuple:
     """SDR thresholds as floats; each must be a finite, positive number of mm.
 
@@ -288,6 +309,7 @@ def evaluate(prediction_dir, reference_dir, landmark_names=None,
     pred_status = pred_status.astype(str) if n else np.empty((0, m), dtype=str)
     ref_status = ref_status.astype(str) if n else np.empty((0, m), dtype=str)
 
+    _warn_planar_against_volume(pred_points, ref_points, prediction_dir, landmarks_dir)
     errors = radial_errors(pred_points, ref_points)
     # the summary, and presence metrics when any landmark is absent on either side
     result = EvaluationResult.from_errors(

@@ -49,7 +49,6 @@ Outputs per case (written atomically: temporary file, then rename):
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import tempfile
@@ -64,18 +63,19 @@ from tqdm import tqdm
 from nnlandmark.data.dataset import CHANNEL_SUFFIX, discover_images
 from nnlandmark.data.images import IMAGE_SUFFIXES, canonical_image, image_name, place, read_image, read_image_grid
 from nnlandmark.data.pairs import left_right_axis, swap_permutation
-from nnlandmark.data.formats.json_formats import read_prediction_record, write_markups_json
+from nnlandmark.data.formats.json_formats import write_markups_json
 from nnlandmark.data.landmarks import Landmarks
-from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists, check_writable
-from nnlandmark.files import atomic_write
+from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
 from nnlandmark.geometry import (ImageGrid, canonical_reorientation, is_mirrored, orientation_code, patch_start,
                                  patch_to_preprocessed, preprocessed_image_grid, preprocessed_to_world,
                                  reoriented_grid, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
+from nnlandmark.inference.outputs import (SUMMARY_FILE, atomic_write, check_case_names, check_not_inside_inputs,
+                                          check_parts, clear_outputs, part_cases, plan_outputs, previous_outputs,
+                                          run_identity, write_summary, written_cases)
 from nnlandmark.inference.uncertainty import (DEFAULT_COVERAGE, calibrated_radius, coverage_of_key, point_spread,
                                               radial_spread, radius_key, spread_kind, target_sigmas)
 
-SUMMARY_FILE = "predictions.csv"
 
 
 class OutputExistsError(OutputExists):
@@ -173,53 +173,8 @@ def check_inputs(cases: dict, spacing=None, planar: bool | None = None, model=No
     return grids
 
 
-def previous_outputs(output_dir: Path) -> dict:
-    """``{case: [files]}`` that an earlier ``predict`` wrote into ``output_dir``.
-
-    A case counts when its ``<case>.json`` is one of our prediction records;
-    its markups and heatmaps go with it. Files we did not write are never listed.
-    """
-    found = {}
-    if not output_dir.is_dir():
-        return found
-    for record in sorted(output_dir.glob("*.json")):
-        case = record.name[: -len(".json")]
-        if case.endswith(".mrk") or read_prediction_record(record) is None:
-            continue
-        found[case] = [f for f in (record, output_dir / f"{case}.mrk.json", output_dir / f"{case}_heatmaps.nii.gz")
-                       if f.is_file()]
-    return found
-
-
-def _check_output_dir(output_dir: Path, case_ids, overwrite: bool, resume: bool) -> list:
-    """Cases still to do. Refuses existing outputs unless ``overwrite`` (which then removes
-    every case an earlier run wrote, not only those predicted again, so that no stale case
-    is evaluated later) or ``resume`` (which skips the cases already written)."""
-    check_writable(output_dir)
-    previous = previous_outputs(output_dir)
-    theirs = [output_dir / f"{c}{ending}" for c in case_ids if c not in previous
-              for ending in (".json", ".mrk.json", "_heatmaps.nii.gz") if (output_dir / f"{c}{ending}").exists()]
-    if theirs:  # a file of the same name that we did not write is the user's: never replaced
-        raise OutputExistsError(f"{theirs[0]}: exists and was not written by nnlandmark predict; move it or "
-                                "choose another output folder")
-    if previous and not (overwrite or resume):
-        raise OutputExistsError(f"{output_dir}: predictions exist for {len(previous)} case(s) (e.g. "
-                                f"{next(iter(previous))}.json); use --overwrite to replace them or --continue "
-                                "to skip them")
-    return [c for c in case_ids if not (resume and c in previous)]
-
-
-def clear_outputs(output_dir: Path) -> None:
-    """Remove what earlier ``predict`` runs wrote in ``output_dir`` (and only that)."""
-    for files in previous_outputs(output_dir).values():
-        for f in files:
-            f.unlink()
-    summary = output_dir / SUMMARY_FILE
-    if summary.is_file():
-        summary.unlink()
-
-
-_atomic = atomic_write  # the name this module's writers use
+def _atomic(path: Path, write) -> None:
+    atomic_write(path, write)  # a unique temporary name: never a file of the user's
 
 
 def decode_case(heatmaps, pgrid, grid: ImageGrid, names, decoder: str = "argmax") -> dict:
@@ -434,7 +389,7 @@ def _save_heatmaps(path: Path, heatmaps, pgrid, grid: ImageGrid) -> None:
 def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step_size: float = 0.5,
             decoder: str | None = None, save_heatmaps: bool = False, overwrite: bool = False,
             resume: bool = False, progress: bool = True, mirror: bool | None = None, spacing=None,
-            shape_prior: bool = True) -> Path:
+            shape_prior: bool = True, num_parts: int = 1, part_id: int = 0, mix_folds: bool = False) -> Path:
     """Predict every landmark of each input image; returns ``output_dir``.
 
     Parameters
@@ -469,6 +424,13 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         from where the training shapes, fitted to the other landmarks, put it
         (:mod:`nnlandmark.inference.shape`; models trained before it have no
         prior and predict without).
+    num_parts, part_id : int
+        Predict only every ``num_parts``-th case of the sorted case list, from the ``part_id``-th
+        on; the parts of one run share the output folder (:mod:`nnlandmark.inference.outputs`:
+        manifest, locks, ``predictions.csv`` whole once every part is done).
+    mix_folds : bool
+        For ``evaluate-cv``: runs with other folds of the same model and settings may continue
+        in the same folder (each fold predicts its own cases).
     """
     from nnlandmark.data.images import picture_spacing
     from nnlandmark.model.folder import ModelFolder, resolve_model
@@ -482,19 +444,31 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     folds = [int(f) for f in folds]
     model = ModelFolder(resolve_model(model_dir))
     description = model.check(folds)
+    for line in model.unfinished(folds):  # a fold stopped or killed: its best checkpoint, but say so
+        warnings.warn(f"{model.path}: {line}", stacklevel=2)
     decoder = decoder or default_decoder(description)
     output = _output(description)
     names = description["landmarks"]
     n_channels = len(description["channels"])
     cases = _images_by_case(inputs, n_channels)
+    check_parts(num_parts, part_id)
+    output_dir = Path(output_dir)
+    if not isinstance(inputs, dict):
+        check_not_inside_inputs(output_dir, [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+    own = part_cases(cases, num_parts, part_id)  # every case when there is one part
+    check_case_names(own)
     try:
         spacing = picture_spacing(spacing if spacing is not None else description.get("picture_spacing"))
     except InvalidInput as e:
         raise InvalidInput(f"--spacing: {e}") from e
     planar = model.planar
-    grids = check_inputs(cases, spacing, planar, model.path)
-    output_dir = Path(output_dir)
-    todo = _check_output_dir(output_dir, list(cases), overwrite, resume)
+    grids = check_inputs({case: cases[case] for case in own}, spacing, planar, model.path)
+    settings = {"decoder": decoder, "step_size": step_size, "shape_prior": shape_prior,
+                "mirror": bool(description.get("mirror", False)) if mirror is None else bool(mirror),
+                "spacing": list(spacing), "save_heatmaps": save_heatmaps}
+    identity = run_identity(model.path, [model.checkpoint(f, stage) for f in folds for stage in model.stages],
+                            folds, settings, num_parts, cases)
+    todo, _ = plan_outputs(output_dir, identity, own, overwrite, resume, mix_folds)  # refuses before any work
 
     thresholds = description.get("presence_thresholds") or {}
     key, scales = _radius_calibration(description, decoder, model.description_file)
@@ -505,13 +479,13 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     swap = swap_permutation(names, description.get("pairs") or [])
     predictors = {stage: model.predictor(folds, stage, device=device, step_size=step_size, mirror_swap=swap)
                   for stage in model.stages}
-    if overwrite:
-        clear_outputs(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     reorient = description.get("orientation") is not None
     if not reorient:
         _warn_mirrored_inputs(grids, model.path)
-    for case in tqdm(todo, desc="predicting", disable=not progress):
+    endings = (".json", ".mrk.json") + (("_heatmaps.nii.gz",) if save_heatmaps else ())
+    # the folder's lock is held, and each case recorded in its manifest, while this loop runs
+    for case in tqdm(written_cases(output_dir, identity, own, overwrite, resume, endings, mix_folds, num_parts,
+                                   part_id), total=len(todo), desc="predicting", disable=not progress):
         grid = grids[case]
         if reorient:  # the network sees the scan in the storage order it was trained in
             grid = reoriented_grid(grid, canonical_reorientation(grid))
@@ -523,7 +497,6 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
             _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grid)
         _write_case(output_dir, case, decoded, thresholds, spreads, scales, key, moved)
         del maps
-    write_summary(output_dir, list(cases))
     return output_dir
 
 
@@ -557,33 +530,3 @@ def _radius_calibration(description: dict, decoder: str, source) -> tuple[str, d
                       stacklevel=3)
         return key, {}
     return key, dict(calibration.get("scale") or {})
-
-
-def write_summary(output_dir: Path, case_ids) -> None:
-    """predictions.csv from every case JSON present (so a resumed run's summary is complete).
-
-    The last columns are ``uncertainty_mm`` and the calibrated radius (``radius_95_mm``, or each
-    radius field the records carry), empty where null.
-    """
-    records = {}
-    for case in case_ids:
-        path = output_dir / f"{case}.json"
-        if path.exists():
-            records[case] = json.loads(path.read_text())
-    keys = sorted({k for record in records.values() for r in record.values() for k in r
-                   if coverage_of_key(k) is not None}) or [radius_key(DEFAULT_COVERAGE)]
-    rows = []
-    for case, record in records.items():
-        for name, r in record.items():
-            world = r["world_lps_mm"] or [None] * 3
-            index = r["voxel_index"] or [None] * 3
-            rows.append([case, name, *world, *index, r["score"], r.get("present", True), r.get("uncertainty_mm"),
-                         *(r.get(k) for k in keys)])
-
-    def write(p):
-        with open(p, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["case", "landmark", "x_lps_mm", "y_lps_mm", "z_lps_mm", "i", "j", "k", "score", "present",
-                        "uncertainty_mm", *keys])
-            w.writerows(rows)
-    _atomic(output_dir / SUMMARY_FILE, write)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +66,26 @@ def plan(dataset_name: str, planner: str = "default", target_spacing=None) -> di
     if target_spacing is not None:
         # nnU-Net's spacing is in array order (z, y, x) before its own transpose
         kwargs["overwrite_target_spacing"] = itk_to_array_order(target_spacing)
-    with captured():  # the planner prints each configuration's whole plans dictionary
+    with _planning_threads(), captured():  # the planner prints each configuration's whole plans dictionary
         return planner_class(dataset_name, suppress_transpose=False, **kwargs).plan_experiment()
+
+
+@contextmanager
+def _planning_threads():
+    """nnU-Net's planner sets torch's thread count to ``nnUNet_n_proc_DA`` while it sizes networks, and
+    0 (how training runs without augmentation workers) is no thread count: torch raises. Plan with 1."""
+    value = os.environ.get("nnUNet_n_proc_DA")
+    try:
+        low = value is not None and int(value) < 1
+    except ValueError:
+        raise InvalidInput(f"nnUNet_n_proc_DA: must be a whole number of processes, got {value!r}") from None
+    if low:
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        yield
+    finally:
+        if low:
+            os.environ["nnUNet_n_proc_DA"] = value
 
 
 def is_planar(plans: dict) -> bool:

@@ -27,6 +27,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnlandmark.geometry import PreprocessedGrid
 from nnlandmark.nnunet.console import captured
+from nnlandmark.nnunet.checkpoints import load_checkpoint
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.planning import case_grids
 
@@ -97,8 +98,8 @@ class LandmarkPredictor(nnUNetPredictor):
         plans_manager = PlansManager(plans)
         configuration = plans_manager.get_configuration(configuration)
         network = build_network(architecture, configuration, len(dataset_json["channel_names"]), num_landmarks)
-        parameters = [torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-                      for checkpoint in checkpoints]
+        # weights_only: a shared model's checkpoint must not run code when it is read
+        parameters = [load_checkpoint(checkpoint)["network_weights"] for checkpoint in checkpoints]
         self.manual_initialization(network, plans_manager, configuration, parameters, dataset_json,
                                    "LandmarkTrainer", None)
         self.label_manager = _HeatmapChannels(num_landmarks)

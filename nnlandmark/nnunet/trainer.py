@@ -58,6 +58,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nnlandmark.nnunet import distributed
+from nnlandmark.nnunet.checkpoints import load_checkpoint
 from nnlandmark.nnunet.console import captured, console_stream
 from nnlandmark.nnunet.networks import build_network
 from nnlandmark.nnunet.paths import NnunetFolders
@@ -416,7 +417,7 @@ class LandmarkTrainer(nnUNetTrainer):
         if os.path.exists(tmp) and self.recipe.extra_parameters:
             # nnU-Net's checkpoint has no room for parameters outside the network: add them to the
             # file it wrote, before it replaces the previous checkpoint
-            checkpoint = torch.load(tmp, map_location="cpu", weights_only=False, mmap=True)
+            checkpoint = load_checkpoint(tmp, mmap=True)
             checkpoint[EXTRA_PARAMETERS_KEY] = [m.state_dict() for m in self.recipe.extra_parameters]
             torch.save(checkpoint, tmp + ".extra")
             del checkpoint
@@ -426,12 +427,33 @@ class LandmarkTrainer(nnUNetTrainer):
             self._written.append(os.path.basename(filename))
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        with captured():
-            super().load_checkpoint(filename_or_checkpoint)  # builds the network and optimizer first when needed
+        # nnU-Net's load_checkpoint unpickles with weights_only=False (a checkpoint could run code) and
+        # takes only a path in 2.8 (a dict reaches an unassigned name): this is its body around our
+        # safe loader (nnunet/checkpoints.py), plus the extra parameters nnU-Net has no room for
+        from torch._dynamo import OptimizedModule
+        if not self.was_initialized:
+            with captured():
+                self.initialize()  # builds the network and optimizer
+        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+            load_checkpoint(filename_or_checkpoint, map_location=self.device)
+        network = self.network.module if self.is_ddp else self.network
+        if isinstance(network, OptimizedModule):
+            network = network._orig_mod
+        own = network.state_dict().keys()
+        # a state dict saved from nn.DataParallel names its keys "module.<key>"
+        network.load_state_dict({k[len("module."):] if k not in own and k.startswith("module.") else k: v
+                                 for k, v in checkpoint["network_weights"].items()})
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         if not self.recipe.extra_parameters:
             return
-        # nnU-Net's load_checkpoint takes only a path in 2.8 (a dict reaches an unassigned name)
-        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False, mmap=True)
         states = checkpoint.get(EXTRA_PARAMETERS_KEY)
         if states is None or len(states) != len(self.recipe.extra_parameters):
             self.print_to_log_file(f"{filename_or_checkpoint}: holds no extra parameters for this recipe; "

@@ -191,7 +191,8 @@ def _read_plain_table(path, key_columns):
     required = list(key_columns) + ["x", "y"]  # no z column: points of 2D images
     missing = [c for c in required if c not in header]
     if missing:
-        raise fail(path, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}")
+        raise fail(path, f"missing column(s) {', '.join(missing)}; header is {', '.join(header)}"
+                   + _delimiter_hint(header))
     col = {c: header.index(c) for c in header}
     out = []
     for number, row in rows[1:]:
@@ -226,6 +227,21 @@ def _read_plain_table(path, key_columns):
     if not out:
         raise fail(path, "no landmarks in file (empty file)")
     return out
+
+
+def _delimiter_hint(header) -> str:
+    """A hint when a header read as one field holds semicolons or tabs: a CSV written with another
+    delimiter (as spreadsheet programs in many locales do).
+
+    >>> _delimiter_hint(["name;x;y;z"])
+    " (the header reads as one column holding ';': this reader takes comma-separated values; save the file with commas)"
+    """
+    if len(header) == 1:
+        for delimiter, said in ((";", "';'"), ("\t", "tabs")):
+            if delimiter in header[0]:
+                return (f" (the header reads as one column holding {said}: this reader takes comma-separated "
+                        "values; save the file with commas)")
+    return ""
 
 
 def read_csv_landmarks(path) -> Landmarks:
