@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["topk_bce_with_logits", "mse_on_sigmoid", "spatial_softmax_cross_entropy", "spatial_softmax_kl",
-           "SigmaPenalty"]
+           "spatial_softmax_absent_cross_entropy", "present_log_probability", "SigmaPenalty"]
 
 
 def _check_shapes(logits: torch.Tensor, target: torch.Tensor, channel_mask: torch.Tensor | None) -> None:
@@ -207,6 +207,80 @@ def spatial_softmax_cross_entropy(
         return _zero_loss(logits)
     q, log_p = rows
     return -(q * log_p).sum(dim=1).mean()
+
+
+def present_log_probability(logits: torch.Tensor) -> torch.Tensor:
+    """``log(1 - p(absent))`` per channel of ``(L, *spatial)`` logits, under
+    :func:`spatial_softmax_absent_cross_entropy`'s model: ``(L,)`` float32.
+
+    The absent slot has the fixed logit 0 beside the channel's voxel logits
+    ``z``, so ``p(present) = sum exp z / (1 + sum exp z) = sigmoid(logsumexp z)``.
+
+    Examples
+    --------
+    >>> round(float(present_log_probability(torch.zeros(1, 3)).exp()), 4)  # 3 / (1 + 3)
+    0.75
+    >>> round(float(present_log_probability(torch.full((1, 2, 2), -30.0)).exp()), 6)  # far below the slot
+    0.0
+    """
+    return F.logsigmoid(torch.logsumexp(logits.float().reshape(logits.shape[0], -1), dim=1))
+
+
+def spatial_softmax_absent_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    channel_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of a per-channel softmax over all voxels *plus one "absent" slot*.
+
+    The softmax preset's objective (:func:`spatial_softmax_cross_entropy`) for
+    datasets with absent landmarks: each channel's voxels compete with one
+    more outcome, "not in this patch", whose logit is fixed at 0 (the network's
+    voxel logits set their level against it; a learned constant would add
+    nothing the last layer's bias cannot do). A channel whose target has mass
+    (present in the patch) is trained towards ``q`` on the voxels and nothing
+    on the slot, ``-sum(q * log p)``; a kept channel whose target is all zero
+    (annotated absent, or cropped out of the patch) towards the slot,
+    ``-log p(absent) = softplus(logsumexp z)``. The present probability is
+    ``sigmoid(logsumexp z)`` (:func:`present_log_probability`).
+
+    Why it leaves localisation alone: the distribution over the voxels given
+    presence is the plain spatial softmax of the same logits, which present
+    channels still train towards ``q``; the slot only takes
+    ``1 / (1 + sum exp z)`` of the mass, ``1 / (N + 1)`` for an untrained
+    network, so the loss starts at ``log(N + 1)`` and its gradient on present
+    channels is that of :func:`spatial_softmax_cross_entropy` plus a push of
+    at most ``p(absent)`` on the level of the logits.
+
+    Parameters
+    ----------
+    logits, target, channel_mask
+        As for :func:`spatial_softmax_cross_entropy`; here an all-zero target
+        of a kept channel counts (as absent) instead of being left out.
+
+    Examples
+    --------
+    >>> logits = torch.zeros(1, 2, 3)
+    >>> target = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    >>> round(float(spatial_softmax_absent_cross_entropy(logits, target)), 4)  # (log 4 + log 4) / 2
+    1.3863
+    >>> low = torch.full((1, 1, 3), -20.0)  # every voxel far below the slot: absent, at no cost
+    >>> round(float(spatial_softmax_absent_cross_entropy(low, torch.zeros(1, 1, 3))), 6)
+    0.0
+    """
+    _check_shapes(logits, target, channel_mask)
+    rows_logits, rows_target = _select_channels(logits, target, channel_mask)
+    if rows_logits.shape[0] == 0:
+        return _zero_loss(logits)
+    z = rows_logits.float()
+    lse = torch.logsumexp(z, dim=1)
+    log_norm = F.softplus(lse)  # log(1 + sum exp z): the slot's exp(0) plus the voxels'
+    mass = rows_target.float().sum(dim=1)
+    present = mass > 0
+    q = rows_target.float() / mass.clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+    # present: -sum q (z - log_norm) = log_norm - sum q z; absent: -log p(absent) = log_norm
+    per_row = log_norm - torch.where(present, (q * z).sum(dim=1), torch.zeros_like(lse))
+    return per_row.mean()
 
 
 def _distributions(logits: torch.Tensor, target: torch.Tensor, channel_mask: torch.Tensor | None):
