@@ -193,19 +193,37 @@ def test_lost_flag_in_the_case_json_and_csv_and_calibration_from_predictions(tmp
 
 # --- slow: trained models ---------------------------------------------------------------------------
 
-SCHEDULE = dict(epochs=8, iterations_per_epoch=25, val_iterations=2)
+#: a small U-Net (``small_network``) at full resolution, for 2 minutes: on the loaded 2-core machine
+#: a few hundred iterations, enough to place the phantoms' landmarks to a few mm
+SCHEDULE = dict(configuration="fullres", time_budget_minutes=2.0)
+SMALL = dict(shape=(32, 32, 32), spacing=(3.0, 3.0, 3.0))
+
+
+def small_network(project_dir) -> None:
+    """nnU-Net's 3d_fullres plan with at most 64 features per stage and a 32^3 patch (the whole
+    phantom), batch 2: the planned network costs seconds per iteration on the shared CPU."""
+    from nnlandmark.planning.project import Project
+    project = Project.load(project_dir)
+    plans = json.loads(project.plans_file.read_text())
+    config = plans["configurations"]["3d_fullres"]
+    arch = config["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [min(8 * 2 ** i, 64) for i in range(len(arch["features_per_stage"]))]
+    config["patch_size"], config["batch_size"] = [32, 32, 32], 2
+    project.plans_file.write_text(json.dumps(plans, indent=2))
 
 
 @pytest.fixture(scope="module")
 def absent_phantoms_model(tmp_path_factory):
-    """A default (softmax cascade) model trained on 12 phantoms, an ear left out of 4 of them."""
+    """A softmax model (the default preset, at full resolution) trained on 12 phantoms, an ear left out
+    of 4 of them; 12 test phantoms, an ear left out of 6."""
     from nnlandmark.data.synthetic import make_synthetic_dataset
     from nnlandmark.planning.project import prepare
     from nnlandmark.training.train import train
     root = tmp_path_factory.mktemp("absent_phantoms")
-    data = make_synthetic_dataset(root / "train", n_cases=12, seed=5, absent_fraction=1 / 3)
-    test = make_synthetic_dataset(root / "test", n_cases=12, seed=6, absent_fraction=1 / 2)
+    data = make_synthetic_dataset(root / "train", n_cases=12, seed=5, absent_fraction=1 / 3, **SMALL)
+    test = make_synthetic_dataset(root / "test", n_cases=12, seed=6, absent_fraction=1 / 2, **SMALL)
     prepare(data, root / "project", num_processes=1, progress=False)
+    small_network(root / "project")
     model = train(root / "project", 0, TrainingSettings(**SCHEDULE), progress=False)
     return model, test
 
@@ -244,8 +262,8 @@ def one_contrast_model(tmp_path_factory):
     from nnlandmark.planning.project import prepare
     from nnlandmark.training.train import train
     root = tmp_path_factory.mktemp("one_contrast")
-    data = make_synthetic_dataset(root / "train", n_cases=12, seed=7)
-    test = make_synthetic_dataset(root / "test", n_cases=4, seed=8)
+    data = make_synthetic_dataset(root / "train", n_cases=12, seed=7, **SMALL)
+    test = make_synthetic_dataset(root / "test", n_cases=4, seed=8, **SMALL)
     inverted = root / "inverted"
     inverted.mkdir()
     for image in sorted((test / "images").glob("*.nii.gz")):
@@ -255,26 +273,41 @@ def one_contrast_model(tmp_path_factory):
         flipped.CopyInformation(read)
         sitk.WriteImage(flipped, str(inverted / image.name))
     prepare(data, root / "project", num_processes=1, progress=False)
+    small_network(root / "project")
     model = train(root / "project", 0, TrainingSettings(**SCHEDULE), progress=False)
     return model, test / "images", inverted
 
 
-@pytest.mark.slow
-def test_lost_on_an_unseen_contrast_and_not_on_its_own(one_contrast_model, tmp_path):
+def _lost_cases(model, own, inverted, out: Path):
+    """Predict both test sets; ``({case: lost} own, {case: lost} inverted, warning lines)``."""
     from nnlandmark.inference.predict import predict
-    model, own, inverted = one_contrast_model
-    with pytest.warns(UserWarning) as caught:
-        predict(own, tmp_path / "own", model, progress=False)
-        predict(inverted, tmp_path / "inverted", model, progress=False)
-    lost_lines = [str(w.message) for w in caught if "may differ from the training scans" in str(w.message)]
+    with pytest.warns(UserWarning) as caught:  # at least the inverted cases' lines
+        predict(own, out / "own", model, progress=False)
+        predict(inverted, out / "inverted", model, progress=False)
+    lines = [str(w.message) for w in caught if "may differ from the training scans" in str(w.message)]
 
     def lost(folder):
-        records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json") if not p.name.endswith(".mrk.json")}
+        records = {p.name[:-5]: json.loads(p.read_text()) for p in folder.glob("*.json")
+                   if not p.name.endswith(".mrk.json")}
         return {case: next(iter(r.values()))["case_lost"] for case, r in records.items()}
 
-    own_lost, inverted_lost = lost(tmp_path / "own"), lost(tmp_path / "inverted")
-    print("own", own_lost, "inverted", inverted_lost, *lost_lines, sep="\n")
-    assert not any(own_lost.values())
-    assert all(inverted_lost.values())
-    assert len(lost_lines) == len(inverted_lost)  # one line per lost case, naming it
-    assert all(any(f"case {case}:" in line for line in lost_lines) for case in inverted_lost)
+    return lost(out / "own"), lost(out / "inverted"), lines
+
+
+@pytest.mark.slow
+def test_lost_on_an_unseen_contrast_and_not_on_its_own(one_contrast_model, tmp_path):
+    """With the default rule, then with the rule evaluate-cv calibrates on the model's own
+    cross-validation predictions."""
+    from nnlandmark.evaluation.cross_validation import evaluate_cv
+    from nnlandmark.inference.lost import LOST_KEY
+    model, own, inverted = one_contrast_model
+    for rule in ("default", "calibrated"):
+        if rule == "calibrated":
+            evaluate_cv(model.parents[2], tmp_path / "cv", model_dir=model, progress=False)
+            assert json.loads((model / "nnlandmark.json").read_text())[LOST_KEY]["n_cases"] >= 1
+        own_lost, inverted_lost, lines = _lost_cases(model, own, inverted, tmp_path / rule)
+        print(rule, "own", own_lost, "inverted", inverted_lost, *lines, sep="\n")
+        assert not any(own_lost.values())
+        assert all(inverted_lost.values()) and len(inverted_lost) == 4
+        assert len(lines) == len(inverted_lost)  # one line per lost case, naming it
+        assert all(any(line.startswith(f"case {case}: ") for line in lines) for case in inverted_lost)
