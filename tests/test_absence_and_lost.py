@@ -37,19 +37,20 @@ def test_absent_slot_loss_starts_at_log_voxels_and_reads_empty_targets_as_absent
     target[0, 0, 2, 3, 1] = 1.0  # present
     target[1, 1, 4, 4, 4] = 1.0  # present; every other channel empty: absent
     logits = torch.zeros_like(target, requires_grad=True)
-    # an untrained network: the slot takes 1 / (N + 1) of the mass, present or not
+    # an untrained network: the slot (logit log N) takes half the mass: log(2N) for a present row,
+    # log 2 for an absent one
     loss = float(spatial_softmax_absent_cross_entropy(logits.detach(), target))
-    assert loss == pytest.approx(math.log(n + 1), rel=1e-6)
-    # an absent row costs -log p(absent) = softplus(logsumexp z)
+    assert loss == pytest.approx((2 * math.log(2 * n) + 4 * math.log(2)) / 6, rel=1e-6)
+    # an absent row costs -log p(absent) = softplus(logsumexp z - log N)
     z = torch.randn(1, 1, 6, 6, 6)
-    expected = torch.nn.functional.softplus(torch.logsumexp(z.reshape(-1), 0))
+    expected = torch.nn.functional.softplus(torch.logsumexp(z.reshape(-1), 0) - math.log(n))
     assert float(spatial_softmax_absent_cross_entropy(z, torch.zeros_like(z))) == pytest.approx(float(expected))
-    # a present row: the plain spatial cross-entropy plus log(1 + 1 / sum exp z), the slot's share
-    z = torch.randn(1, 1, 6, 6, 6) - 6
+    # a present row: the plain spatial cross-entropy plus log(1 + N / sum exp z), the slot's share
+    z = torch.randn(1, 1, 6, 6, 6) + 2
     t = torch.zeros_like(z)
     t[0, 0, 1, 1, 1] = 1.0
     gap = float(spatial_softmax_absent_cross_entropy(z, t) - spatial_softmax_cross_entropy(z, t))
-    assert gap == pytest.approx(math.log1p(math.exp(-float(torch.logsumexp(z.reshape(-1), 0)))), rel=1e-4)
+    assert gap == pytest.approx(math.log1p(n * math.exp(-float(torch.logsumexp(z.reshape(-1), 0)))), rel=1e-4)
     assert gap > 0.01
     # an unknown landmark (mask False) gets no gradient; an absent one is pushed down everywhere
     mask = torch.ones(2, 3, dtype=torch.bool)
@@ -57,7 +58,7 @@ def test_absent_slot_loss_starts_at_log_voxels_and_reads_empty_targets_as_absent
     spatial_softmax_absent_cross_entropy(logits, target, channel_mask=mask).backward()
     assert logits.grad[1, 2].abs().max() == 0
     assert (logits.grad[0, 1] > 0).all()
-    assert float(present_log_probability(torch.zeros(1, n)).exp()) == pytest.approx(n / (n + 1))
+    assert float(present_log_probability(torch.zeros(1, n)).exp()) == pytest.approx(0.5)
 
 
 @pytest.mark.slow  # 100 steps of a tiny network: 13 s on the loaded 2 cores
@@ -87,7 +88,8 @@ def test_a_small_network_learns_where_and_whether_with_the_absent_slot():
         losses.append(float(loss.detach()))
         loss.backward()
         optimizer.step()
-    assert losses[0] == pytest.approx(math.log(size ** 3 + 1), rel=0.1)  # starts near log(voxels)
+    # starts near (log(2N) + log 2) / 2, half the rows present: log(voxels) for the present ones
+    assert losses[0] == pytest.approx((math.log(2 * size ** 3) + math.log(2)) / 2, rel=0.1)
     with torch.no_grad():
         logits = net(images[test])[:, 0]
     presence = np.array([float(present_log_probability(l[None]).exp()) for l in logits])

@@ -16,6 +16,7 @@ every landmark written (presence thresholds 0), so that
 from __future__ import annotations
 
 import argparse
+import shutil
 import json
 import time
 from pathlib import Path
@@ -91,6 +92,9 @@ def main():
         started = time.time()
         model = train(out / "project", 0, settings, progress=False)
         trained = time.time() - started
+        # the runs share a model name (absence is a setting, not part of it): each is moved aside
+        (out / "models").mkdir(exist_ok=True)
+        model = Path(shutil.move(str(model), str(out / "models" / f"run{len(rows)}")))
         ModelFolder(model).update({"presence_thresholds": {n: 0.0 for n in LANDMARK_NAMES}})
         preds = predict(test_dir / "images", out / "predictions" / model.name, model, progress=False, overwrite=True)
         scores, truth, errors = outcomes(preds, test_dir, LANDMARK_NAMES)

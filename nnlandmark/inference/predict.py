@@ -348,15 +348,17 @@ def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str,
 
 
 def present_probabilities(logits) -> np.ndarray:
-    """``(L,)`` present probability of each channel of a softmax model with an absent slot (logit 0):
-    ``sigmoid(logsumexp(channel))``, one channel at a time in float32.
+    """``(L,)`` present probability of each channel of a softmax model with an absent slot (logit
+    log N for N voxels): ``sigmoid(logsumexp(channel) - log N)``, one channel at a time in float32.
 
     >>> import torch
     >>> present_probabilities(torch.stack([torch.zeros(3), torch.full((3,), -30.0)])).round(4).tolist()
-    [0.75, 0.0]
+    [0.5, 0.0]
     """
+    import math
     import torch
-    return np.array([float(torch.sigmoid(torch.logsumexp(logits[c].float().reshape(-1), dim=0)))
+    log_n = math.log(int(np.prod(logits.shape[1:])))
+    return np.array([float(torch.sigmoid(torch.logsumexp(logits[c].float().reshape(-1), dim=0) - log_n))
                      for c in range(logits.shape[0])])
 
 

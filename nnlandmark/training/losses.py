@@ -213,17 +213,20 @@ def present_log_probability(logits: torch.Tensor) -> torch.Tensor:
     """``log(1 - p(absent))`` per channel of ``(L, *spatial)`` logits, under
     :func:`spatial_softmax_absent_cross_entropy`'s model: ``(L,)`` float32.
 
-    The absent slot has the fixed logit 0 beside the channel's voxel logits
-    ``z``, so ``p(present) = sum exp z / (1 + sum exp z) = sigmoid(logsumexp z)``.
+    The absent slot has the logit ``log N`` beside the channel's ``N`` voxel
+    logits ``z``, so ``p(present) = sigmoid(logsumexp z - log N)``: the slot
+    competes with the channel's mean ``exp z``, whatever the size of the
+    array (a training patch, or a whole scan at prediction).
 
     Examples
     --------
-    >>> round(float(present_log_probability(torch.zeros(1, 3)).exp()), 4)  # 3 / (1 + 3)
-    0.75
+    >>> round(float(present_log_probability(torch.zeros(1, 3)).exp()), 4)  # an untrained network: 1/2
+    0.5
     >>> round(float(present_log_probability(torch.full((1, 2, 2), -30.0)).exp()), 6)  # far below the slot
     0.0
     """
-    return F.logsigmoid(torch.logsumexp(logits.float().reshape(logits.shape[0], -1), dim=1))
+    flat = logits.float().reshape(logits.shape[0], -1)
+    return F.logsigmoid(torch.logsumexp(flat, dim=1) - math.log(flat.shape[1]))
 
 
 def spatial_softmax_absent_cross_entropy(
@@ -234,23 +237,26 @@ def spatial_softmax_absent_cross_entropy(
     """Cross-entropy of a per-channel softmax over all voxels *plus one "absent" slot*.
 
     The softmax preset's objective (:func:`spatial_softmax_cross_entropy`) for
-    datasets with absent landmarks: each channel's voxels compete with one
-    more outcome, "not in this patch", whose logit is fixed at 0 (the network's
-    voxel logits set their level against it; a learned constant would add
-    nothing the last layer's bias cannot do). A channel whose target has mass
-    (present in the patch) is trained towards ``q`` on the voxels and nothing
-    on the slot, ``-sum(q * log p)``; a kept channel whose target is all zero
-    (annotated absent, or cropped out of the patch) towards the slot,
-    ``-log p(absent) = softplus(logsumexp z)``. The present probability is
-    ``sigmoid(logsumexp z)`` (:func:`present_log_probability`).
+    datasets with absent landmarks: each channel's ``N`` voxels compete with one
+    more outcome, "not in this patch", whose logit is fixed at ``log N``. A
+    channel whose target has mass (present in the patch) is trained towards
+    ``q`` on the voxels and nothing on the slot, ``-sum(q * log p)``; a kept
+    channel whose target is all zero (annotated absent, or cropped out of the
+    patch) towards the slot, ``-log p(absent)``. The present probability is
+    ``sigmoid(logsumexp z - log N)`` (:func:`present_log_probability`).
+
+    Why ``log N`` and not 0: the slot then competes with the *mean* voxel, so
+    an untrained network (all logits 0) gives it 1/2, and telling present from
+    absent needs the logits' level to move by a few units, as localising does.
+    With a slot at 0 it would start at ``1 / (N + 1)``, and the network would
+    have to lower every logit by ``log N`` (10 for a 32^3 patch) for an absent
+    landmark, which Adam at 1e-3 does in thousands of steps, not hundreds.
 
     Why it leaves localisation alone: the distribution over the voxels given
     presence is the plain spatial softmax of the same logits, which present
-    channels still train towards ``q``; the slot only takes
-    ``1 / (1 + sum exp z)`` of the mass, ``1 / (N + 1)`` for an untrained
-    network, so the loss starts at ``log(N + 1)`` and its gradient on present
-    channels is that of :func:`spatial_softmax_cross_entropy` plus a push of
-    at most ``p(absent)`` on the level of the logits.
+    channels still train towards ``q``; the slot only adds a term that depends
+    on the logits' overall level (``logsumexp``), not on where the mass is. The
+    loss starts at ``log(2 N)``, ``log 2`` above the plain objective's ``log N``.
 
     Parameters
     ----------
@@ -262,8 +268,8 @@ def spatial_softmax_absent_cross_entropy(
     --------
     >>> logits = torch.zeros(1, 2, 3)
     >>> target = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
-    >>> round(float(spatial_softmax_absent_cross_entropy(logits, target)), 4)  # (log 4 + log 4) / 2
-    1.3863
+    >>> round(float(spatial_softmax_absent_cross_entropy(logits, target)), 4)  # (log 6 + log 2) / 2
+    1.2425
     >>> low = torch.full((1, 1, 3), -20.0)  # every voxel far below the slot: absent, at no cost
     >>> round(float(spatial_softmax_absent_cross_entropy(low, torch.zeros(1, 1, 3))), 6)
     0.0
@@ -273,13 +279,14 @@ def spatial_softmax_absent_cross_entropy(
     if rows_logits.shape[0] == 0:
         return _zero_loss(logits)
     z = rows_logits.float()
+    log_n = math.log(z.shape[1])
     lse = torch.logsumexp(z, dim=1)
-    log_norm = F.softplus(lse)  # log(1 + sum exp z): the slot's exp(0) plus the voxels'
+    log_norm = torch.logaddexp(lse, torch.full_like(lse, log_n))  # log(N + sum exp z): slot and voxels
     mass = rows_target.float().sum(dim=1)
     present = mass > 0
     q = rows_target.float() / mass.clamp_min(torch.finfo(torch.float32).tiny)[:, None]
-    # present: -sum q (z - log_norm) = log_norm - sum q z; absent: -log p(absent) = log_norm
-    per_row = log_norm - torch.where(present, (q * z).sum(dim=1), torch.zeros_like(lse))
+    # present: -sum q (z - log_norm) = log_norm - sum q z; absent: -log p(absent) = log_norm - log N
+    per_row = log_norm - torch.where(present, (q * z).sum(dim=1), torch.full_like(lse, log_n))
     return per_row.mean()
 
 
