@@ -195,9 +195,9 @@ def test_lost_flag_in_the_case_json_and_csv_and_calibration_from_predictions(tmp
 
 # --- slow: trained models ---------------------------------------------------------------------------
 
-#: a small U-Net (``small_network``) at full resolution, for 2 minutes: on the loaded 2-core machine
+#: a small U-Net (``small_network``) at full resolution, for 3 minutes: on the loaded 2-core machine
 #: a few hundred iterations, enough to place the phantoms' landmarks to a few mm
-SCHEDULE = dict(configuration="fullres", time_budget_minutes=2.0)
+SCHEDULE = dict(configuration="fullres", time_budget_minutes=3.0)
 SMALL = dict(shape=(32, 32, 32), spacing=(3.0, 3.0, 3.0))
 
 
