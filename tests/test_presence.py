@@ -156,6 +156,8 @@ def test_calibrated_thresholds_make_predictions_absent_and_evaluation_reports_pr
     uncertainty = record.pop("uncertainty_mm")  # the spread is kept for an absent landmark, like its score
     assert uncertainty > 0
     assert isinstance(record.pop("moved_by_shape_prior"), bool)  # whether depends on the tiny model's training
+    assert record.pop("uncertain") is False  # an absent landmark is never uncertain
+    assert isinstance(record.pop("case_lost"), bool) and isinstance(record.pop("case_uncertain"), int)
     # no radius without a point (and with 12 calibration points no finite 95 % radius at all)
     assert record == {"world_lps_mm": None, "voxel_index": None, "score": s_absent, "present": False,
                       "radius_95_mm": None}

@@ -149,11 +149,12 @@ def _ellipsoid_distance(q: np.ndarray, axes) -> np.ndarray:
     return np.where(k1 > 1e-12, k0 * (k0 - 1.0) / np.maximum(k1, 1e-12), -axes.min())
 
 
-def _render_phantom(p: np.ndarray, head: float, edge_mm: float, values: dict) -> np.ndarray:
+def _render_phantom(p: np.ndarray, head: float, edge_mm: float, values: dict, absent=()) -> np.ndarray:
     """Noise-free intensity at canonical points ``p`` (3, N, mm).
 
     Structures are painted in order, each over the previous ones, with a linear
-    ramp of width ``edge_mm`` across their boundary.
+    ramp of width ``edge_mm`` across their boundary. An ear named in ``absent``
+    (``left_ear``, ``right_ear``) is not painted.
     """
     out = np.zeros(p.shape[1])
 
@@ -179,7 +180,8 @@ def _render_phantom(p: np.ndarray, head: float, edge_mm: float, values: dict) ->
         paint(eye * flip, (_ORBIT_RADIUS,) * 3, values["fat"])
         paint(eye * flip, (_EYE_RADIUS,) * 3, values["eye"])
         paint(eye * flip + np.array(_LENS_OFFSET), _LENS_AXES, values["lens"])
-        paint(np.array(_EAR_CENTRE) * flip, (_EAR_RADIUS,) * 3, values["ear"])
+        if ("left_ear" if side > 0 else "right_ear") not in absent:
+            paint(np.array(_EAR_CENTRE) * flip, (_EAR_RADIUS,) * 3, values["ear"])
     return out
 
 
@@ -242,7 +244,7 @@ def _bias_field(rng: np.random.Generator, array_shape) -> np.ndarray:
 
 
 def make_synthetic_case(seed: int, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0),
-                        oblique: bool = False) -> tuple[sitk.Image, dict]:
+                        oblique: bool = False, absent=()) -> tuple[sitk.Image, dict]:
     """Render one synthetic head image and its exact landmarks.
 
     Parameters
@@ -259,6 +261,10 @@ def make_synthetic_case(seed: int, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0),
         If True, the image gets a random non-identity rotation as direction
         matrix (15 to 35 degrees about a random axis) and a random non-zero
         origin; otherwise the direction is the identity and the origin is 0.
+    absent : sequence of str, optional
+        Ears (``left_ear``, ``right_ear``) left out of the image, as if the
+        landmark were not in the scan; their points are still returned (where
+        they would be) and the rest of the image is unchanged.
 
     Returns
     -------
@@ -288,6 +294,8 @@ def make_synthetic_case(seed: int, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0),
     spacing = tuple(float(s) for s in spacing)
     if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
         raise InvalidInput(f"need 3 positive sizes and spacings, got shape {shape}, spacing {spacing}")
+    if not set(absent) <= {"left_ear", "right_ear"}:
+        raise InvalidInput(f"only the ears can be left out of a phantom, got {sorted(absent)}")
 
     rng = np.random.default_rng(seed)
     grid = _random_grid(rng, shape, spacing, oblique)
@@ -307,7 +315,7 @@ def make_synthetic_case(seed: int, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0),
 
     values = {name: v * rng.uniform(0.9, 1.1) for name, v in _TISSUE.items()}
     edge_mm = float(np.mean(spacing)) / scale
-    clean = _render_phantom(points, head, edge_mm, values).reshape(array_shape)
+    clean = _render_phantom(points, head, edge_mm, values, tuple(absent)).reshape(array_shape)
 
     gamma = rng.uniform(0.7, 1.4)
     bias = _bias_field(rng, array_shape)
@@ -338,7 +346,8 @@ def _clear_previous_cases(out_dir: Path) -> None:
 
 def make_synthetic_dataset(out_dir, n_cases: int = 12, seed: int = 0, shape=(48, 48, 48),
                            spacing=(2.0, 2.0, 2.0), oblique: bool = False,
-                           file_ending: str = ".nii.gz", overwrite: bool = False) -> Path:
+                           file_ending: str = ".nii.gz", overwrite: bool = False,
+                           absent_fraction: float = 0.0) -> Path:
     """Write a synthetic dataset in the layout of ``docs/dataset_layout.md``.
 
     Writes ``images/case_XXX<file_ending>`` (float32, one channel),
@@ -361,6 +370,11 @@ def make_synthetic_dataset(out_dir, n_cases: int = 12, seed: int = 0, shape=(48,
         Allow writing into an existing non-empty folder. The ``case_*`` files of
         ``images/`` and ``landmarks/`` already there are deleted first, so the
         folder holds exactly the new dataset; other files are left alone.
+    absent_fraction : float, optional
+        Share of the cases (rounded) in which one ear, left or right at
+        random, is left out of the image and annotated ``"absent"``; the
+        cases and sides are drawn from ``seed`` apart from the images, so
+        the other cases are those of the dataset without absences.
 
     Returns
     -------
@@ -397,14 +411,21 @@ def make_synthetic_dataset(out_dir, n_cases: int = 12, seed: int = 0, shape=(48,
     images_dir.mkdir(parents=True, exist_ok=True)
     landmarks_dir.mkdir(parents=True, exist_ok=True)
 
+    if not 0.0 <= float(absent_fraction) <= 1.0:
+        raise InvalidInput(f"absent_fraction must be in [0, 1], got {absent_fraction}")
+    choice = np.random.default_rng([seed, 2026])  # its own stream: the images do not change
+    removed = {int(i): str(choice.choice(["left_ear", "right_ear"]))
+               for i in choice.permutation(n_cases)[:int(round(n_cases * float(absent_fraction)))]}
     for i in range(n_cases):
         case = f"case_{i:03d}"
+        absent = (removed[i],) if i in removed else ()
         image, points = make_synthetic_case(_case_seed(seed, i), shape=shape, spacing=spacing,
-                                            oblique=oblique)
+                                            oblique=oblique, absent=absent)
         sitk.WriteImage(image, str(images_dir / f"{case}{file_ending}"))
         record = {
             "coordinate_system": "LPS",
-            "landmarks": {name: [float(v) for v in points[name]] for name in LANDMARK_NAMES},
+            "landmarks": {name: "absent" if name in absent else [float(v) for v in points[name]]
+                          for name in LANDMARK_NAMES},
         }
         (landmarks_dir / f"{case}.json").write_text(json.dumps(record, indent=2) + "\n")
 

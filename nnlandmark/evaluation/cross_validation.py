@@ -33,6 +33,12 @@ into a split-conformal scale per landmark, with a pooled fallback
 default), and :func:`store_uncertainty_calibration` writes it into
 ``nnlandmark.json`` (``uncertainty_calibration``). Prediction then writes
 ``radius_95_mm = scale * uncertainty_mm`` for each landmark.
+
+When a case is lost
+-------------------
+The same predictions' ``uncertainty_mm`` of present landmarks set when a
+landmark counts as uncertain and a case as lost (:func:`calibrate_lost`,
+:mod:`nnlandmark.inference.lost`), stored as ``lost_calibration``.
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ PRESENCE_KEY = "presence_thresholds"
 CALIBRATION_FILE = "presence_calibration.json"
 UNCERTAINTY_KEY = "uncertainty_calibration"
 UNCERTAINTY_FILE = "uncertainty_calibration.json"
+LOST_FILE = "lost_calibration.json"
 
 
 def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", decoder: str | None = None,
@@ -92,7 +99,7 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
     if previous_outputs(predictions) and not (overwrite or resume):
         raise OutputExists(f"{predictions}: holds predictions of an earlier run; use --overwrite to replace them "
                            "or --continue to keep them and predict the rest")
-    written = [output_dir / n for n in (*OUTPUT_FILES, CALIBRATION_FILE, UNCERTAINTY_FILE)
+    written = [output_dir / n for n in (*OUTPUT_FILES, CALIBRATION_FILE, UNCERTAINTY_FILE, LOST_FILE)
                if (output_dir / n).exists()]
     if written and not (overwrite or resume):
         raise OutputExists(f"{written[0]}: written by an earlier run; use --overwrite to replace it")
@@ -132,7 +139,33 @@ def evaluate_cv(project_dir, output_dir, model_dir=None, device: str = "cpu", de
         store_uncertainty_calibration(model_dir, calibration)
         atomic_write_text(output_dir / UNCERTAINTY_FILE, json.dumps(calibration, indent=2) + "\n")
         print(describe_uncertainty_calibration(calibration))
+        lost = calibrate_lost(predictions, project.landmarks)
+        lost.update({"folds": folds_done})
+        from nnlandmark.inference.lost import LOST_KEY
+        ModelFolder(model_dir).update({LOST_KEY: lost})
+        (output_dir / LOST_FILE).write_text(json.dumps(lost, indent=2) + "\n")
+        print(f"lost: a case with more than {100 * lost['max_share']:g}% of its landmarks uncertain "
+              f"(largest share in these {lost['n_cases']} cases: {100 * lost['max_share_seen']:g}%)")
     return result
+
+
+def calibrate_lost(prediction_dir, landmark_names) -> dict:
+    """When a landmark is uncertain and a case lost, from the ``uncertainty_mm`` of the present
+    landmarks of the predictions in ``prediction_dir``
+    (:func:`nnlandmark.inference.lost.calibrate_lost_rule`; landmarks with none are never uncertain)."""
+    from nnlandmark.data.formats.json_formats import read_prediction_record
+    from nnlandmark.evaluation.conformal import record_values
+    from nnlandmark.evaluation.evaluate import list_case_files
+    from nnlandmark.inference.lost import calibrate_lost_rule
+    files, _ = list_case_files(prediction_dir)
+    cases = sorted(files)
+    spreads = record_values(files, cases, landmark_names, "uncertainty_mm")
+    for i, case in enumerate(cases):
+        record = read_prediction_record(files[case]) or {}
+        for j, name in enumerate(landmark_names):
+            if not (record.get(name) or {}).get("present", True):
+                spreads[i, j] = np.nan  # an absent landmark's spread says nothing about a lost scan
+    return calibrate_lost_rule({n: spreads[:, j] for j, n in enumerate(landmark_names)})
 
 
 def presence_scores(prediction_dir, reference_dir, landmark_names) -> dict:

@@ -351,8 +351,10 @@ def write_summary(output_dir: Path, case_ids=None) -> list:
     """``predictions.csv`` from every case the manifest lists whose ``<case>.json`` exists (or from
     ``case_ids``); returns the cases it lists.
 
-    The last columns are ``uncertainty_mm`` and the calibrated radius (``radius_95_mm``, or each
-    radius field the records carry), empty where null.
+    After ``present`` come ``uncertainty_mm`` and the calibrated radius (``radius_95_mm``, or each
+    radius field the records carry), empty where null, then whether the landmark is ``uncertain``, whether
+    its case is lost (``case_lost``) and how many of the case's landmarks are uncertain (``case_uncertain``;
+    :mod:`nnlandmark.inference.lost`).
     """
     from nnlandmark.inference.uncertainty import DEFAULT_COVERAGE, coverage_of_key, radius_key
     output_dir = Path(output_dir)
@@ -371,13 +373,13 @@ def write_summary(output_dir: Path, case_ids=None) -> list:
             world = r["world_lps_mm"] or [None] * 3
             index = r["voxel_index"] or [None] * 3
             rows.append([case, name, *world, *index, r["score"], r.get("present", True), r.get("uncertainty_mm"),
-                         *(r.get(k) for k in keys)])
+                         *(r.get(k) for k in keys), r.get("uncertain"), r.get("case_lost"), r.get("case_uncertain")])
 
     def write(p):
         with open(p, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["case", "landmark", "x_lps_mm", "y_lps_mm", "z_lps_mm", "i", "j", "k", "score", "present",
-                        "uncertainty_mm", *keys])
+                        "uncertainty_mm", *keys, "uncertain", "case_lost", "case_uncertain"])
             w.writerows(rows)
     atomic_write(output_dir / SUMMARY_FILE, write)
     return list(records)

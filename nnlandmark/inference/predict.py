@@ -19,7 +19,9 @@ channel), a ``cone``/``v1`` model's sigmoid heatmaps.
 
 Presence: the score of a landmark is what its decoder reports: for the
 default ``mass`` decoder of a softmax model, the probability that the
-landmark lies within 2 voxels of the peak; for the other decoders, the
+landmark lies within 2 voxels of the peak (for a softmax model that learned
+absence, ``settings.absence``, its present probability ``1 - p(absent)``
+instead, thresholded at 0.5 until ``evaluate-cv`` calibrates it); for the other decoders, the
 heatmap peak (a sigmoid value for cone/v1 models). When
 the model folder's ``nnlandmark.json`` has ``presence_thresholds`` (written by
 ``nnlandmark evaluate-cv``, see :mod:`nnlandmark.evaluation.cross_validation`),
@@ -33,6 +35,10 @@ Outputs per case (written atomically: temporary file, then rename):
     "uncertainty_mm": u, "radius_95_mm": r}}``;
     ``voxel_index`` is the continuous ITK index in the input image; an absent
     landmark has ``present: false`` and null position, index and radius.
+    ``uncertain``, ``case_lost`` and ``case_uncertain`` (in every landmark's entry: the record
+    maps landmark names only) say whether this landmark's spread is far above the usual and
+    whether so many of the case's are that the case is lost, which also prints one warning
+    naming the case (:mod:`nnlandmark.inference.lost`).
     ``uncertainty_mm`` is the raw spread of the stage that placed the point
     and ``radius_95_mm`` the radius calibrated by ``evaluate-cv --coverage 0.95``
     to hold the true landmark in 95 % of cases (null for an uncalibrated model;
@@ -42,7 +48,8 @@ Outputs per case (written atomically: temporary file, then rename):
     a 3D Slicer markups file that opens on top of the input image; each
     control point's ``description`` reads ``uncertainty_mm=u; radius_95_mm=r``.
 ``predictions.csv``
-    one row per case and landmark (``uncertainty_mm`` and the radius last).
+    one row per case and landmark (``uncertainty_mm``, the radius, then ``uncertain``, ``case_lost``,
+    ``case_uncertain``).
 ``<case>_heatmaps.nii.gz`` (``save_heatmaps``)
     the sigmoid heatmaps in the preprocessed grid, one vector component per
     landmark, placed in world space so that they overlay the input in Slicer.
@@ -259,20 +266,25 @@ def _image_files(images, planar: bool = False, spacing=None, reorient: bool = Fa
 
 def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str, output: str,
                   mirror: bool, target_sigma=None, shape_prior=None,
-                  file_grid: ImageGrid | None = None) -> tuple[dict, dict, tuple, list]:
+                  file_grid: ImageGrid | None = None, absence: bool = False) -> tuple[dict, dict, tuple, list]:
     """``{name: (world, index, score)}`` of one case, ``{name: uncertainty_mm}`` from the stage that gave
     the point (``target_sigma``: that stage's target width, :func:`~nnlandmark.inference.uncertainty.target_sigmas`),
     (maps, pgrid) of the first stage for saving, and the names of the landmarks the shape prior moved:
     in a cascade with a ``shape_prior`` (:mod:`nnlandmark.inference.shape`) a global point far from
     where the other landmarks put it is looked for again near there (:func:`_search_near_expected`).
     ``grid`` is that of the ``files`` the networks read; ``index`` is the continuous voxel index in
-    ``file_grid``, the user's file (the same grid unless the files were reoriented)."""
+    ``file_grid``, the user's file (the same grid unless the files were reoriented).
+    With ``absence`` (a softmax model that learned it, ``settings.absence``) the score is the first
+    stage's present probability, ``1 - p(absent)`` (:func:`present_probabilities`): the stage that
+    sees the whole scan says whether the landmark is in it."""
     first = predictors.get("global") or predictors["fullres"]
     read = first.read(files)  # once for both stages of a cascade
     data, pgrid = first.preprocess(files, read)
     axis = left_right_axis(grid.direction, pgrid.transpose_forward) if mirror else None
-    maps = _maps(first.logits(data, mirror_axis=axis), output)
-    del data
+    logits = first.logits(data, mirror_axis=axis)
+    presence = present_probabilities(logits) if absence else None
+    maps = _maps(logits, output)
+    del data, logits
     points, scores = decode(maps, decoder)
     world = preprocessed_to_world(points, pgrid, grid)
     moved = np.zeros(len(names), dtype=bool)
@@ -283,8 +295,25 @@ def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str,
                                                  read, target_sigma)
     else:
         spreads = _spreads(maps, points, pgrid, grid, output, target_sigma)
+    if presence is not None:
+        scores = presence
     return (_decoded(world, scores, file_grid or grid, names), dict(zip(names, spreads)), (maps, pgrid),
             [n for n, m in zip(names, moved) if m])
+
+
+def present_probabilities(logits) -> np.ndarray:
+    """``(L,)`` present probability of each channel of a softmax model with an absent slot (logit
+    log N for N voxels): ``sigmoid(logsumexp(channel) - log N)``, one channel at a time in float32.
+
+    >>> import torch
+    >>> present_probabilities(torch.stack([torch.zeros(3), torch.full((3,), -30.0)])).round(4).tolist()
+    [0.5, 0.0]
+    """
+    import math
+    import torch
+    log_n = math.log(int(np.prod(logits.shape[1:])))
+    return np.array([float(torch.sigmoid(torch.logsumexp(logits[c].float().reshape(-1), dim=0) - log_n))
+                     for c in range(logits.shape[0])])
 
 
 def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, local, decoder: str):
@@ -341,14 +370,19 @@ def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: 
 
 
 def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict, uncertainty: dict | None = None,
-                scales: dict | None = None, key: str | None = None, moved=()) -> None:
+                scales: dict | None = None, key: str | None = None, moved=(), lost_rule: dict | None = None) -> dict:
     """Write one case; a landmark scoring below ``thresholds[name]`` is written as absent.
 
     ``uncertainty`` is ``{name: uncertainty_mm}`` and ``scales`` the calibrated ``{name: q}`` of the
     radius field ``key`` (default ``radius_95_mm``), whose value is ``q * uncertainty_mm`` for a
     present landmark with a scale, else null. The landmarks in ``moved`` (by the shape prior) get
     ``"moved_by_shape_prior": true`` and say so in their Slicer description: worth a look.
+    With ``lost_rule`` (:mod:`nnlandmark.inference.lost`) each landmark says whether it is
+    ``uncertain`` and, with every other, whether the case is lost (``case_lost``) and how many of
+    its landmarks are uncertain (``case_uncertain``); returns that state
+    (:func:`~nnlandmark.inference.lost.lost_state`).
     """
+    from nnlandmark.inference.lost import lost_state
     key = key or radius_key(DEFAULT_COVERAGE)
     uncertainty, scales = uncertainty or {}, scales or {}
     present = {n: s >= thresholds.get(n, -np.inf) for n, (_, _, s) in decoded.items()}
@@ -356,11 +390,16 @@ def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict,
                           absent=[n for n in decoded if not present[n]])
     spread = {n: _rounded(uncertainty.get(n)) for n in decoded}
     radius = {n: _rounded(calibrated_radius(spread[n], scales.get(n))) if present[n] else None for n in decoded}
+    state = lost_state(spread, lost_rule, present) if lost_rule else None
     record = {n: {"world_lps_mm": [round(float(v), 4) for v in w] if present[n] else None,
                   "voxel_index": [round(float(v), 3) for v in i] if present[n] else None,
                   "score": round(s, 5), "present": bool(present[n]),
                   "uncertainty_mm": spread[n], key: radius[n], "moved_by_shape_prior": n in moved}
               for n, (w, i, s) in decoded.items()}
+    if state is not None:  # a flag of the case, repeated in each landmark's entry: the record maps names only
+        for n, r in record.items():
+            r.update({"uncertain": n in state["uncertain"], "case_lost": state["lost"],
+                      "case_uncertain": state["n_uncertain"]})
     # Slicer keeps a control point's description (its control point table shows it): the two numbers go there
     descriptions = {n: f"uncertainty_mm={_text(spread[n])}; {key}={_text(radius[n])}"
                        + ("; moved by the shape prior" if n in moved else "") for n in decoded}
@@ -368,6 +407,7 @@ def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict,
     _atomic(output_dir / f"{case_id}.mrk.json", lambda p: write_markups_json(
         landmarks, p, coordinate_system="LPS", names=list(decoded), descriptions=descriptions))
     _atomic(output_dir / f"{case_id}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    return state
 
 
 def _rounded(value, digits: int = 4):
@@ -470,7 +510,9 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
                             folds, settings, num_parts, cases)
     todo, _ = plan_outputs(output_dir, identity, own, overwrite, resume, mix_folds)  # refuses before any work
 
-    thresholds = description.get("presence_thresholds") or {}
+    absence = bool(description["settings"].get("absence"))
+    # a model that learned absence scores presence as a probability: 0.5 until evaluate-cv calibrates it
+    thresholds = {**({n: 0.5 for n in names} if absence else {}), **(description.get("presence_thresholds") or {})}
     key, scales = _radius_calibration(description, decoder, model.description_file)
     # the spread is the final stage's: the local one of a cascade
     target_sigma = target_sigmas(description, "local" if "local" in model.stages else next(iter(model.stages)), folds)
@@ -479,6 +521,7 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     swap = swap_permutation(names, description.get("pairs") or [])
     predictors = {stage: model.predictor(folds, stage, device=device, step_size=step_size, mirror_swap=swap)
                   for stage in model.stages}
+    lost_rule = _lost_rule(description, predictors[list(model.stages)[-1]], names)
     reorient = description.get("orientation") is not None
     if not reorient:
         _warn_mirrored_inputs(grids, model.path)
@@ -492,10 +535,13 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         with _image_files(cases[case], planar, spacing, reorient) as files:
             decoded, spreads, (maps, pgrid), moved = _predict_case(files, grid, predictors, names, decoder,
                                                                    output, mirror, target_sigma, prior,
-                                                                   file_grid=grids[case])
+                                                                   file_grid=grids[case], absence=absence)
         if save_heatmaps:  # before the case JSON, which marks the case done for --continue
             _save_heatmaps(output_dir / f"{case}_heatmaps.nii.gz", maps, pgrid, grid)
-        _write_case(output_dir, case, decoded, thresholds, spreads, scales, key, moved)
+        state = _write_case(output_dir, case, decoded, thresholds, spreads, scales, key, moved, lost_rule)
+        if state["lost"]:
+            from nnlandmark.inference.lost import warning_line
+            warnings.warn(warning_line(case, state), stacklevel=2)
         del maps
     return output_dir
 
@@ -511,6 +557,16 @@ def _warn_mirrored_inputs(grids: dict, model_path) -> None:
                       f"{orientation_code(grids[example].direction)}); such a model may place left/right landmarks "
                       "wrongly on them. Retrain it (prepare a new project, then train) to predict every storage "
                       "order alike", stacklevel=3)
+
+
+def _lost_rule(description: dict, final_stage, names) -> dict:
+    """When a case is lost (:mod:`nnlandmark.inference.lost`): the rule ``evaluate-cv`` calibrated,
+    else the default, in voxels of the final stage (``final_stage``, its predictor)."""
+    from nnlandmark.inference.lost import LOST_KEY, default_rule
+    calibrated = description.get(LOST_KEY)
+    if calibrated:
+        return calibrated
+    return default_rule(names, float(np.mean(final_stage.configuration_manager.spacing)))
 
 
 def _radius_calibration(description: dict, decoder: str, source) -> tuple[str, dict]:

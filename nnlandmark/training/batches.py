@@ -11,7 +11,9 @@ calls it for every batch as its recipe's ``prepare_batch``:
   landmark's exact, sub-voxel position where it is known
   (:meth:`LandmarkBatches.subvoxel_offsets`);
 - landmarks that a case leaves unannotated are masked out of its loss;
-  absent ones have no cube, hence an all-zero target that counts;
+  absent ones have no cube, hence an all-zero target that counts (for the
+  softmax preset only when it learns absence, ``settings.absence``; then a
+  landmark outside the patch is an all-zero target too);
 - when the settings ask for it (:meth:`TrainingSettings.mirroring`), half of
   the training patches are flipped along the patient's left-right axis and
   paired landmarks swap (the left eye of a mirrored head is its right eye).
@@ -145,8 +147,14 @@ class LandmarkBatches:
             data, points, mask = mirror_samples(data, points, mask, flip, axes, self.swap)
         if augment and self.settings.contrast_augmentation > 0:
             data = random_intensity_remap(data, self.settings.contrast_augmentation)
-        if self.settings.output == "softmax":
+        inside = inside_patch(points, seg.shape[2:])
+        if self.settings.output == "softmax" and not self.settings.absence:
             # a distribution over the patch's voxels cannot say "outside": such landmarks are not supervised
-            mask &= inside_patch(points, seg.shape[2:])
+            mask &= inside
         sigma = None if self.learned_sigmas is None else self.learned_sigmas()
-        return data, self.settings.make_targets(points, seg.shape[2:], sigma=sigma), mask
+        targets = self.settings.make_targets(points, seg.shape[2:], sigma=sigma)
+        if self.settings.output == "softmax" and self.settings.absence:
+            # with an "absent" slot, a landmark outside the patch (or absent: NaN) is a target of all
+            # zeros, which the loss reads as "not here"; a point just outside would leave a Gaussian tail
+            targets = targets * inside[(..., *([None] * dims))].to(targets.dtype)
+        return data, targets, mask

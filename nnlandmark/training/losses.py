@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["topk_bce_with_logits", "mse_on_sigmoid", "spatial_softmax_cross_entropy", "spatial_softmax_kl",
-           "SigmaPenalty"]
+           "spatial_softmax_absent_cross_entropy", "present_log_probability", "SigmaPenalty"]
 
 
 def _check_shapes(logits: torch.Tensor, target: torch.Tensor, channel_mask: torch.Tensor | None) -> None:
@@ -207,6 +207,87 @@ def spatial_softmax_cross_entropy(
         return _zero_loss(logits)
     q, log_p = rows
     return -(q * log_p).sum(dim=1).mean()
+
+
+def present_log_probability(logits: torch.Tensor) -> torch.Tensor:
+    """``log(1 - p(absent))`` per channel of ``(L, *spatial)`` logits, under
+    :func:`spatial_softmax_absent_cross_entropy`'s model: ``(L,)`` float32.
+
+    The absent slot has the logit ``log N`` beside the channel's ``N`` voxel
+    logits ``z``, so ``p(present) = sigmoid(logsumexp z - log N)``: the slot
+    competes with the channel's mean ``exp z``, whatever the size of the
+    array (a training patch, or a whole scan at prediction).
+
+    Examples
+    --------
+    >>> round(float(present_log_probability(torch.zeros(1, 3)).exp()), 4)  # an untrained network: 1/2
+    0.5
+    >>> round(float(present_log_probability(torch.full((1, 2, 2), -30.0)).exp()), 6)  # far below the slot
+    0.0
+    """
+    flat = logits.float().reshape(logits.shape[0], -1)
+    return F.logsigmoid(torch.logsumexp(flat, dim=1) - math.log(flat.shape[1]))
+
+
+def spatial_softmax_absent_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    channel_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of a per-channel softmax over all voxels *plus one "absent" slot*.
+
+    The softmax preset's objective (:func:`spatial_softmax_cross_entropy`) for
+    datasets with absent landmarks: each channel's ``N`` voxels compete with one
+    more outcome, "not in this patch", whose logit is fixed at ``log N``. A
+    channel whose target has mass (present in the patch) is trained towards
+    ``q`` on the voxels and nothing on the slot, ``-sum(q * log p)``; a kept
+    channel whose target is all zero (annotated absent, or cropped out of the
+    patch) towards the slot, ``-log p(absent)``. The present probability is
+    ``sigmoid(logsumexp z - log N)`` (:func:`present_log_probability`).
+
+    Why ``log N`` and not 0: the slot then competes with the *mean* voxel, so
+    an untrained network (all logits 0) gives it 1/2, and telling present from
+    absent needs the logits' level to move by a few units, as localising does.
+    With a slot at 0 it would start at ``1 / (N + 1)``, and the network would
+    have to lower every logit by ``log N`` (10 for a 32^3 patch) for an absent
+    landmark, which Adam at 1e-3 does in thousands of steps, not hundreds.
+
+    Why it leaves localisation alone: the distribution over the voxels given
+    presence is the plain spatial softmax of the same logits, which present
+    channels still train towards ``q``; the slot only adds a term that depends
+    on the logits' overall level (``logsumexp``), not on where the mass is. The
+    loss starts at ``log(2 N)``, ``log 2`` above the plain objective's ``log N``.
+
+    Parameters
+    ----------
+    logits, target, channel_mask
+        As for :func:`spatial_softmax_cross_entropy`; here an all-zero target
+        of a kept channel counts (as absent) instead of being left out.
+
+    Examples
+    --------
+    >>> logits = torch.zeros(1, 2, 3)
+    >>> target = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    >>> round(float(spatial_softmax_absent_cross_entropy(logits, target)), 4)  # (log 6 + log 2) / 2
+    1.2425
+    >>> low = torch.full((1, 1, 3), -20.0)  # every voxel far below the slot: absent, at no cost
+    >>> round(float(spatial_softmax_absent_cross_entropy(low, torch.zeros(1, 1, 3))), 6)
+    0.0
+    """
+    _check_shapes(logits, target, channel_mask)
+    rows_logits, rows_target = _select_channels(logits, target, channel_mask)
+    if rows_logits.shape[0] == 0:
+        return _zero_loss(logits)
+    z = rows_logits.float()
+    log_n = math.log(z.shape[1])
+    lse = torch.logsumexp(z, dim=1)
+    log_norm = torch.logaddexp(lse, torch.full_like(lse, log_n))  # log(N + sum exp z): slot and voxels
+    mass = rows_target.float().sum(dim=1)
+    present = mass > 0
+    q = rows_target.float() / mass.clamp_min(torch.finfo(torch.float32).tiny)[:, None]
+    # present: -sum q (z - log_norm) = log_norm - sum q z; absent: -log p(absent) = log_norm - log N
+    per_row = log_norm - torch.where(present, (q * z).sum(dim=1), torch.full_like(lse, log_n))
+    return per_row.mean()
 
 
 def _distributions(logits: torch.Tensor, target: torch.Tensor, channel_mask: torch.Tensor | None):

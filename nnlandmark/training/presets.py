@@ -91,6 +91,17 @@ class TrainingSettings:
     distribution. The learned sigmas are written to the model's description
     at the end of each stage (``learned_sigmas``: fold -> stage -> landmark
     -> sigma in that stage's voxels) and kept in its checkpoints.
+
+    ``absence``: the softmax preset learns whether a landmark is there: each
+    channel's softmax runs over the voxels plus one "absent" slot
+    (:func:`nnlandmark.training.losses.spatial_softmax_absent_cross_entropy`),
+    trained towards the slot for landmarks annotated absent and for landmarks
+    outside the patch; prediction scores presence as ``1 - p(absent)``. None
+    (the default) means "when the dataset has absent annotations" (resolved by
+    ``train``: :meth:`resolved_absence`); without absent annotations the
+    preset trains exactly as before and every landmark is written present. Not
+    with ``heatmap="adaptive"`` (its divergence objective has no slot) nor with
+    sigmoid presets, which learn absence per voxel anyway.
     """
 
     preset: str = "softmax"
@@ -111,6 +122,7 @@ class TrainingSettings:
     mirror: bool | None = None
     exact_targets: bool = True
     contrast_augmentation: float = 0.0
+    absence: bool | None = None
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -147,6 +159,12 @@ class TrainingSettings:
         for name, flag in flags.items():
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{flag}: must be at least 1, got {getattr(self, name)}")
+
+    def resolved_absence(self, has_absent_annotations: bool) -> bool:
+        """Whether this run learns absence (``absence``) for a dataset with or without absent annotations."""
+        if self.output != "softmax" or self.heatmap == "adaptive":
+            return False
+        return bool(has_absent_annotations) if self.absence is None else bool(self.absence)
 
     @property
     def stages(self) -> tuple:
@@ -204,10 +222,13 @@ class TrainingSettings:
     def loss_function(self, learned_sigmas=None):
         """loss(logits, target, channel_mask) for this preset; with ``learned_sigmas`` (see
         :meth:`learned_sigmas`) the objective that learns them too."""
-        from nnlandmark.training.losses import (SigmaPenalty, mse_on_sigmoid, spatial_softmax_cross_entropy,
-                                                spatial_softmax_kl, topk_bce_with_logits)
+        from nnlandmark.training.losses import (SigmaPenalty, mse_on_sigmoid, spatial_softmax_absent_cross_entropy,
+                                                spatial_softmax_cross_entropy, spatial_softmax_kl,
+                                                topk_bce_with_logits)
         if self.preset == "cone":
             loss = partial(topk_bce_with_logits, fraction=self.topk_fraction)
+        elif self.preset == "softmax" and self.absence and learned_sigmas is None:
+            loss = spatial_softmax_absent_cross_entropy
         elif self.preset == "softmax":
             loss = spatial_softmax_cross_entropy if learned_sigmas is None else spatial_softmax_kl
         else:

@@ -176,6 +176,10 @@ def train(project_dir, fold=0, settings: TrainingSettings | dict | None = None, 
         settings = settings_for(project_dir, settings or {}, continue_training)
     project = Project.load(project_dir)
     settings = project_settings(project, settings)
+    # the softmax preset learns absence where the dataset annotates some (settings.absence); the
+    # resolved value is what nnlandmark.json keeps, so prediction knows how to read the model
+    absent = any(v == "absent" for record in _landmark_records(project).values() for v in record.values())
+    settings = dataclasses.replace(settings, absence=settings.resolved_absence(absent))
     folds = list(range(NUM_FOLDS)) if fold == "all" else [int(fold)]
     model_dir = model_dir_for(project, settings)
     for f in folds:
