@@ -76,8 +76,6 @@ class ModelDescription(Mapping):
     presence_calibration: dict | None = None
     #: ``evaluate-cv``'s radius calibration (coverage, scale per landmark, decoder)
     uncertainty_calibration: dict | None = None
-    #: ``evaluate-cv``'s rule for a lost case (:mod:`nnlandmark.inference.lost`)
-    lost_calibration: dict | None = None
     #: fields this version does not know (a newer nnlandmark's), kept as they were
     extra: dict = field(default_factory=dict)
 
