@@ -435,5 +435,54 @@ def test_pixels_coarser_than_1_mm_still_plan_2d(tmp_path):
     from nnlandmark.planning.project import prepare
     data = make_synthetic_dataset_2d(tmp_path / "coarse", n_cases=5, seed=4, shape=(48, 40), spacing=(2.0, 2.5))
     plans = prepare(data, tmp_path / "project", num_processes=1, progress=False).plans()
-    assert set(plans["configurations"]) == {"2d"} and plans["transpose_forward"][0] == 0
+    assert set(plans["configurations"]) == {"2d", "2d_global", "2d_local"} and plans["transpose_forward"][0] == 0
     assert plans["configurations"]["2d"]["spacing"] == [2.5, 2.0]
+
+
+# --------------------------------------------------------------------------- the 2D cascade, fine pixels
+
+#: radiograph-like pixels: nnU-Net plans a 1280 x 1024 patch at full resolution, the cascade a whole
+#: image of about 128^2 pixels and 64^2 patches of about 0.11 mm
+FINE_SHAPE, FINE_SPACING = (1000, 1200), (0.1, 0.1)
+FINE_TRAIN, FINE_TEST = 12, 3
+
+
+@pytest.fixture(scope="module")
+def run_2d_cascade(tmp_path_factory):
+    import nnlandmark as nl
+    root = tmp_path_factory.mktemp("fine")
+    train_dir = make_synthetic_dataset_2d(root / "train", FINE_TRAIN, seed=0, shape=FINE_SHAPE, spacing=FINE_SPACING)
+    test_dir = make_synthetic_dataset_2d(root / "test", FINE_TEST, seed=1, shape=FINE_SHAPE, spacing=FINE_SPACING)
+    project = nl.prepare(train_dir, root / "project", num_processes=1, progress=False)
+    # the default configuration (the cascade), a short time budget shared by its two stages
+    model = nl.train(project.root, 0, nl.TrainingSettings(time_budget_minutes=5), progress=False)
+    predictions = nl.predict(test_dir / "images", root / "predictions", model, folds=[0], progress=False)
+    return SimpleNamespace(train=train_dir, test=test_dir, project=project, model=model, predictions=predictions,
+                           result=nl.evaluate(predictions, test_dir))
+
+
+@pytest.mark.slow
+def test_the_default_2d_model_is_a_cascade_that_beats_the_mean_position_atlas(run_2d_cascade):
+    plans = run_2d_cascade.project.plans()
+    description = json.loads((run_2d_cascade.model / "nnlandmark.json").read_text())
+    assert description["stages"] == {"global": "2d_global", "local": "2d_local"}
+    assert run_2d_cascade.model.name.endswith("__cascade")
+    local = plans["configurations"]["2d_local"]
+    assert local["patch_size"] == [64, 64] and local["spacing"][0] > FINE_SPACING[0]  # its own, coarser data
+    for stage in ("global", "local"):
+        assert (run_2d_cascade.model / "fold_0" / stage / "checkpoint_final.pth").is_file()
+    overall = run_2d_cascade.result.summary["overall"]
+    atlas = _atlas_mre(run_2d_cascade.train, run_2d_cascade.test)
+    print(f"2D cascade MRE {overall['mre_mm']:.2f} mm, mean-position atlas {atlas:.2f} mm")
+    assert overall["n_valid"] == FINE_TEST * len(LANDMARK_NAMES_2D) and overall["mre_mm"] < atlas
+
+
+@pytest.mark.slow
+def test_2d_cascade_predictions_are_world_mm_in_the_image_plane(run_2d_cascade):
+    for case in load_dataset(run_2d_cascade.test, progress=False).cases:
+        record = json.loads((run_2d_cascade.predictions / f"{case.case_id}.json").read_text())
+        for name, r in record.items():
+            assert r["world_lps_mm"][2] == 0.0 and r["voxel_index"][2] == 0.0
+            assert np.allclose(r["world_lps_mm"][:2], np.multiply(r["voxel_index"][:2], FINE_SPACING), atol=1e-3)
+            # inside the picture: the local patch's point mapped back through geometry.py
+            assert all(0 <= v <= n for v, n in zip(r["voxel_index"][:2], FINE_SHAPE)), name
