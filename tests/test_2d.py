@@ -207,17 +207,69 @@ def test_raw_export_of_2d_images(small_2d, tmp_path):
         assert sorted(set(rows)) == [j - 1, j, j + 1] and sorted(set(columns)) == [i - 1, i, i + 1], name
 
 
-def test_plans_of_2d_images_have_one_2d_stage_and_no_cascade():
+def test_plans_of_2d_images_have_one_2d_stage_and_a_2d_cascade():
     from nnlandmark.nnunet.planning import full_configuration, is_planar, plan_cascade, planned_spacing_xyz
     from nnlandmark.nnunet.raw import cube_half_widths
     plans = {"plans_name": "nnUNetPlans", "transpose_forward": [0, 1, 2],
-             "configurations": {"2d": {"spacing": [0.4, 0.5], "patch_size": [96, 128]}}}
+             "configurations": {"2d": {"spacing": [0.4, 0.5], "patch_size": [96, 128],
+                                       "median_image_size_in_voxels": [96, 128], "architecture": _ARCH_2D}}}
     assert is_planar(plans) and full_configuration(plans) == "2d"
-    assert plan_cascade(plans, 10) == plans
+    assert set(plan_cascade(plans, 10)["configurations"]) == {"2d", "2d_global", "2d_local"}
     spacing = planned_spacing_xyz(plans, "2d")
     assert spacing[:2] == [0.5, 0.4] and np.isnan(spacing[2])  # (x, y), and nothing across the slice
     # pixels 4x finer than nnU-Net's spacing get wider cubes in plane; none across the one slice
     assert cube_half_widths((0.125, 0.1, 1.0), spacing).tolist() == [1, 4, 4]
+
+
+#: nnU-Net's '2d' architecture for a 1000 x 1200 image (as planned here: 8 stages, 32 features first)
+_ARCH_2D = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 8, "features_per_stage": [32, 64, 128, 256, 512, 512, 512, 512],
+                            "conv_op": "torch.nn.modules.conv.Conv2d", "kernel_sizes": [[3, 3]] * 8,
+                            "strides": [[1, 1]] + [[2, 2]] * 7, "n_conv_per_stage": [2] * 8,
+                            "n_conv_per_stage_decoder": [2] * 7, "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+
+
+def _planar_plans(spacing, median, n_cases):
+    from nnlandmark.nnunet.planning import plan_cascade
+    plans = {"plans_name": "nnUNetPlans", "transpose_forward": [0, 1, 2],
+             "configurations": {"2d": {"spacing": list(spacing), "patch_size": [1024, 896],
+                                       "median_image_size_in_voxels": list(median), "architecture": _ARCH_2D}}}
+    return plan_cascade(plans, n_cases)["configurations"]
+
+
+def test_2d_cascade_of_fine_radiographs_plans_a_coarse_whole_image_and_small_patches():
+    """Rules, no dataset numbers: ~128^2 global pixels, local pixels at most 8x finer than those."""
+    configurations = _planar_plans([0.1, 0.1], [1200, 1000], n_cases=150)
+    g, loc = configurations["2d_global"], configurations["2d_local"]
+    assert g["inherits_from"] == "2d" and g["data_identifier"] == "nnUNetPlans_2d_global"
+    assert g["spacing"][0] == g["spacing"][1] and 0.8 < g["spacing"][0] < 1.0  # 120 x 100 mm in ~128^2 pixels
+    shape = np.asarray(g["median_image_size_in_voxels"])
+    assert 100 ** 2 < np.prod(shape) < 160 ** 2 and shape.max() <= 192
+    assert all(p >= s for p, s in zip(g["patch_size"], shape))  # the whole image is one patch
+    assert g["architecture"]["arch_kwargs"]["features_per_stage"][0] == 16
+    assert len(g["architecture"]["arch_kwargs"]["kernel_sizes"][0]) == 2  # a 2D network
+    assert 2 < g["batch_size"] <= 32  # nnU-Net's 5 % rule: 7 of 150 whole images
+    # local: about twice the pixel size of the full resolution, its own data, a 64^2 patch
+    assert loc["spacing"] == pytest.approx(np.asarray(g["spacing"]) / 8)
+    assert loc["data_identifier"] == "nnUNetPlans_2d_local" and loc["patch_size"] == [64, 64]
+    assert loc["batch_size"] == 32  # the 5 % rule allows far more: capped
+    # offsets up to LOCAL_REACH global pixels, in local pixels, none across the one slice
+    assert loc["nnlandmark_max_offset"] == [0.0, 16.0, 16.0]
+
+
+def test_2d_cascade_of_coarse_pixels_keeps_full_resolution_locally():
+    configurations = _planar_plans([0.8, 0.8], [96, 96], n_cases=16)
+    g, loc = configurations["2d_global"], configurations["2d_local"]
+    assert g["spacing"] == [0.8, 0.8] and min(g["patch_size"]) >= 96  # already small enough: whole, as it is
+    assert g["batch_size"] == 2  # 5 % of 16 images is less than nnU-Net's smallest batch
+    # full resolution and the '2d' data and cubes: no spacing, data or labels of its own
+    assert "spacing" not in loc and "data_identifier" not in loc
+    assert min(loc["patch_size"]) >= 16 and len(loc["nnlandmark_max_offset"]) == 3
 
 
 def test_2d_batches_give_2d_points():
@@ -297,7 +349,8 @@ def run_2d(tmp_path_factory):
     assert main(["check", str(train_dir)]) == 0
     project = nl.prepare(train_dir, root / "project", num_processes=1, progress=False)
     started = time.time()
-    model = nl.train(project.root, 0, nl.TrainingSettings(**SCHEDULE), progress=False)
+    # the full-resolution 2D U-Net (still selectable; the cascade is tested on finer pixels below)
+    model = nl.train(project.root, 0, nl.TrainingSettings(configuration="fullres", **SCHEDULE), progress=False)
     seconds = time.time() - started
     predictions = nl.predict(test_dir / "images", root / "predictions", model, folds=[0], progress=False)
     result = nl.evaluate(predictions, test_dir)
@@ -318,7 +371,8 @@ def test_2d_model_beats_the_mean_position_atlas_twice(run_2d):
 @pytest.mark.slow
 def test_2d_project_plans_and_trains_one_2d_network(run_2d):
     plans = run_2d.project.plans()
-    assert set(plans["configurations"]) == {"2d"}  # nnU-Net plans no 3d_fullres for one slice; no cascade
+    # nnU-Net plans no 3d_fullres for one slice; the cascade is planned from its '2d'
+    assert set(plans["configurations"]) == {"2d", "2d_global", "2d_local"}
     assert plans["transpose_forward"][0] == 0  # the slice axis first: '2d' patches drop it
     description = json.loads((run_2d.model / "nnlandmark.json").read_text())
     assert description["stages"] == {"fullres": "2d"} and description["picture_spacing"] == list(SPACING)
@@ -381,5 +435,54 @@ def test_pixels_coarser_than_1_mm_still_plan_2d(tmp_path):
     from nnlandmark.planning.project import prepare
     data = make_synthetic_dataset_2d(tmp_path / "coarse", n_cases=5, seed=4, shape=(48, 40), spacing=(2.0, 2.5))
     plans = prepare(data, tmp_path / "project", num_processes=1, progress=False).plans()
-    assert set(plans["configurations"]) == {"2d"} and plans["transpose_forward"][0] == 0
+    assert set(plans["configurations"]) == {"2d", "2d_global", "2d_local"} and plans["transpose_forward"][0] == 0
     assert plans["configurations"]["2d"]["spacing"] == [2.5, 2.0]
+
+
+# --------------------------------------------------------------------------- the 2D cascade, fine pixels
+
+#: radiograph-like pixels: nnU-Net plans a 1280 x 1024 patch at full resolution, the cascade a whole
+#: image of about 128^2 pixels and 64^2 patches of about 0.11 mm
+FINE_SHAPE, FINE_SPACING = (1000, 1200), (0.1, 0.1)
+FINE_TRAIN, FINE_TEST = 12, 3
+
+
+@pytest.fixture(scope="module")
+def run_2d_cascade(tmp_path_factory):
+    import nnlandmark as nl
+    root = tmp_path_factory.mktemp("fine")
+    train_dir = make_synthetic_dataset_2d(root / "train", FINE_TRAIN, seed=0, shape=FINE_SHAPE, spacing=FINE_SPACING)
+    test_dir = make_synthetic_dataset_2d(root / "test", FINE_TEST, seed=1, shape=FINE_SHAPE, spacing=FINE_SPACING)
+    project = nl.prepare(train_dir, root / "project", num_processes=1, progress=False)
+    # the default configuration (the cascade), a short time budget shared by its two stages
+    model = nl.train(project.root, 0, nl.TrainingSettings(time_budget_minutes=5), progress=False)
+    predictions = nl.predict(test_dir / "images", root / "predictions", model, folds=[0], progress=False)
+    return SimpleNamespace(train=train_dir, test=test_dir, project=project, model=model, predictions=predictions,
+                           result=nl.evaluate(predictions, test_dir))
+
+
+@pytest.mark.slow
+def test_the_default_2d_model_is_a_cascade_that_beats_the_mean_position_atlas(run_2d_cascade):
+    plans = run_2d_cascade.project.plans()
+    description = json.loads((run_2d_cascade.model / "nnlandmark.json").read_text())
+    assert description["stages"] == {"global": "2d_global", "local": "2d_local"}
+    assert run_2d_cascade.model.name.endswith("__cascade")
+    local = plans["configurations"]["2d_local"]
+    assert local["patch_size"] == [64, 64] and local["spacing"][0] > FINE_SPACING[0]  # its own, coarser data
+    for stage in ("global", "local"):
+        assert (run_2d_cascade.model / "fold_0" / stage / "checkpoint_final.pth").is_file()
+    overall = run_2d_cascade.result.summary["overall"]
+    atlas = _atlas_mre(run_2d_cascade.train, run_2d_cascade.test)
+    print(f"2D cascade MRE {overall['mre_mm']:.2f} mm, mean-position atlas {atlas:.2f} mm")
+    assert overall["n_valid"] == FINE_TEST * len(LANDMARK_NAMES_2D) and overall["mre_mm"] < atlas
+
+
+@pytest.mark.slow
+def test_2d_cascade_predictions_are_world_mm_in_the_image_plane(run_2d_cascade):
+    for case in load_dataset(run_2d_cascade.test, progress=False).cases:
+        record = json.loads((run_2d_cascade.predictions / f"{case.case_id}.json").read_text())
+        for name, r in record.items():
+            assert r["world_lps_mm"][2] == 0.0 and r["voxel_index"][2] == 0.0
+            assert np.allclose(r["world_lps_mm"][:2], np.multiply(r["voxel_index"][:2], FINE_SPACING), atol=1e-3)
+            # inside the picture: the local patch's point mapped back through geometry.py
+            assert all(0 <= v <= n for v, n in zip(r["voxel_index"][:2], FINE_SHAPE)), name

@@ -353,16 +353,24 @@ def _spreads(maps, points, pgrid, grid: ImageGrid, output: str, target_sigma=Non
 
 def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: str, mirror: bool, read=None,
                     target_sigma=None):
-    """The local stage: one full-resolution patch per landmark, centred at its global estimate."""
+    """The local stage: one full-resolution patch per landmark, centred at its global estimate.
+
+    A 2D stage's patches (h, w) are cut from the preprocessed array (C, 1, H, W) as (1, h, w)
+    and seen by the network without that axis; their maps get it back, so that points,
+    spreads and the map to the world are the 3D code's."""
     import torch
     data, pgrid = local.preprocess(files, read)
     axis = left_right_axis(grid.direction, pgrid.transpose_forward) if mirror else None
-    patch_size = tuple(local.configuration_manager.patch_size)
-    starts = patch_start(world_to_preprocessed(world, pgrid, grid), patch_size)
-    patches = crop_patches(data, starts, patch_size)
+    patch_size = tuple(int(p) for p in local.configuration_manager.patch_size)
+    dropped = data.ndim - 1 - len(patch_size)  # 1 for a 2D stage: the one slice
+    array_patch = (1,) * dropped + patch_size
+    starts = patch_start(world_to_preprocessed(world, pgrid, grid), array_patch)
+    patches = crop_patches(data, starts, array_patch)
     del data
+    patches = patches.reshape(*patches.shape[:2], *patch_size)  # (L, C, *patch) as the network takes them
     logits = local.patch_logits(patches, mirror_axis=axis)  # (L patches, L channels, *patch)
-    own = _maps(logits[torch.arange(len(starts)), torch.arange(len(starts))], output)  # landmark l, own patch
+    own = logits[torch.arange(len(starts)), torch.arange(len(starts))]  # landmark l, own patch
+    own = _maps(own.reshape(len(starts), *array_patch), output)
     points, scores = decode(own, decoder)
     # the patch has the preprocessed grid's voxels, so its spread is in the same millimetres
     spreads = _spreads(own, points, pgrid, grid, output, target_sigma)

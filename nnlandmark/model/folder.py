@@ -99,8 +99,9 @@ class ModelFolder:
 
     @property
     def planar(self) -> bool:
-        """True for a model of 2D images: its one stage is nnU-Net's ``2d`` configuration."""
-        return "2d" in self.stages.values()
+        """True for a model of 2D images: its stages are nnU-Net's ``2d`` configuration, or the
+        cascade's ``2d_global`` and ``2d_local``."""
+        return any(c == "2d" or c.startswith("2d_") for c in self.stages.values())
 
     def stage_dir(self, fold: int, stage: str = "fullres") -> Path:
         """Where a stage of a fold keeps its checkpoints."""

@@ -250,6 +250,21 @@ LOCAL_MAX_BATCH = 8
 MIN_BATCH = 2  # nnU-Net's smallest batch
 DATASET_FRACTION = 0.05  # nnU-Net's rule: one batch holds at most 5 % of the dataset's voxels
 
+# --- the same cascade for 2D images (nnU-Net's '2d' plan): the same rules with in-plane budgets
+PLANAR_GLOBAL_CONFIGURATION = "2d_global"
+PLANAR_LOCAL_CONFIGURATION = "2d_local"
+#: the global stage sees the median 2D image whole in about this many pixels (128^2) ...
+GLOBAL_PIXELS = 128 ** 2
+#: ... and no edge longer than this
+GLOBAL_MAX_EDGE_2D = 192
+#: a 2D local stage's pixels are at most this many times finer than the global stage's: finer
+#: pixels than that place a landmark no better than the doctors who marked it, on a smaller view
+#: (radiographs of 0.1 mm pixels: 0.2 mm, a 64^2 patch of 13 mm; 2 * LOCAL_HALF_WIDTH global pixels)
+LOCAL_SUBDIVISION_2D = 8
+#: a 2D stage's largest batch (nnU-Net's 5 % rule caps it below that on small datasets): a 64^2
+#: patch costs about what a 16^3 one does, and a whole 2D image at 128^2 a seventh of a 48^3 volume
+MAX_BATCH_2D = 32
+
 
 def _global_spacing(spacing, median_shape) -> np.ndarray:
     """Coarse enough that the median scan fits in about GLOBAL_VOXELS, never finer than ``spacing``.
@@ -265,11 +280,21 @@ def _global_spacing(spacing, median_shape) -> np.ndarray:
     [5.0, 4.0, 4.0]
     >>> _global_spacing([2.0, 2.0, 2.0], [48, 48, 48]).tolist()
     [2.0, 2.0, 2.0]
+
+    A 2D plan (two in-plane axes) gets about GLOBAL_PIXELS, no edge over GLOBAL_MAX_EDGE_2D:
+
+    >>> _global_spacing([0.1, 0.1], [2400, 1935]).tolist()  # a cephalogram: 143 x 115 pixels
+    [1.683589, 1.683589]
+    >>> _global_spacing([0.1, 0.1], [4000, 1000]).tolist()  # long and narrow: 192 x 64, the long axis coarser
+    [2.083333, 1.5625]
     """
     spacing, median_shape = np.asarray(spacing, float), np.asarray(median_shape, float)
     extent = spacing * median_shape
-    isotropic = (np.prod(extent) / GLOBAL_VOXELS) ** (1 / 3)
-    return np.round(np.maximum.reduce([spacing, np.full(3, isotropic), extent / GLOBAL_MAX_EDGE]), 6)
+    dims = len(spacing)
+    # a 2D plan has two axes (the one slice is never resampled): the same rule in the plane
+    budget, max_edge = (GLOBAL_VOXELS, GLOBAL_MAX_EDGE) if dims == 3 else (GLOBAL_PIXELS, GLOBAL_MAX_EDGE_2D)
+    isotropic = (np.prod(extent) / budget) ** (1 / dims)
+    return np.round(np.maximum.reduce([spacing, np.full(dims, isotropic), extent / max_edge]), 6)
 
 
 def _stage_architecture(template: dict, spacing, patch_size, base_features: int) -> tuple[dict, tuple]:
@@ -298,70 +323,118 @@ def _stage_architecture(template: dict, spacing, patch_size, base_features: int)
     return {**template, "arch_kwargs": kwargs}, tuple(int(p) for p in patch)
 
 
+def cascade_configurations(plans: dict) -> tuple[str, str]:
+    """The names of the cascade's ``(global, local)`` configurations in these plans:
+    ``3d_global``/``3d_local``, or ``2d_global``/``2d_local`` for 2D images (:func:`is_planar`)."""
+    if is_planar(plans):
+        return PLANAR_GLOBAL_CONFIGURATION, PLANAR_LOCAL_CONFIGURATION
+    return GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION
+
+
+def _local_spacing(spacing, global_spacing, planar: bool) -> np.ndarray:
+    """The local stage's spacing: the full-resolution one, except that 2D pixels are made at most
+    LOCAL_SUBDIVISION_2D times finer than the global stage's (full resolution where that is
+    already coarse enough). A volume's local patch has a third axis to pay for, so 3D keeps
+    full resolution, as nnU-Net planned it.
+
+    >>> _local_spacing([0.1, 0.1], [1.683, 1.683], planar=True).tolist()  # radiographs: ~0.2 mm
+    [0.210375, 0.210375]
+    >>> _local_spacing([0.8, 0.8], [1.2, 1.2], planar=True).tolist()  # coarse enough already
+    [0.8, 0.8]
+    """
+    spacing = np.asarray(spacing, float)
+    if not planar:
+        return spacing
+    return np.round(np.maximum(spacing, np.asarray(global_spacing, float) / LOCAL_SUBDIVISION_2D), 6)
+
+
+def _batch(fraction_of: float, patch, smallest: int, largest: int) -> int:
+    """nnU-Net's rule: a batch holds at most DATASET_FRACTION of the dataset's voxels
+    (``fraction_of``, at the stage's spacing), within ``[smallest, largest]``."""
+    return int(np.clip(DATASET_FRACTION * fraction_of / np.prod(patch), smallest, largest))
+
+
 def plan_cascade(plans: dict, n_cases: int) -> dict:
     """Add the cascade's two configurations to nnU-Net's plans (returns a new dict).
 
-    Both are derived from nnU-Net's ``3d_fullres`` plan of the dataset, by
+    Both are derived from nnU-Net's full-resolution plan of the dataset
+    (``3d_fullres``, or ``2d`` for 2D images: :func:`full_configuration`), by
     rules, with no per-dataset numbers:
 
-    ``3d_global``
+    ``3d_global`` (``2d_global``)
         The whole cropped scan in one patch at a coarse spacing
         (:func:`_global_spacing`): the median scan, padded to what the network
         divides, is the patch. Its own preprocessed data (``data_identifier``).
-    ``3d_local``
-        ``3d_fullres``'s spacing and preprocessed data, a small patch of
-        ``2 * LOCAL_HALF_WIDTH`` global voxels per axis (at least
-        LOCAL_MIN_EDGE voxels), sampled around landmarks with random offsets
-        of up to ``LOCAL_REACH`` global voxels (``nnlandmark_max_offset``, in
-        local voxels per axis): wide enough to hold the global stage's error
+    ``3d_local`` (``2d_local``)
+        A small patch of ``2 * LOCAL_HALF_WIDTH`` global voxels per axis (at
+        least LOCAL_MIN_EDGE voxels) at the local spacing
+        (:func:`_local_spacing`: the full-resolution one, or for 2D images at
+        most LOCAL_SUBDIVISION_2D times finer than the global one, then with
+        its own preprocessed data), sampled around landmarks with random
+        offsets of up to ``LOCAL_REACH`` global voxels
+        (``nnlandmark_max_offset``, in local voxels per axis of the
+        preprocessed array): wide enough to hold the global stage's error
         twice over, and to see the landmark with context.
 
     Networks follow nnU-Net's topology rules for each patch and spacing, with
-    ``3d_fullres``'s network class, feature widths and block counts (the global
-    stage starts at GLOBAL_BASE_FEATURES features). Batch
-    sizes follow nnU-Net's rule that one batch holds at most 5 % of the
-    dataset's voxels, at least 2; the local stage takes at most LOCAL_MAX_BATCH.
-    Spacings and shapes are in nnU-Net's transposed array order, as in its plans.
-
-    Plans of 2D images (:func:`is_planar`) get no cascade: a 2D image is small
-    enough for one full-resolution network (``2d``, sliding window), which is
-    what nnlandmark trains for them.
+    the full-resolution plan's network class, feature widths and block counts
+    (the global stage starts at GLOBAL_BASE_FEATURES features). Batch sizes
+    follow nnU-Net's rule that one batch holds at most 5 % of the dataset's
+    voxels, at least 2; the local stage takes at most LOCAL_MAX_BATCH, and
+    for 2D images both stages take at most MAX_BATCH_2D (a 3D global stage
+    keeps 2: a whole volume per sample). Spacings and shapes are in nnU-Net's
+    transposed array order, as in its plans (two in-plane axes for ``2d``).
     """
     plans = json.loads(json.dumps(plans))  # a deep copy that also turns tuples into lists
-    if is_planar(plans):
-        return plans
-    full = plans["configurations"][CONFIGURATION]
+    planar = is_planar(plans)
+    full_name = full_configuration(plans)
+    global_name, local_name = cascade_configurations(plans)
+    full = plans["configurations"][full_name]
     spacing = np.asarray(full["spacing"], float)
     median = np.asarray(full["median_image_size_in_voxels"], float)
     base = int(full["architecture"]["arch_kwargs"]["features_per_stage"][0])
-    dataset_voxels = n_cases * float(np.prod(median))
 
     g_spacing = _global_spacing(spacing, median)
     g_shape = np.maximum(np.ceil(median * spacing / g_spacing), 1)
     g_arch, g_patch = _stage_architecture(full["architecture"], g_spacing, g_shape, min(base, GLOBAL_BASE_FEATURES))
-    plans["configurations"][GLOBAL_CONFIGURATION] = {
-        "inherits_from": CONFIGURATION, "data_identifier": f"{plans['plans_name']}_{GLOBAL_CONFIGURATION}",
+    g_batch = _batch(n_cases * np.prod(g_shape), g_patch, MIN_BATCH, MAX_BATCH_2D) if planar else MIN_BATCH
+    plans["configurations"][global_name] = {
+        "inherits_from": full_name, "data_identifier": f"{plans['plans_name']}_{global_name}",
         "spacing": g_spacing.tolist(), "patch_size": list(g_patch),
-        "median_image_size_in_voxels": g_shape.tolist(), "batch_size": MIN_BATCH, "architecture": g_arch}
+        "median_image_size_in_voxels": g_shape.tolist(), "batch_size": g_batch, "architecture": g_arch}
 
-    l_edge = np.maximum(np.ceil(2 * LOCAL_HALF_WIDTH * g_spacing / spacing), LOCAL_MIN_EDGE)
-    l_arch, l_patch = _stage_architecture(full["architecture"], spacing, l_edge, base)
-    l_batch = int(np.clip(DATASET_FRACTION * dataset_voxels / np.prod(l_patch), MIN_BATCH, LOCAL_MAX_BATCH))
-    plans["configurations"][LOCAL_CONFIGURATION] = {
-        "inherits_from": CONFIGURATION, "patch_size": list(l_patch), "batch_size": l_batch,
-        "architecture": l_arch, "nnlandmark_max_offset": np.round(LOCAL_REACH * g_spacing / spacing, 3).tolist()}
+    l_spacing = _local_spacing(spacing, g_spacing, planar)
+    l_median = np.maximum(np.round(median * spacing / l_spacing), 1)
+    l_edge = np.maximum(np.ceil(2 * LOCAL_HALF_WIDTH * g_spacing / l_spacing), LOCAL_MIN_EDGE)
+    l_arch, l_patch = _stage_architecture(full["architecture"], l_spacing, l_edge, base)
+    l_batch = _batch(n_cases * np.prod(l_median), l_patch, MIN_BATCH, MAX_BATCH_2D if planar else LOCAL_MAX_BATCH)
+    offset = np.round(LOCAL_REACH * g_spacing / l_spacing, 3).tolist()
+    local = {"inherits_from": full_name, "patch_size": list(l_patch), "batch_size": l_batch, "architecture": l_arch,
+             # per axis of the preprocessed array, which a 2D image's one slice leads (never shifted)
+             "nnlandmark_max_offset": [0.0] * planar + offset}
+    if not np.allclose(l_spacing, spacing):
+        local.update({"data_identifier": f"{plans['plans_name']}_{local_name}", "spacing": l_spacing.tolist(),
+                      "median_image_size_in_voxels": l_median.tolist()})
+    plans["configurations"][local_name] = local
     return plans
 
 
+def own_local_data(plans: dict) -> bool:
+    """True when the cascade's local stage has preprocessed data (and label cubes) of its own:
+    its spacing differs from the full-resolution one (2D images with fine pixels)."""
+    _, local_name = cascade_configurations(plans)
+    return "data_identifier" in plans["configurations"].get(local_name, {})
+
+
 GLOBAL_LABELS = "labelsTr_global"  # raw label cubes sized for the global stage's spacing
+LOCAL_LABELS = "labelsTr_local"  # ... and for the local stage's, where it has its own (own_local_data)
 
 
 def ensure_cascade(plans_file: Path, n_cases: int) -> dict:
     """The plans in ``plans_file``, with the cascade's configurations added (and saved) if missing."""
     plans_file = Path(plans_file)
     plans = json.loads(plans_file.read_text())
-    if is_planar(plans) or (GLOBAL_CONFIGURATION in plans["configurations"]
-                            and LOCAL_CONFIGURATION in plans["configurations"]):
+    if all(name in plans["configurations"] for name in cascade_configurations(plans)):
         return plans
     plans = plan_cascade(plans, n_cases)
     atomic_write_text(plans_file, json.dumps(plans, indent=4))

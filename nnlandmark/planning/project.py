@@ -237,17 +237,21 @@ def prepare(dataset_dir, project_dir, planner: str = "default", num_processes: i
         planning.extract_fingerprint(project.dataset_name, num_processes)
         if not project.plans_file.exists():
             planning.plan(project.dataset_name, planner, nnunet_spacing)
-        # 2D images: nnU-Net plans '2d' only, and there is no cascade (plan_cascade)
+        # 2D images: nnU-Net plans '2d' only; the cascade is planned from it (2d_global, 2d_local)
         plans = planning.ensure_cascade(project.plans_file, len(case_ids))
         full = planning.full_configuration(plans)
         # cubes in cases much finer than the planned spacing would vanish in resampling: enlarge them
         write_raw_dataset(dataset, project.raw_dir(), planning.planned_spacing_xyz(plans, full), progress=False)
         planning.preprocess(folders, project.dataset_name, plans, num_processes, progress, configuration=full)
-        if planning.GLOBAL_CONFIGURATION in plans["configurations"]:
-            # the cascade's global stage has its own, coarser spacing, hence its own (larger) cubes
-            write_raw_dataset(dataset, project.raw_dir(),
-                              planning.planned_spacing_xyz(plans, planning.GLOBAL_CONFIGURATION), progress=False,
-                              labels=planning.GLOBAL_LABELS)
-            planning.preprocess(folders, project.dataset_name, plans, num_processes, progress,
-                                configuration=planning.GLOBAL_CONFIGURATION, labels=planning.GLOBAL_LABELS)
+        global_name, local_name = planning.cascade_configurations(plans)
+        stages = [(global_name, planning.GLOBAL_LABELS)]
+        if planning.own_local_data(plans):  # 2D images with pixels much finer than the global stage's
+            stages.append((local_name, planning.LOCAL_LABELS))
+        for configuration, labels in stages:
+            if configuration in plans["configurations"]:
+                # a cascade stage with its own, coarser spacing has its own (larger) cubes
+                write_raw_dataset(dataset, project.raw_dir(), planning.planned_spacing_xyz(plans, configuration),
+                                  progress=False, labels=labels)
+                planning.preprocess(folders, project.dataset_name, plans, num_processes, progress,
+                                    configuration=configuration, labels=labels)
     return project

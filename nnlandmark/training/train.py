@@ -16,7 +16,8 @@ from nnlandmark.nnunet import nnunetv2_version
 from nnlandmark.nnunet.console import nnunet_log
 from nnlandmark.nnunet.paths import NUM_FOLDS, nnunet_environment, read_splits, splits_file
 from nnlandmark.nnunet.planning import (CONFIGURATION, GLOBAL_CONFIGURATION, LOCAL_CONFIGURATION,
-                                        full_configuration, is_planar, preprocessed_folder)
+                                        cascade_configurations, full_configuration, is_planar,
+                                        preprocessed_folder)
 from nnlandmark.nnunet.raw import SIDECAR
 from nnlandmark.planning.project import Project
 from nnlandmark.training.presets import STAGE_BUDGET_SHARE, TrainingSettings
@@ -31,23 +32,23 @@ CPU_SECONDS_PER_ITERATION = 1.5  # nnU-Net on 2 CPU cores, 48^3 patch, batch 2: 
 
 
 def stage_configuration(plans: dict, stage: str) -> str:
-    """The nnU-Net configuration a stage trains: the cascade's own, or for ``fullres`` nnU-Net's
-    full-resolution one (``3d_fullres``, or ``2d`` for 2D images)."""
-    return full_configuration(plans) if stage == "fullres" else STAGE_CONFIGURATIONS[stage]
+    """The nnU-Net configuration a stage trains: the cascade's own (``3d_global``/``3d_local``, or
+    ``2d_global``/``2d_local`` for 2D images), or for ``fullres`` nnU-Net's full-resolution one
+    (``3d_fullres``, or ``2d``)."""
+    if stage == "fullres":
+        return full_configuration(plans)
+    return dict(zip(("global", "local"), cascade_configurations(plans)))[stage]
 
 
 def project_settings(project: Project, settings: TrainingSettings) -> TrainingSettings:
     """``settings`` as this project trains them: a project of 2D images (nnU-Net planned ``2d``)
-    trains one full-resolution 2D network, sliding window at prediction; the cascade, made for
-    volumes too large to see whole at full resolution, becomes ``fullres`` there. Unchanged for
-    3D projects and for projects not planned yet (:func:`check_folds` refuses those)."""
+    trains nnU-Net's 2D U-Net in every stage (the cascade by default, ``fullres`` when asked).
+    Unchanged for 3D projects and for projects not planned yet (:func:`check_folds` refuses those)."""
     if not project.plans_file.is_file() or not is_planar(project.plans()):
         return settings
     if settings.architecture != "unet":
         raise InvalidInput(f"--architecture {settings.architecture}: a 3D network; the 2D images of "
                            f"{project.root} train nnU-Net's planned 2D U-Net (--architecture unet)")
-    if settings.configuration == "cascade":
-        settings = dataclasses.replace(settings, configuration="fullres")
     return settings
 
 
