@@ -73,8 +73,8 @@ from nnlandmark.data.pairs import left_right_axis, swap_permutation
 from nnlandmark.data.formats.json_formats import write_markups_json
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
-from nnlandmark.geometry import (ImageGrid, canonical_reorientation, is_mirrored, orientation_code, patch_start,
-                                 patch_to_preprocessed, preprocessed_image_grid, preprocessed_to_world,
+from nnlandmark.geometry import (ImageGrid, canonical_reorientation, is_mirrored, orientation_code,
+                                 patch_to_preprocessed, shared_patch_starts, preprocessed_image_grid, preprocessed_to_world,
                                  reoriented_grid, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
 from nnlandmark.inference.outputs import (SUMMARY_FILE, atomic_write, check_case_names, check_not_inside_inputs,
@@ -351,9 +351,18 @@ def _spreads(maps, points, pgrid, grid: ImageGrid, output: str, target_sigma=Non
     return radial_spread(axis)
 
 
+#: landmarks whose local patches would overlap share one, each landmark within this share of the
+#: offsets the local stage was trained with (``nnlandmark_max_offset``) of the shared patch's centre:
+#: the other half is left for the global stage's error. 0: one patch per landmark.
+SHARED_PATCH_REACH = 0.5
+
+
 def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: str, mirror: bool, read=None,
-                    target_sigma=None):
-    """The local stage: one full-resolution patch per landmark, centred at its global estimate.
+                    target_sigma=None, share: float = SHARED_PATCH_REACH):
+    """The local stage: full-resolution patches at the global estimates, one per landmark, or one
+    for several landmarks close together (:func:`~nnlandmark.geometry.shared_patch_starts`, within
+    ``share`` of the stage's training offsets of the patch centre): the local network predicts every
+    landmark's channel in every patch, as it was trained to.
 
     A 2D stage's patches (h, w) are cut from the preprocessed array (C, 1, H, W) as (1, h, w)
     and seen by the network without that axis; their maps get it back, so that points,
@@ -364,17 +373,20 @@ def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: 
     patch_size = tuple(int(p) for p in local.configuration_manager.patch_size)
     dropped = data.ndim - 1 - len(patch_size)  # 1 for a 2D stage: the one slice
     array_patch = (1,) * dropped + patch_size
-    starts = patch_start(world_to_preprocessed(world, pgrid, grid), array_patch)
+    centres = world_to_preprocessed(world, pgrid, grid)
+    offsets = local.configuration_manager.configuration.get("nnlandmark_max_offset") or [0.0] * len(array_patch)
+    reach = share * np.asarray(offsets, dtype=float)[-len(array_patch):]
+    starts, patch_of = shared_patch_starts(centres, array_patch, reach)
     patches = crop_patches(data, starts, array_patch)
     del data
-    patches = patches.reshape(*patches.shape[:2], *patch_size)  # (L, C, *patch) as the network takes them
-    logits = local.patch_logits(patches, mirror_axis=axis)  # (L patches, L channels, *patch)
-    own = logits[torch.arange(len(starts)), torch.arange(len(starts))]  # landmark l, own patch
-    own = _maps(own.reshape(len(starts), *array_patch), output)
+    patches = patches.reshape(*patches.shape[:2], *patch_size)  # (P, C, *patch) as the network takes them
+    logits = local.patch_logits(patches, mirror_axis=axis)  # (P patches, L channels, *patch)
+    own = logits[torch.as_tensor(patch_of), torch.arange(len(centres))]  # landmark l, in its patch
+    own = _maps(own.reshape(len(centres), *array_patch), output)
     points, scores = decode(own, decoder)
     # the patch has the preprocessed grid's voxels, so its spread is in the same millimetres
     spreads = _spreads(own, points, pgrid, grid, output, target_sigma)
-    return preprocessed_to_world(patch_to_preprocessed(points, starts), pgrid, grid), scores, spreads
+    return preprocessed_to_world(patch_to_preprocessed(points, starts[patch_of]), pgrid, grid), scores, spreads
 
 
 def _write_case(output_dir: Path, case_id: str, decoded: dict, thresholds: dict, uncertainty: dict | None = None,
