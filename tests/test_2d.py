@@ -411,7 +411,8 @@ def test_2d_report_has_one_picture_per_case(run_2d, capsys):
 @pytest.mark.slow
 def test_a_2d_model_refuses_3d_images_and_the_other_way_round(run_2d, tmp_path, capsys):
     volume = tmp_path / "volume.nii.gz"
-    sitk.WriteImage(sitk.Image([20, 20, 20], sitk.sitkFloat32), str(volume))
+    # with signal: an all-zero image is refused for that first
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((20, 20, 20), np.float32)), str(volume))
     out = tmp_path / "out"
     assert_refused(capsys, ["predict", "-i", volume, "-o", out, "-m", run_2d.model],
                    ("volume.nii.gz", "a 3D image, but the model", "was trained on 2D images"), absent=[out])
@@ -422,7 +423,7 @@ def test_a_2d_model_refuses_3d_images_and_the_other_way_round(run_2d, tmp_path, 
 
 def test_a_3d_model_refuses_a_2d_picture(tiny_model, tmp_path, capsys):
     picture = tmp_path / "xray.png"
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.uint8)), str(picture))
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8)), str(picture))
     out = tmp_path / "out"
     assert_refused(capsys, ["predict", "-i", picture, "-o", out, "-m", tiny_model],
                    ("xray.png", "a 2D image, but the model", "was trained on 3D images"), absent=[out])
