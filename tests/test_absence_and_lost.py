@@ -290,7 +290,7 @@ def _lost_cases(model, own, inverted, out: Path):
 
     def lost(folder):
         records = {p.name[:-5]: json.loads(p.read_text()) for p in folder.glob("*.json")
-                   if not p.name.endswith(".mrk.json")}
+                   if not p.name.endswith(".mrk.json") and not p.name.startswith(".")}  # not the manifest
         return {case: next(iter(r.values()))["case_lost"] for case, r in records.items()}
 
     return lost(out / "own"), lost(out / "inverted"), lines

@@ -818,9 +818,9 @@ def test_thresholds_survive_training_another_fold_and_evaluate_cv_sums_all_folds
     # a second run refuses to mix with the first, and --continue predicts nothing again
     assert_refused(capsys, ["evaluate-cv", project, "-o", out], ("predictions", "--overwrite", "--continue"),
                    watched=[out])
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.json")}
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("case_*.json")}
     assert main(["evaluate-cv", str(project), "-o", str(out), "--continue"]) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.json")} == before
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("case_*.json")} == before
 
 
 # --------------------------------------------------------------------------- trust (issue 20)

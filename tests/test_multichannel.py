@@ -100,8 +100,11 @@ def test_two_channels_are_exported_trained_on_and_predicted_from(two_channel_mod
     assert json.loads((same / "case_000.json").read_text()) == record
 
     # the second channel counts: replacing it (the first unchanged) changes the prediction
-    blank = sitk.ReadImage(str(files[1])) * 0
-    sitk.WriteImage(blank, str(tmp_path / "blank_0001.nii.gz"))
+    # (noise, not zeros: an image with no signal is refused)
+    second = sitk.ReadImage(str(files[1]))
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).random(second.GetSize()[::-1]).astype(np.float32))
+    noise.CopyInformation(second)
+    sitk.WriteImage(noise, str(tmp_path / "blank_0001.nii.gz"))
     changed = predict({"case_000": [files[0], tmp_path / "blank_0001.nii.gz"]}, tmp_path / "pred_blank", m.model,
                       progress=False)
     other = json.loads((changed / "case_000.json").read_text())

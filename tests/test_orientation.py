@@ -195,5 +195,6 @@ def test_a_model_trained_before_reorientation_says_so_on_mirrored_scans(tiny_mod
     with pytest.warns(UserWarning, match=r"trained before nnlandmark reoriented scans, and 1 of 1 input.*RPS"):
         predict([tmp_path / "las.mha"], tmp_path / "p1", old, progress=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
+        # (the barely trained model may also say the case is lost: not this test's subject)
+        warnings.filterwarnings("error", message=".*reoriented.*", category=UserWarning)
         predict([tmp_path / "ras.mha"], tmp_path / "p2", old, progress=False)
