@@ -85,10 +85,6 @@ from nnlandmark.inference.uncertainty import (DEFAULT_COVERAGE, calibrated_radiu
 
 
 
-class OutputExistsError(OutputExists):
-    pass
-
-
 def _images_by_case(inputs, n_channels: int) -> dict:
     """case id -> channel files, from a folder (dataset layout), a list of files/folders, or such a dict."""
     if isinstance(inputs, dict):
@@ -523,8 +519,9 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
         raise InvalidInput(f"--spacing: {e}") from e
     planar = model.planar
     grids = check_inputs({case: cases[case] for case in own}, spacing, planar, model.path)
+    mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
     settings = {"decoder": decoder, "step_size": step_size, "shape_prior": shape_prior,
-                "mirror": bool(description.get("mirror", False)) if mirror is None else bool(mirror),
+                "mirror": mirror,
                 "spacing": list(spacing), "save_heatmaps": save_heatmaps}
     identity = run_identity(model.path, [model.checkpoint(f, stage) for f in folds for stage in model.stages],
                             folds, settings, num_parts, cases)
@@ -536,7 +533,6 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     key, scales = _radius_calibration(description, decoder, model.description_file)
     # the spread is the final stage's: the local one of a cascade
     target_sigma = target_sigmas(description, "local" if "local" in model.stages else next(iter(model.stages)), folds)
-    mirror = bool(description.get("mirror", False)) if mirror is None else bool(mirror)
     prior = description.shape_prior_of(folds) if shape_prior else None
     swap = swap_permutation(names, description.get("pairs") or [])
     predictors = {stage: model.predictor(folds, stage, device=device, step_size=step_size, mirror_swap=swap)
