@@ -74,8 +74,8 @@ from nnlandmark.data.formats.json_formats import write_markups_json
 from nnlandmark.data.landmarks import Landmarks
 from nnlandmark.errors import DatasetError, InvalidInput, MissingPath, OutputExists
 from nnlandmark.geometry import (ImageGrid, canonical_reorientation, is_mirrored, orientation_code,
-                                 patch_to_preprocessed, shared_patch_starts, preprocessed_image_grid, preprocessed_to_world,
-                                 reoriented_grid, world_to_index, world_to_preprocessed)
+                                 patch_start, patch_to_preprocessed, shared_patch_starts, preprocessed_image_grid,
+                                 preprocessed_to_world, reoriented_grid, world_to_index, world_to_preprocessed)
 from nnlandmark.inference.decoding import DECODERS, decode
 from nnlandmark.inference.outputs import (SUMMARY_FILE, atomic_write, check_case_names, check_not_inside_inputs,
                                           check_parts, clear_outputs, part_cases, plan_outputs, previous_outputs,
@@ -284,11 +284,12 @@ def _predict_case(files, grid: ImageGrid, predictors: dict, names, decoder: str,
     points, scores = decode(maps, decoder)
     world = preprocessed_to_world(points, pgrid, grid)
     moved = np.zeros(len(names), dtype=bool)
+    found = world
     if "local" in predictors and shape_prior is not None:
         world, moved = _search_near_expected(world, maps, pgrid, grid, shape_prior, predictors["local"], decoder)
     if "local" in predictors:
         world, scores, spreads = _refine_locally(files, grid, world, predictors["local"], decoder, output, mirror,
-                                                 read, target_sigma)
+                                                 read, target_sigma, grouped=found)
     else:
         spreads = _spreads(maps, points, pgrid, grid, output, target_sigma)
     if presence is not None:
@@ -354,11 +355,16 @@ SHARED_PATCH_REACH = 0.5
 
 
 def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: str, mirror: bool, read=None,
-                    target_sigma=None, share: float = SHARED_PATCH_REACH):
+                    target_sigma=None, share: float = SHARED_PATCH_REACH, grouped=None):
     """The local stage: full-resolution patches at the global estimates, one per landmark, or one
     for several landmarks close together (:func:`~nnlandmark.geometry.shared_patch_starts`, within
     ``share`` of the stage's training offsets of the patch centre): the local network predicts every
     landmark's channel in every patch, as it was trained to.
+
+    The patches are shared as the points ``grouped`` (default ``world``) would share them; a
+    landmark whose ``world`` point differs from its ``grouped`` one (the shape prior moved it) gets
+    a patch of its own at its ``world`` point. So the prior changes the patches of the landmarks it
+    moved, and no other landmark's patch or point.
 
     A 2D stage's patches (h, w) are cut from the preprocessed array (C, 1, H, W) as (1, h, w)
     and seen by the network without that axis; their maps get it back, so that points,
@@ -372,7 +378,12 @@ def _refine_locally(files, grid: ImageGrid, world, local, decoder: str, output: 
     centres = world_to_preprocessed(world, pgrid, grid)
     offsets = local.configuration_manager.configuration.get("nnlandmark_max_offset") or [0.0] * len(array_patch)
     reach = share * np.asarray(offsets, dtype=float)[-len(array_patch):]
-    starts, patch_of = shared_patch_starts(centres, array_patch, reach)
+    grouped = centres if grouped is None else world_to_preprocessed(grouped, pgrid, grid)
+    starts, patch_of = shared_patch_starts(grouped, array_patch, reach)
+    alone = np.flatnonzero(np.any(np.abs(grouped - centres) > 1e-9, axis=1))
+    if len(alone):
+        starts = np.vstack([starts, [patch_start(centres[n], array_patch) for n in alone]]).astype(int)
+        patch_of[alone] = len(starts) - len(alone) + np.arange(len(alone))
     patches = crop_patches(data, starts, array_patch)
     del data
     patches = patches.reshape(*patches.shape[:2], *patch_size)  # (P, C, *patch) as the network takes them
