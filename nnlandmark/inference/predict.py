@@ -321,7 +321,7 @@ def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, loca
     from nnlandmark.inference.shape import expected_positions, shape_outliers
     reach = 0.5 * float(np.min(np.asarray(local.configuration_manager.patch_size)
                                * np.asarray(local.configuration_manager.spacing)))
-    expected = expected_positions(world, prior["mean_mm"])
+    expected = expected_positions(world, prior["mean_mm"], prior.get("spread_mm"))
     flagged = shape_outliers(world, expected, prior["spread_mm"], reach)
     outliers = np.flatnonzero(flagged)
     if len(outliers) == 0:
@@ -548,7 +548,7 @@ def predict(inputs, output_dir, model_dir, folds=(0,), device: str = "cpu", step
     swap = swap_permutation(names, description.get("pairs") or [])
     predictors = {stage: model.predictor(folds, stage, device=device, step_size=step_size, mirror_swap=swap)
                   for stage in model.stages}
-    lost_rule = _lost_rule(description, predictors[list(model.stages)[-1]], names)
+    lost_rule = _lost_rule(description, predictors.get("global") or predictors[next(iter(model.stages))], names)
     reorient = description.get("orientation") is not None
     if not reorient:
         _warn_mirrored_inputs(grids, model.path)
@@ -586,14 +586,14 @@ def _warn_mirrored_inputs(grids: dict, model_path) -> None:
                       "order alike", stacklevel=3)
 
 
-def _lost_rule(description: dict, final_stage, names) -> dict:
+def _lost_rule(description: dict, first_stage, names) -> dict:
     """When a case is lost (:mod:`nnlandmark.inference.lost`): the rule ``evaluate-cv`` calibrated,
-    else the default, in voxels of the final stage (``final_stage``, its predictor)."""
+    else the default, in voxels of the first stage (``first_stage``, its predictor)."""
     from nnlandmark.inference.lost import LOST_KEY, default_rule
     calibrated = description.get(LOST_KEY)
     if calibrated:
         return calibrated
-    return default_rule(names, float(np.mean(final_stage.configuration_manager.spacing)))
+    return default_rule(names, float(np.mean(first_stage.configuration_manager.spacing)))
 
 
 def _radius_calibration(description: dict, decoder: str, source) -> tuple[str, dict]:

@@ -11,8 +11,8 @@ At training time, :func:`~nnlandmark.model.shape.fit_shape_prior` aligns the tra
 with similarity transforms (generalised Procrustes) and keeps their mean shape
 and, per landmark, the spread about it. At prediction time,
 :func:`expected_positions` fits the mean shape to the global stage's points
-robustly (least median of squares over triples, then least squares on the
-inliers), and :func:`shape_outliers` flags a landmark whose point is farther
+robustly (Huber-weighted least squares, residuals in units of each landmark's
+spread), and :func:`shape_outliers` flags a landmark whose point is farther
 from its expected position than both 4 spreads and the distance the local
 stage can correct (half its patch). The caller then looks for the landmark
 again near its expected position. Similarity transforms (rotation,
@@ -37,14 +37,27 @@ __all__ = ["similarity_fit", "apply_similarity", "fit_shape_prior", "expected_po
 SPREADS = 4.0
 
 
-def expected_positions(points, mean, trials: int = 300, seed: int = 0) -> np.ndarray:
+#: a landmark farther than this many spreads from the fit counts less in it (Huber's weights)
+HUBER = 2.0
+
+
+def expected_positions(points, mean, spread=None, trials: int = 300, seed: int = 0) -> np.ndarray:
     """Where the mean shape puts each landmark, fitted robustly to ``points``.
 
-    Least median of squares: the similarity through each of up to ``trials``
-    triples of landmarks (every triple when there are fewer) is scored by the
-    median distance of all landmarks from their transformed mean position; the
-    best one's closer half (and every landmark within twice its median) is
-    refitted by least squares. Up to half the landmarks may be anywhere.
+    Residuals are measured in units of each landmark's ``spread`` (its training spread about
+    the mean shape, default 1 for all): a landmark that varies a lot between people says less
+    about the pose. Two starts, the least-squares similarity through all landmarks and the
+    least-median-of-squares one through the best of up to ``trials`` triples (every triple
+    when there are fewer), are each refined by iteratively reweighted least squares with
+    Huber's weights (full weight within :data:`HUBER` spreads, then falling as 1/residual);
+    the one with the smaller Huber loss wins.
+
+    Why both starts: a triple fits the landmarks near it exactly and extrapolates, so where
+    the anatomy varies beyond a similarity (a face longer relative to the skull) its best triple
+    sits in the densest cluster of landmarks and throws the far ones out by centimetres
+    (measured on ISBI 2015 cephalograms: a quarter of the test cases had correct landmarks
+    flagged); the fit through all of them is pulled by gross misses instead. The Huber loss
+    judges the two on every landmark.
 
     Examples
     --------
@@ -56,6 +69,12 @@ def expected_positions(points, mean, trials: int = 300, seed: int = 0) -> np.nda
     """
     points, mean = np.asarray(points, dtype=np.float64), np.asarray(mean, dtype=np.float64)
     n = len(points)
+    spread = np.ones(n) if spread is None else np.maximum(np.asarray(spread, dtype=np.float64), 1e-6)
+
+    def residuals(transform):
+        return np.linalg.norm(apply_similarity(transform, mean) - points, axis=1) / spread
+
+    starts = [similarity_fit(mean, points, 1.0 / spread ** 2)]
     every = list(combinations(range(n), 3))
     rng = np.random.default_rng(seed)
     triples = every if len(every) <= trials else [every[i] for i in rng.choice(len(every), trials, replace=False)]
@@ -66,14 +85,36 @@ def expected_positions(points, mean, trials: int = 300, seed: int = 0) -> np.nda
         if span[1] < 1e-6 * max(span[0], 1e-12):  # collinear: the rotation about their line is free
             continue
         transform = similarity_fit(mean[triple], points[triple])
-        residual = np.linalg.norm(apply_similarity(transform, mean) - points, axis=1)
-        score = np.median(residual)
+        score = np.median(residuals(transform))
         if score < best_score:
-            best, best_score = residual, score
-    if best is None:
-        return np.full_like(points, np.nan)
-    inliers = best <= max(np.sort(best)[(n - 1) // 2], 2 * best_score)
-    return apply_similarity(similarity_fit(mean[inliers], points[inliers]), mean)
+            best, best_score = transform, score
+    if best is not None:
+        starts.append(best)
+    fits = [_huber_refit(start, mean, points, spread, residuals) for start in starts]
+    losses = [_huber_loss(residuals(fit)).sum() for fit in fits]
+    return apply_similarity(fits[int(np.argmin(losses))], mean)
+
+
+def _huber_loss(r):
+    return np.where(r <= HUBER, 0.5 * r ** 2, HUBER * (r - 0.5 * HUBER))
+
+
+def _huber_refit(transform, mean, points, spread, residuals, iterations: int = 20):
+    """Iteratively reweighted least squares from ``transform`` (Huber's weights on the residuals in
+    spreads), then once more without the landmarks beyond :data:`SPREADS` spreads: Huber's weights
+    never reach 0, and a landmark centimetres off would still pull the fit by a little."""
+    for _ in range(iterations):
+        r = residuals(transform)
+        weights = np.minimum(1.0, HUBER / np.maximum(r, 1e-12)) / spread ** 2
+        refit = similarity_fit(mean, points, weights)
+        converged = np.allclose(apply_similarity(refit, mean), apply_similarity(transform, mean), atol=1e-6)
+        transform = refit
+        if converged:
+            break
+    keep = residuals(transform) <= SPREADS
+    if keep.sum() >= 3:
+        transform = similarity_fit(mean[keep], points[keep], 1.0 / spread[keep] ** 2)
+    return transform
 
 
 def shape_outliers(points, expected, spread, floor_mm: float) -> np.ndarray:

@@ -18,19 +18,24 @@ __all__ = ["similarity_fit", "apply_similarity", "fit_shape_prior", "MIN_LANDMAR
 MIN_LANDMARKS = 4
 
 
-def similarity_fit(source, target) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity ``target ~ scale * R @ source + t`` (Umeyama 1991).
+def similarity_fit(source, target, weights=None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity ``target ~ scale * R @ source + t`` (Umeyama 1991), each pair of
+    points weighted by ``weights`` (default equal).
 
     Parameters
     ----------
     source, target : array_like
-        ``(N, 3)`` corresponding points, ``N >= 3`` (coplanar points, e.g. a
-        2D image's, are fine).
+        ``(N, 3)`` corresponding points, ``N >= 3``.
+    weights : array_like, optional
+        ``(N,)`` non-negative weights of the pairs.
 
     Returns
     -------
     scale, rotation, translation
-        ``rotation`` is a proper rotation (det +1).
+        ``rotation`` is a proper rotation (det +1). Points that all lie in one plane
+        normal to a world axis in both sets (a 2D image's, z = 0) are fitted by a rotation
+        about that axis: a 3D rotation could otherwise turn the plane over, mirroring the
+        shape within it (left-right swapped on a radiograph).
 
     Examples
     --------
@@ -39,18 +44,28 @@ def similarity_fit(source, target) -> tuple[float, np.ndarray, np.ndarray]:
     >>> s, r, t = similarity_fit(src, 2 * src @ rot.T + [5, 0, 0])
     >>> round(s, 6), np.allclose(r, rot), np.allclose(t, [5, 0, 0])
     (2.0, True, True)
+    >>> flat = np.array([[0., 0, 0], [2, 0, 0], [0, 1, 0]])  # in the plane z = 0
+    >>> s, r, t = similarity_fit(flat, flat * [1, -1, 1])  # its mirror image: no rotation gives it
+    >>> float(r[2, 2]), bool(np.linalg.det(r[:2, :2]) > 0)  # turned within the plane, never over
+    (1.0, True)
     """
     source, target = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
-    mu_s, mu_t = source.mean(axis=0), target.mean(axis=0)
+    w = np.ones(len(source)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    mu_s, mu_t = w @ source, w @ target
     a, b = source - mu_s, target - mu_t
-    var_s = (a ** 2).sum() / len(a)
+    var_s = float(w @ (a ** 2).sum(axis=1))
     if var_s <= 0:
         return 1.0, np.eye(3), mu_t - mu_s
-    u, d, vt = np.linalg.svd(b.T @ a / len(a))
-    sign = np.ones(3)
+    extent = max(float(np.abs(a).max()), float(np.abs(b).max()))
+    flat = [k for k in range(3) if np.abs(a[:, k]).max() <= 1e-9 * extent and np.abs(b[:, k]).max() <= 1e-9 * extent]
+    axes = [k for k in range(3) if k not in flat] if len(flat) == 1 else list(range(3))
+    u, d, vt = np.linalg.svd((b[:, axes] * w[:, None]).T @ a[:, axes])
+    sign = np.ones(len(axes))
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         sign[-1] = -1.0
-    rotation = u @ np.diag(sign) @ vt
+    rotation = np.eye(3)
+    rotation[np.ix_(axes, axes)] = u @ np.diag(sign) @ vt
     scale = float((d * sign).sum() / var_s)
     return scale, rotation, mu_t - scale * rotation @ mu_s
 
