@@ -150,6 +150,18 @@ def test_duplicate_case_files_are_refused(tmp_path):
         list_case_files(tmp_path)
 
 
+def test_a_prediction_folder_lists_only_what_is_not_a_case_as_ignored(tmp_path):
+    """The predictor writes <case>.json and its Slicer twin <case>.mrk.json: one case, nothing ignored
+    (a folder of 150 cases listed 150 twins); predictions.csv is metadata, listed."""
+    for case in ("a", "b"):
+        write_landmarks(Landmarks(points={"p": [1.0, 2.0, 3.0]}), tmp_path / f"{case}.json")
+        write_landmarks(Landmarks(points={"p": [1.0, 2.0, 3.0]}), tmp_path / f"{case}.mrk.json")
+    (tmp_path / "predictions.csv").write_text("case,landmark\n")
+    files, ignored = list_case_files(tmp_path)
+    assert {k: v.name for k, v in files.items()} == {"a": "a.json", "b": "b.json"}
+    assert ignored == ["predictions.csv"]
+
+
 def test_no_case_in_common_or_empty_predictions_is_an_error_naming_the_folder(dataset, tmp_path):
     ds, _ = dataset
     empty = tmp_path / "empty"

@@ -87,7 +87,8 @@ def list_case_files(folder) -> tuple[dict, list]:
     ValueError
         When two files give the same case name (``c1.json`` and ``c1.fcsv``);
         ``c1.json`` beside ``c1.mrk.json`` (as the predictor writes them) is
-        read from ``c1.json``.
+        read from ``c1.json`` (the twin is not listed as ignored: a prediction
+        folder of 150 cases would otherwise list 150 files).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -102,8 +103,7 @@ def list_case_files(folder) -> tuple[dict, list]:
             continue
         if stem in files and {files[stem].name, path.name} == {stem + ".json", stem + ".mrk.json"}:
             # the predictor writes both; its .json holds the exact record (scores, presence)
-            files[stem] = folder / (stem + ".json")
-            ignored.append(stem + ".mrk.json")
+            files[stem] = folder / (stem + ".json")  # the twin is the same case: not listed as ignored
             continue
         if stem in files:
             raise InvalidInput(f"{folder}: case {stem!r} has two landmark files: "
