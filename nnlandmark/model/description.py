@@ -22,6 +22,9 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+# defined beside NUM_FOLDS: the nnU-Net layer names the fold folders too
+from nnlandmark.nnunet.paths import fold_key  # noqa: F401
+
 #: how a network's output channel becomes what the decoders read: a distribution over the voxels
 #: (``softmax`` per channel) or a heatmap in 0-1 per voxel (``sigmoid``)
 OUTPUTS = ("softmax", "sigmoid")
@@ -33,12 +36,6 @@ LEGACY_PRESETS = {"softmax": {"output": "softmax", "heatmap": "gaussian", "sigma
                   "v1": {"output": "sigmoid", "heatmap": "gaussian", "sigma": 4.0}}
 #: the preset of descriptions that name none (the default preset then and now)
 LEGACY_DEFAULT_PRESET = "softmax"
-
-
-def fold_key(fold: int) -> str:
-    """The key of a fold, in the model folder (its checkpoint folder ``fold_N``) and in the
-    description's per-fold entries (``shape_prior``, ``learned_sigmas``)."""
-    return f"fold_{int(fold)}"
 
 
 @dataclass(eq=True)

@@ -13,6 +13,16 @@ _VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 NUM_FOLDS = 5
 
 
+def fold_key(fold: int) -> str:
+    """The key of a fold, in the model folder (its checkpoint folder ``fold_N``, as nnU-Net names
+    it) and in the model description's per-fold entries (``shape_prior``, ``learned_sigmas``).
+
+    >>> fold_key(3)
+    'fold_3'
+    """
+    return f"fold_{int(fold)}"
+
+
 @dataclass(frozen=True)
 class NnunetFolders:
     raw: Path

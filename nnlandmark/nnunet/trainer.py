@@ -61,7 +61,7 @@ from nnlandmark.nnunet import distributed
 from nnlandmark.nnunet.checkpoints import load_checkpoint
 from nnlandmark.nnunet.console import captured, console_stream
 from nnlandmark.nnunet.networks import build_network
-from nnlandmark.nnunet.paths import NnunetFolders
+from nnlandmark.nnunet.paths import NnunetFolders, fold_key
 
 #: the checkpoint entry holding the state dicts of a recipe's ``extra_parameters``
 EXTRA_PARAMETERS_KEY = "nnlandmark_extra_parameters"
@@ -210,7 +210,7 @@ class LandmarkTrainer(nnUNetTrainer):
         self.enable_deep_supervision = False
         self.loss_fn = recipe.loss
         model_dir = Path(model_dir)
-        self._relocate(model_dir, Path(output_folder) if output_folder else model_dir / f"fold_{self.fold}")
+        self._relocate(model_dir, Path(output_folder) if output_folder else model_dir / fold_key(self.fold))
 
     def _relocate(self, model_dir: Path, output_folder: Path) -> None:
         # nnU-Net's __init__ already made <results>/<dataset>/<class>__<plans>__<config>/fold_N
