@@ -321,7 +321,7 @@ def _search_near_expected(world, maps, pgrid, grid: ImageGrid, prior: dict, loca
     from nnlandmark.inference.shape import expected_positions, shape_outliers
     reach = 0.5 * float(np.min(np.asarray(local.configuration_manager.patch_size)
                                * np.asarray(local.configuration_manager.spacing)))
-    expected = expected_positions(world, prior["mean_mm"], prior.get("spread_mm"))
+    expected = expected_positions(world, prior["mean_mm"], prior["spread_mm"])
     flagged = shape_outliers(world, expected, prior["spread_mm"], reach)
     outliers = np.flatnonzero(flagged)
     if len(outliers) == 0:
